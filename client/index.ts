@@ -1,0 +1,157 @@
+/**
+ * The browser (and Node) client: partysocket plus automatic resume and typed events.
+ *
+ * partysocket reconnects but does not replay what the server sent meanwhile. This client remembers
+ * the last `seq` and the channel's `epoch` and sends them as `since`/`epoch` on every reconnect
+ * (partysocket evaluates a `query` function per connection), so the Channel replays exactly what
+ * was missed, or answers `reset` when it cannot.
+ */
+import PartySocket from "partysocket";
+import type { ChannelEvent, ErrorCode, ResetReason, ServerFrame } from "../protocol/index.ts";
+import { PING } from "../protocol/index.ts";
+
+export type { ChangeEvent, ChannelEvent, OversizedEvent, ResetReason, ServerFrame } from "../protocol/index.ts";
+
+/** Connection status reported to `onStatus`. */
+export type Status = "connecting" | "open" | "closed";
+
+/** An event of an `Events` map: `{ insert: ChangeEvent<Todo> }` gives `ChannelEvent<"insert", ChangeEvent<Todo>>`. */
+export type TypedEvent<Events extends Record<string, unknown>> = {
+  [K in keyof Events & string]: ChannelEvent<K, Events[K]>;
+}[keyof Events & string];
+
+/** Options of {@link subscribe}. */
+export interface SubscribeOptions<Events extends Record<string, unknown> = Record<string, unknown>> {
+  /** The Worker's host (`realtime.example.com`, `127.0.0.1:8787`); a scheme is optional. */
+  host: string;
+  /** Channel to join. */
+  channel: string;
+  /** Token for private channels; a function is called on every (re)connect, so it can renew. Default none. */
+  token?: string | (() => string | Promise<string>);
+  /** Every batch of new events, in seq order, each exactly once. */
+  onEvents?: (events: TypedEvent<Events>[]) => void;
+  /** One call per event, by name (after `onEvents`). */
+  on?: { [K in keyof Events & string]?: (data: Events[K], event: ChannelEvent<K, Events[K]>) => void };
+  /**
+   * The events missed while disconnected cannot be replayed (`gap`: older than the replay log;
+   * `epoch`: the channel's history was replaced). Reload your state, then keep applying events.
+   */
+  onReset?: (info: { reason: ResetReason; seq: number; epoch: string }) => void;
+  /** Connection status changes; `open` once the server's welcome arrived. */
+  onStatus?: (status: Status) => void;
+  /** `error` frames from the server (a refused query, an unsupported message). */
+  onError?: (error: { code: ErrorCode; message: string }) => void;
+  /** Resume from here instead of live-only (for example a seq saved across page loads). Default none. */
+  since?: { seq: number; epoch: string };
+  /** WebSocket constructor, for Node < 22 (`import WebSocket from "ws"`). Default: the global one. */
+  WebSocket?: unknown;
+  /** Send a heartbeat every this many ms (0: never). Answered by the edge without waking the channel. Default 30000. */
+  heartbeatMs?: number;
+}
+
+/** A live subscription. */
+export interface Subscription {
+  /** Seq of the last event delivered (0 before any). */
+  readonly seq: number;
+  /** The channel's epoch, once welcomed. */
+  readonly epoch: string | null;
+  readonly status: Status;
+  /** The underlying partysocket. */
+  readonly socket: PartySocket;
+  /** Closes for good (no reconnect). */
+  close(): void;
+}
+
+/** Joins a channel; events, resets and status arrive through the callbacks. */
+export function subscribe<Events extends Record<string, unknown> = Record<string, unknown>>(
+  options: SubscribeOptions<Events>,
+): Subscription {
+  let seq = options.since?.seq ?? 0;
+  let epoch: string | null = options.since?.epoch ?? null;
+  let status: Status = "connecting";
+  let heartbeat: ReturnType<typeof setInterval> | null = null;
+
+  const setStatus = (next: Status) => {
+    if (next === status) return;
+    status = next;
+    options.onStatus?.(next);
+  };
+
+  const socket = new PartySocket({
+    host: options.host,
+    room: options.channel,
+    WebSocket: options.WebSocket,
+    // Evaluated on every (re)connect: resume from what this client has actually seen.
+    query: async () => {
+      const q: Record<string, string | null> = {};
+      if (epoch !== null) {
+        q.since = String(seq);
+        q.epoch = epoch;
+      }
+      if (options.token) q.token = typeof options.token === "function" ? await options.token() : options.token;
+      return q;
+    },
+  });
+
+  socket.addEventListener("open", () => {
+    const every = options.heartbeatMs ?? 30_000;
+    if (every > 0 && !heartbeat) heartbeat = setInterval(() => socket.readyState === 1 && socket.send(PING), every);
+  });
+  socket.addEventListener("close", () => {
+    if (heartbeat) clearInterval(heartbeat);
+    heartbeat = null;
+    if (status !== "closed") setStatus("connecting");
+  });
+  socket.addEventListener("message", (message: MessageEvent) => {
+    if (typeof message.data !== "string" || message.data === "pong") return;
+    const frame = JSON.parse(message.data) as ServerFrame;
+    switch (frame.type) {
+      case "welcome":
+        // A fresh client starts live from the welcome seq; a resuming one keeps its own
+        // (the replay that follows brings it up to date, or a reset moves it).
+        if (epoch === null) {
+          epoch = frame.epoch;
+          seq = frame.seq;
+        }
+        setStatus("open");
+        break;
+      case "events": {
+        // Drop anything already delivered: exactly once, in order, even across reconnects.
+        const fresh = frame.events.filter((e) => e.seq > seq) as TypedEvent<Events>[];
+        if (fresh.length === 0) break;
+        seq = fresh[fresh.length - 1]!.seq;
+        options.onEvents?.(fresh);
+        if (options.on) {
+          for (const e of fresh) (options.on[e.event] as ((d: unknown, e: unknown) => void) | undefined)?.(e.data, e);
+        }
+        break;
+      }
+      case "reset":
+        epoch = frame.epoch;
+        seq = frame.seq;
+        options.onReset?.({ reason: frame.reason, seq: frame.seq, epoch: frame.epoch });
+        break;
+      case "error":
+        options.onError?.({ code: frame.code, message: frame.message });
+        break;
+    }
+  });
+
+  return {
+    get seq() {
+      return seq;
+    },
+    get epoch() {
+      return epoch;
+    },
+    get status() {
+      return status;
+    },
+    socket,
+    close() {
+      setStatus("closed");
+      if (heartbeat) clearInterval(heartbeat);
+      socket.close();
+    },
+  };
+}

@@ -1,0 +1,144 @@
+/** Wire types and limits: frames, ingest bodies, names. */
+
+/** Header carrying `t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<raw body>")>`. */
+export const SIGNATURE_HEADER = "X-Realtime-Signature";
+
+/** How far a signature's timestamp may be from the Worker's clock, in seconds. */
+export const SIGNATURE_TOLERANCE_SECONDS = 300;
+
+/**
+ * Channel names: what `realtime.watch` templates and `realtime.publish` may produce, what a
+ * browser may join. The same rule is enforced by a check constraint on `realtime.outbox`
+ * (sql/realtime.sql), so a bad name fails the writer's statement instead of poisoning the relay.
+ * Every allowed character is safe in a URL path segment, which partysocket does not encode.
+ */
+export const CHANNEL_PATTERN = /^[A-Za-z0-9_.:@-]{1,128}$/;
+
+/** Event names (`insert`, `update`, `delete`, `notify`, or what `realtime.publish` was given). */
+export const EVENT_NAME_PATTERN = /^[A-Za-z0-9_.:-]{1,64}$/;
+
+/** Largest number of events one ingest request may carry. */
+export const MAX_INGEST_EVENTS = 1000;
+
+/** Longest event id (outbox ids are `<install id>-<bigint>`, NOTIFY ids are UUIDs). */
+export const MAX_EVENT_ID_LENGTH = 128;
+
+/** Path prefix of a channel's WebSocket: partysocket's default `/parties/<party>/<room>`. */
+export const CHANNEL_PATH_PREFIX = "/parties/main/";
+
+/** One event as the relay sends it to `POST /ingest`. */
+export interface IngestEvent {
+  /** Unique source id; the channel drops an id it has already stored. */
+  id: string;
+  /** Destination channel. */
+  channel: string;
+  /** Event name. */
+  event: string;
+  /** Any JSON value. */
+  data: unknown;
+  /** When the event was written at the source, in milliseconds since the Unix epoch. */
+  ts: number;
+}
+
+/** Body of `POST /ingest`. */
+export interface IngestBody {
+  events: IngestEvent[];
+}
+
+/** 200 answer of `POST /ingest`: every event is stored in its channel's log. */
+export interface IngestResult {
+  /** Events new to their channel, now sequenced and sent. */
+  accepted: number;
+  /** Events whose id the channel had already stored (a re-sent batch), dropped. */
+  duplicates: number;
+}
+
+/** Stable error codes in `{ error: { code, message } }` bodies and `error` frames. */
+export type ErrorCode =
+  | "signature_missing"
+  | "signature_malformed"
+  | "signature_expired"
+  | "signature_mismatch"
+  | "malformed_json"
+  | "invalid_body"
+  | "payload_too_large"
+  | "invalid_channel"
+  | "invalid_query"
+  | "upgrade_required"
+  | "unsupported_frame"
+  | "not_found"
+  | "not_configured"
+  | "channel_unavailable"
+  | "internal";
+
+/** JSON body of every non-2xx HTTP answer. */
+export interface ErrorBody {
+  error: { code: ErrorCode; message: string };
+}
+
+/** An event as a subscriber receives it: the channel's `seq` added to what was ingested. */
+export interface ChannelEvent<Name extends string = string, Data = unknown> {
+  /** Position in the channel, 1, 2, 3, … without gaps within one epoch. */
+  seq: number;
+  id: string;
+  event: Name;
+  data: Data;
+  ts: number;
+}
+
+/**
+ * Why a resuming subscriber cannot be given what it missed:
+ * - `epoch`: the channel's history is not the one the client saw (new epoch, or a `since`
+ *   beyond the channel's last seq);
+ * - `gap`: the events after `since` are older than the replay log keeps.
+ * Either way the client reloads its state and continues from the `welcome` seq.
+ */
+export type ResetReason = "epoch" | "gap";
+
+/** Frames the server sends on a channel's WebSocket, keyed on `type`. */
+export type ServerFrame =
+  | { type: "welcome"; channel: string; epoch: string; seq: number }
+  | { type: "events"; events: ChannelEvent[] }
+  | { type: "reset"; reason: ResetReason; epoch: string; seq: number }
+  | { type: "error"; code: ErrorCode; message: string };
+
+/** Text a client may send; the runtime answers `pong` without waking the Durable Object. */
+export const PING = "ping";
+/** The auto-response to {@link PING}. */
+export const PONG = "pong";
+
+/** `op` of a change event produced by `realtime.watch`. */
+export type ChangeOp = "INSERT" | "UPDATE" | "DELETE" | "TRUNCATE";
+
+/** `data` of a change event produced by `realtime.watch` (event names `insert`, `update`, `delete`, `truncate`). */
+export interface ChangeEvent<Row = Record<string, unknown>> {
+  op: ChangeOp;
+  schema: string;
+  table: string;
+  /** Primary-key columns of the row (empty for TRUNCATE). */
+  key: Partial<Row>;
+  /** The row after the change (INSERT, UPDATE), else null. */
+  new: Row | null;
+  /** The row before the change (UPDATE, DELETE), else null. */
+  old: Row | null;
+}
+
+/**
+ * `data` that replaces an event too large to carry (the relay's `--max-event-bytes`).
+ * The event still arrives, in order, so a subscriber knows what changed and can fetch it.
+ */
+export interface OversizedEvent {
+  oversized: true;
+  /** Size of the event's JSON data, in bytes. */
+  bytes: number;
+  /** For change events: what is small enough to keep. */
+  op?: ChangeOp;
+  schema?: string;
+  table?: string;
+  key?: Record<string, unknown>;
+}
+
+/** Builds the JSON error body; the one place that shapes it. */
+export function errorBody(code: ErrorCode, message: string): ErrorBody {
+  return { error: { code, message } };
+}

@@ -1,0 +1,86 @@
+/** Command-line and environment parsing for the relay CLI. */
+import { parseArgs } from "node:util";
+import { parseNotifyRoutes, RelayConfigError, RELAY_DEFAULTS, type RelayOptions } from "./config.ts";
+
+interface OptionSpec {
+  flag: string;
+  env: string;
+  key: keyof RelayOptions;
+  kind: "string" | "int" | "notify";
+  doc: string;
+}
+
+/** Every option: its flag, its variable, and its --help line (defaults come from RELAY_DEFAULTS). */
+export const OPTION_SPECS: OptionSpec[] = [
+  { flag: "database-url", env: "DATABASE_URL", key: "databaseUrl", kind: "string", doc: "Postgres connection string (required)" },
+  { flag: "worker-url", env: "WORKER_URL", key: "workerUrl", kind: "string", doc: "the Worker's base URL, e.g. https://x.workers.dev (required)" },
+  { flag: "ingest-secret", env: "INGEST_SECRET", key: "ingestSecret", kind: "string", doc: "secret shared with the Worker; prefer the variable (required)" },
+  { flag: "name", env: "RELAY_NAME", key: "name", kind: "string", doc: "cursor and leader-lock name" },
+  { flag: "batch-size", env: "RELAY_BATCH_SIZE", key: "batchSize", kind: "int", doc: "most events per POST (1-1000)" },
+  { flag: "batch-bytes", env: "RELAY_BATCH_BYTES", key: "batchBytes", kind: "int", doc: "a batch stops growing past this many bytes of data" },
+  { flag: "max-event-bytes", env: "RELAY_MAX_EVENT_BYTES", key: "maxEventBytes", kind: "int", doc: "larger events are sent as {oversized: true} markers" },
+  { flag: "poll-interval", env: "RELAY_POLL_INTERVAL_MS", key: "pollIntervalMs", kind: "int", doc: "ms between outbox reads without a doorbell" },
+  { flag: "notify", env: "RELAY_NOTIFY", key: "notify", kind: "notify", doc: "NOTIFY channels to forward: data_changes,items=items-live" },
+  { flag: "notify-queue-max", env: "RELAY_NOTIFY_QUEUE_MAX", key: "notifyQueueMax", kind: "int", doc: "NOTIFY payloads held while the Worker is down" },
+  { flag: "request-timeout", env: "RELAY_REQUEST_TIMEOUT_MS", key: "requestTimeoutMs", kind: "int", doc: "ms before a POST is abandoned and retried" },
+  { flag: "retry-base", env: "RELAY_RETRY_BASE_MS", key: "retryBaseMs", kind: "int", doc: "first retry delay in ms (doubles, with jitter)" },
+  { flag: "retry-max", env: "RELAY_RETRY_MAX_MS", key: "retryMaxMs", kind: "int", doc: "longest retry delay in ms" },
+  { flag: "standby-poll", env: "RELAY_STANDBY_POLL_MS", key: "standbyPollMs", kind: "int", doc: "ms between a standby's attempts to take the lead" },
+  { flag: "log-level", env: "LOG_LEVEL", key: "logLevel", kind: "string", doc: "debug, info, warn, error or silent" },
+];
+
+/** The --help text. */
+export const USAGE = `Usage: pg-edge-realtime <command> [options]
+
+Commands:
+  relay      read the outbox (and NOTIFY channels) and POST signed batches to the Worker
+  install    install or upgrade the realtime schema (idempotent; same as psql -f sql/realtime.sql)
+
+Options (each also read from the environment variable shown; the flag wins):
+${OPTION_SPECS.map((s) => {
+  const def = (RELAY_DEFAULTS as Record<string, unknown>)[s.key];
+  const shown = def === undefined ? "" : ` [default: ${Array.isArray(def) ? "none" : String(def)}]`;
+  return `  --${s.flag.padEnd(18)} ${s.env.padEnd(25)} ${s.doc}${shown}`;
+}).join("\n")}
+  --install                                       install the schema before relaying
+  -h, --help                                      show this help
+`;
+
+/** Turns argv and the environment into relay options; throws RelayConfigError. */
+export function optionsFromArgs(argv: string[], env: NodeJS.ProcessEnv): { command: string; options: RelayOptions; install: boolean; help: boolean } {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: argv,
+      allowPositionals: true,
+      strict: true,
+      options: {
+        ...Object.fromEntries(OPTION_SPECS.map((s) => [s.flag, { type: "string" as const }])),
+        install: { type: "boolean" },
+        help: { type: "boolean", short: "h" },
+      },
+    });
+  } catch (err) {
+    throw new RelayConfigError(`${(err as Error).message} (see --help)`);
+  }
+  const command = parsed.positionals[0] ?? "relay";
+  if (!["relay", "install"].includes(command) || parsed.positionals.length > 1) {
+    throw new RelayConfigError(`unknown command ${JSON.stringify(parsed.positionals.join(" "))}: use "relay" or "install" (see --help)`);
+  }
+  const options: Record<string, unknown> = {};
+  for (const spec of OPTION_SPECS) {
+    const raw = ((parsed.values as Record<string, unknown>)[spec.flag] as string | undefined) ?? env[spec.env];
+    if (raw === undefined || raw === "") continue;
+    if (spec.kind === "int") {
+      if (!/^\d+$/.test(raw.trim())) throw new RelayConfigError(`--${spec.flag} (${spec.env}) must be a whole number, got ${JSON.stringify(raw)}`);
+      options[spec.key] = Number(raw);
+    } else if (spec.kind === "notify") {
+      options[spec.key] = parseNotifyRoutes(raw);
+    } else {
+      options[spec.key] = raw;
+    }
+  }
+  const install = Boolean(parsed.values.install) || env.RELAY_INSTALL === "1" || env.RELAY_INSTALL === "true";
+  return { command, options: options as unknown as RelayOptions, install, help: Boolean(parsed.values.help) };
+}
+

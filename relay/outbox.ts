@@ -1,0 +1,124 @@
+/**
+ * Reading the outbox in commit order, PgQ-style.
+ *
+ * Outbox ids are taken before commit, so "id > last id" skips a row whose transaction commits
+ * after one with a larger id; ordering by xid breaks per-row order (a transaction that took its
+ * xid early can commit its change to a row after a later transaction changed it). PgQ's answer:
+ * take snapshots; a window is the rows whose transaction is visible in snapshot `target` but
+ * not in snapshot `done`; windows are delivered one after another, each ordered by id. Two
+ * transactions that touched the same row are in order either way: the second waited for the
+ * first's commit on the row lock, so its outbox row (written after that) has the larger id, and
+ * it cannot be visible in an earlier snapshot than the first.
+ *
+ * A window larger than one batch is shipped in pages (`after_id`); the cursor remembers the page
+ * position so a restarted relay resumes inside the window.
+ */
+import type pg from "pg";
+
+/** Where the relay stands: `done` is fully delivered; `target` is the window being shipped. */
+export interface Cursor {
+  done: string;
+  target: string | null;
+  afterId: string | null;
+}
+
+/** One outbox row as the relay sends it; `data` is the payload's JSON text, unparsed. */
+export interface OutboxRow {
+  id: string;
+  channel: string;
+  event: string;
+  data: string;
+  ts: number;
+}
+
+/** A page of a window. */
+export interface Page {
+  /** The window's upper snapshot (taken now if the cursor had none). */
+  target: string;
+  rows: OutboxRow[];
+  /** True when these rows finish the window. */
+  complete: boolean;
+}
+
+/** A snapshot that sees no transaction: the start of a new cursor, so it delivers the whole outbox. */
+export const EMPTY_SNAPSHOT = "1:1:";
+
+/** Loads (creating if needed) the cursor named `name`. */
+export async function loadCursor(db: pg.ClientBase, name: string): Promise<Cursor> {
+  await db.query("insert into realtime.cursors (name, done) values ($1, $2) on conflict (name) do nothing", [name, EMPTY_SNAPSHOT]);
+  const { rows } = await db.query<{ done: string; target: string | null; after_id: string | null }>(
+    "select done::text as done, target::text as target, after_id::text as after_id from realtime.cursors where name = $1",
+    [name],
+  );
+  const row = rows[0]!;
+  return { done: row.done, target: row.target, afterId: row.after_id };
+}
+
+/** Persists the cursor; called only after the Worker acknowledged what it covers. */
+export async function saveCursor(db: pg.ClientBase, name: string, cursor: Cursor): Promise<void> {
+  await db.query("update realtime.cursors set done = $2, target = $3, after_id = $4, updated_at = now() where name = $1", [
+    name,
+    cursor.done,
+    cursor.target,
+    cursor.afterId,
+  ]);
+}
+
+/**
+ * The rows of window (done, target] after `afterId`, in id order, at most `limit` of them and
+ * stopping once their data passes `maxBytes` (the row that passes it is included, so a page is
+ * never empty while the window has rows). With no target, the current snapshot becomes the
+ * target in the same statement, so every row it makes visible is visible to this read.
+ */
+export async function readPage(db: pg.ClientBase, cursor: Cursor, limit: number, maxBytes: number): Promise<Page> {
+  const { rows } = await db.query<{
+    target: string;
+    id: string | null;
+    channel: string;
+    event: string;
+    data: string;
+    ts: string;
+    fetched: string;
+  }>(
+    `with snap as (
+       select coalesce($2::pg_snapshot, pg_current_snapshot()) as target, $1::pg_snapshot as done
+     )
+     select snap.target::text as target, page.*
+     from snap left join lateral (
+       select sized.id::text as id, channel, event, data, ts::text as ts, fetched::text as fetched
+       from (
+         select w.*, sum(octet_length(w.data)) over (order by w.id) - octet_length(w.data) as bytes_before,
+                count(*) over () as fetched
+         from (
+           select o.id, o.channel, o.event, o.payload::text as data,
+                  (extract(epoch from o.created_at) * 1000)::bigint as ts
+           from realtime.outbox o
+           where ((o.xid >= pg_snapshot_xmax(snap.done) and o.xid < pg_snapshot_xmax(snap.target))
+                  or o.xid in (select pg_snapshot_xip(snap.done)))
+             and pg_visible_in_snapshot(o.xid, snap.target)
+             and o.id > coalesce($3::bigint, 0)
+           order by o.id
+           limit $4
+         ) w
+       ) sized
+       where bytes_before < $5
+       -- sized.id, the bigint: ordering by the text column would put 10 before 2.
+       order by sized.id
+     ) page on true`,
+    [cursor.done, cursor.target, cursor.afterId, limit, maxBytes],
+  );
+  const target = rows[0]!.target;
+  const page = rows.filter((r) => r.id !== null);
+  const fetched = page.length > 0 ? Number(page[0]!.fetched) : 0;
+  return {
+    target,
+    rows: page.map((r) => ({ id: r.id!, channel: r.channel, event: r.event, data: r.data, ts: Number(r.ts) })),
+    complete: fetched < limit && page.length === fetched,
+  };
+}
+
+/** The cursor after `page` was acknowledged. */
+export function advance(cursor: Cursor, page: Page): Cursor {
+  if (page.complete) return { done: page.target, target: null, afterId: null };
+  return { done: cursor.done, target: page.target, afterId: page.rows.at(-1)!.id };
+}

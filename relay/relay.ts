@@ -1,0 +1,340 @@
+/**
+ * The relay: leads (one per cursor name, through a Postgres advisory lock), reads the outbox in
+ * commit order, forwards plain NOTIFY channels, and POSTs signed batches to the Worker. The
+ * cursor moves only after a 2xx, so a crash at any point re-sends at most the unacknowledged
+ * batch, whose copies the channels drop as duplicates.
+ */
+import { EventEmitter } from "node:events";
+import { randomUUID } from "node:crypto";
+import pg from "pg";
+import { backoffDelay, sleep } from "./backoff.ts";
+import { resolveRelayOptions, type RelayOptions, type ResolvedRelayOptions } from "./config.ts";
+import { IngestClient, StoppedError, type IngestError, type OutgoingEvent } from "./ingest-client.ts";
+import { createLogger, redactUrl, type Logger } from "./log.ts";
+import { advance, loadCursor, readPage, saveCursor, type Cursor } from "./outbox.ts";
+
+/** Channel the capture triggers NOTIFY when the relay is idle (sql/realtime.sql, realtime.ring). */
+export const DOORBELL_CHANNEL = "realtime_doorbell";
+
+/** What a delivered batch looked like. */
+export interface BatchInfo {
+  source: "outbox" | "notify";
+  events: number;
+  accepted: number;
+  duplicates: number;
+  ms: number;
+}
+
+/** Events a {@link Relay} emits. Background failures are events, never thrown. */
+export interface RelayEvents {
+  /** Connected to Postgres (again). */
+  connected: [];
+  /** Holds the leader lock; reading and sending. */
+  leader: [];
+  /** Another relay with the same name leads; waiting to take over. */
+  standby: [];
+  /** Lost the database connection; reconnecting. */
+  disconnected: [error: Error];
+  /** A batch was acknowledged by the Worker. */
+  batch: [info: BatchInfo];
+  /** A POST failed and will be retried. */
+  retry: [info: { attempt: number; delayMs: number; error: IngestError }];
+  /** NOTIFY payloads were dropped because the queue was full (at-most-once path). */
+  dropped: [info: { count: number }];
+  /** The outbox reader is idle and waits for the doorbell. */
+  idle: [];
+  /** stop() finished. */
+  stopped: [];
+}
+
+/** Extra dependencies, for tests and embedding. */
+export interface RelayDeps {
+  logger?: Logger;
+}
+
+/** One relay process's work. `start()` returns at once; `stop()` drains and resolves. */
+export class Relay extends EventEmitter<RelayEvents> {
+  readonly options: ResolvedRelayOptions;
+  private readonly log: Logger;
+  private readonly ingest: IngestClient;
+  private readonly stopController = new AbortController();
+  private running: Promise<void> | null = null;
+  private session: Session | null = null;
+  private notifyQueue: OutgoingEvent[] = [];
+
+  constructor(options: RelayOptions, deps: RelayDeps = {}) {
+    super();
+    this.options = resolveRelayOptions(options);
+    this.log = deps.logger ?? createLogger(this.options.logLevel);
+    this.ingest = new IngestClient({
+      workerUrl: this.options.workerUrl,
+      secret: this.options.ingestSecret,
+      requestTimeoutMs: this.options.requestTimeoutMs,
+      retryBaseMs: this.options.retryBaseMs,
+      retryMaxMs: this.options.retryMaxMs,
+      maxEventBytes: this.options.maxEventBytes,
+      onRetry: (info) => {
+        this.log.warn("ingest failed, retrying", { attempt: info.attempt, delayMs: info.delayMs, error: info.error.message });
+        this.emit("retry", info);
+      },
+    });
+  }
+
+  /** True while this relay holds the leader lock. */
+  get isLeader(): boolean {
+    return this.session?.leader ?? false;
+  }
+
+  /** Starts connecting and working in the background. */
+  start(): void {
+    if (this.running) return;
+    this.log.info("relay starting", {
+      name: this.options.name,
+      database: redactUrl(this.options.databaseUrl),
+      worker: this.options.workerUrl,
+      notify: this.options.notify.map((r) => `${r.pgChannel}=${r.channel}`),
+    });
+    this.running = this.supervise();
+  }
+
+  /** Stops: finishes (or abandons, unacknowledged) the batch in flight, releases the lock, closes connections. */
+  async stop(): Promise<void> {
+    this.stopController.abort();
+    this.session?.wake();
+    await this.running;
+    this.running = null;
+    this.emit("stopped");
+  }
+
+  private get stopping(): boolean {
+    return this.stopController.signal.aborted;
+  }
+
+  /** Runs sessions until stopped; a lost connection ends a session and a new one starts after a backoff. */
+  private async supervise(): Promise<void> {
+    for (let attempt = 1; !this.stopping; attempt++) {
+      const session = new Session(this.options);
+      this.session = session;
+      try {
+        await session.connect();
+        attempt = 0;
+        this.emit("connected");
+        await this.lead(session);
+      } catch (err) {
+        if (this.stopping && (err instanceof StoppedError || session.closed)) break;
+        const error = err as Error;
+        this.log.warn("database session ended, reconnecting", { error: error.message });
+        this.emit("disconnected", error);
+        await sleep(backoffDelay(Math.max(attempt, 1), this.options.retryBaseMs, this.options.retryMaxMs), this.stopController.signal);
+      } finally {
+        await session.close();
+        this.session = null;
+      }
+    }
+  }
+
+  /** Waits for the leader lock, then runs the outbox loop and the NOTIFY forwarder. */
+  private async lead(session: Session): Promise<void> {
+    let announced = false;
+    while (!(await session.tryLock())) {
+      if (!announced) {
+        this.log.info("another relay leads; standing by", { name: this.options.name });
+        this.emit("standby");
+        announced = true;
+      }
+      await session.waitFor(this.options.standbyPollMs, this.stopController.signal);
+      if (this.stopping) return;
+    }
+    this.log.info("leading", { name: this.options.name });
+    this.emit("leader");
+    await session.listen([...this.options.notify.map((r) => r.pgChannel)], (channel, payload) => this.onNotify(channel, payload));
+    // Either loop failing ends the session; the other sees the closed session and stops too.
+    await Promise.all([this.outboxLoop(session), this.notifyLoop(session)]).catch(async (err) => {
+      await session.close();
+      throw err;
+    });
+  }
+
+  private async outboxLoop(session: Session): Promise<void> {
+    const { name, batchSize, batchBytes, pollIntervalMs } = this.options;
+    const db = session.query;
+    const installId = await session.installId();
+    let cursor: Cursor = await loadCursor(db, name);
+    // Whether realtime.doorbell says we are idle; unknown after a (re)start.
+    let waiting: boolean | null = null;
+    while (!this.stopping && !session.closed) {
+      session.rung = false;
+      const page = await readPage(db, cursor, batchSize, batchBytes);
+      if (page.rows.length > 0) {
+        if (waiting !== false) {
+          await db.query("update realtime.doorbell set waiting = false");
+          waiting = false;
+        }
+        const started = performance.now();
+        const events = page.rows.map((r) => ({ id: `${installId}-${r.id}`, channel: r.channel, event: r.event, data: r.data, ts: r.ts }));
+        const result = await this.ingest.postUntilAccepted(events, this.stopController.signal);
+        cursor = advance(cursor, page);
+        await saveCursor(db, name, cursor);
+        this.emit("batch", { source: "outbox", events: events.length, ...result, ms: performance.now() - started });
+        continue;
+      }
+      // Window empty: the cursor can move to its target without a write (re-reading an empty
+      // window after a restart costs nothing).
+      cursor = advance(cursor, page);
+      if (waiting !== true) {
+        // Tell writers to ring, then look once more: a commit between the read above and this
+        // update did not ring, but is visible now.
+        await db.query("update realtime.doorbell set waiting = true");
+        waiting = true;
+        continue;
+      }
+      this.emit("idle");
+      if (!session.rung) await session.waitFor(pollIntervalMs, this.stopController.signal);
+    }
+    // A stopped relay must not leave writers ringing (each ring costs them the NOTIFY lock).
+    if (waiting !== false && !session.closed) await db.query("update realtime.doorbell set waiting = false").catch(() => undefined);
+  }
+
+  private onNotify(pgChannel: string, payload: string): void {
+    const route = this.options.notify.find((r) => r.pgChannel === pgChannel);
+    if (!route) return;
+    // NOTIFY payloads are text; JSON is forwarded as JSON, anything else as a string.
+    let data: string;
+    try {
+      JSON.parse(payload);
+      data = payload === "" ? "null" : payload;
+    } catch {
+      data = JSON.stringify(payload);
+    }
+    this.notifyQueue.push({ id: randomUUID(), channel: route.channel, event: "notify", data, ts: Date.now() });
+    if (this.notifyQueue.length > this.options.notifyQueueMax) {
+      const count = this.notifyQueue.length - this.options.notifyQueueMax;
+      this.notifyQueue.splice(0, count);
+      this.log.warn("NOTIFY queue full, oldest payloads dropped", { count });
+      this.emit("dropped", { count });
+    }
+    this.session?.wake("notify");
+  }
+
+  private async notifyLoop(session: Session): Promise<void> {
+    if (this.options.notify.length === 0) return;
+    while (!this.stopping && !session.closed) {
+      if (this.notifyQueue.length === 0) {
+        await session.waitFor(this.options.pollIntervalMs, this.stopController.signal, "notify");
+        continue;
+      }
+      const events = this.notifyQueue.slice(0, this.options.batchSize);
+      const started = performance.now();
+      try {
+        const result = await this.ingest.postUntilAccepted(events, this.stopController.signal);
+        this.emit("batch", { source: "notify", events: events.length, ...result, ms: performance.now() - started });
+      } catch (err) {
+        if (err instanceof StoppedError) return;
+        throw err;
+      }
+      // Remove what was sent; the queue may have been trimmed from the front meanwhile.
+      const sent = new Set(events.map((e) => e.id));
+      this.notifyQueue = this.notifyQueue.filter((e) => !sent.has(e.id));
+    }
+  }
+}
+
+/**
+ * One connection attempt: a query connection (holds the leader lock, reads, writes the cursor)
+ * and a listener connection (doorbell and forwarded NOTIFY channels).
+ */
+class Session {
+  readonly query: pg.Client;
+  private readonly listener: pg.Client;
+  leader = false;
+  closed = false;
+  /** Set by a doorbell; cleared by the outbox loop before each read. */
+  rung = false;
+  private readonly wakers = new Map<"outbox" | "notify", () => void>();
+  private failure: Error | null = null;
+
+  constructor(private readonly options: ResolvedRelayOptions) {
+    const config = { connectionString: options.databaseUrl, application_name: `pg-edge-realtime relay ${options.name}`, keepAlive: true };
+    this.query = new pg.Client(config);
+    this.listener = new pg.Client(config);
+    for (const client of [this.query, this.listener]) {
+      // A dropped connection surfaces here (and as a failed query); it ends the session.
+      client.on("error", (err) => this.lost(err));
+      client.on("end", () => this.lost(new Error("database connection closed")));
+    }
+    this.listener.on("notification", (msg) => {
+      if (msg.channel === DOORBELL_CHANNEL) {
+        this.rung = true;
+        this.wake();
+      } else {
+        this.onNotification?.(msg.channel, msg.payload ?? "");
+      }
+    });
+  }
+
+  private onNotification: ((channel: string, payload: string) => void) | null = null;
+
+  async connect(): Promise<void> {
+    await Promise.all([this.query.connect(), this.listener.connect()]);
+  }
+
+  /** The installation's id (prefix of every outbox event id). */
+  async installId(): Promise<string> {
+    const { rows } = await this.query.query<{ install_id: string }>("select install_id from realtime.installation");
+    if (!rows[0]) throw new Error("realtime schema is not installed: run `npx pg-edge-realtime install` (or psql -f sql/realtime.sql)");
+    return rows[0].install_id;
+  }
+
+  async tryLock(): Promise<boolean> {
+    const { rows } = await this.query.query<{ locked: boolean }>(
+      "select pg_try_advisory_lock(hashtext('pg-edge-realtime'), hashtext($1)) as locked",
+      [this.options.name],
+    );
+    this.leader = rows[0]!.locked;
+    return this.leader;
+  }
+
+  async listen(channels: string[], onNotification: (channel: string, payload: string) => void): Promise<void> {
+    this.onNotification = onNotification;
+    for (const channel of [DOORBELL_CHANNEL, ...channels]) await this.listener.query(`LISTEN ${pg.escapeIdentifier(channel)}`);
+  }
+
+  /**
+   * Sleeps up to `ms` in `slot`; a wake of that slot, a stop or a lost connection ends it early.
+   * Throws the connection's error if the session was lost.
+   */
+  async waitFor(ms: number, signal: AbortSignal, slot: "outbox" | "notify" = "outbox"): Promise<void> {
+    await new Promise<void>((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        signal.removeEventListener("abort", done);
+        this.wakers.delete(slot);
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      signal.addEventListener("abort", done, { once: true });
+      this.wakers.set(slot, done);
+      if (this.closed || this.failure || signal.aborted) done();
+    });
+    if (this.failure) throw this.failure;
+  }
+
+  /** Ends a wait in `slot` (a doorbell, a queued NOTIFY payload). */
+  wake(slot: "outbox" | "notify" = "outbox"): void {
+    this.wakers.get(slot)?.();
+  }
+
+  private lost(err: Error): void {
+    if (this.closed || this.failure) return;
+    this.failure = err;
+    for (const wake of [...this.wakers.values()]) wake();
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    for (const wake of [...this.wakers.values()]) wake();
+    // Ending the query connection releases the advisory lock: a standby takes over at once.
+    await Promise.allSettled([this.query.end(), this.listener.end()]);
+  }
+}

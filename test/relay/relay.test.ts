@@ -1,0 +1,192 @@
+/**
+ * The relay's contract: NOTIFY forwarding, a cursor that moves only after a 2xx, reconnecting
+ * after its backend is killed, and a CLI that refuses bad configuration with one clear line.
+ */
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { Relay } from "../../relay/relay.ts";
+import { testDatabase, type TestDatabase } from "../support/db.ts";
+import { startFaultProxy } from "../support/fault-proxy.ts";
+import { relayEvent, spawnCli, startRelay } from "../support/relay.ts";
+import { TestSubscriber } from "../support/subscriber.ts";
+import { startTestWorker, TEST_SECRET, type TestWorker } from "../support/worker.ts";
+
+let db: TestDatabase;
+let worker: TestWorker;
+
+beforeAll(async () => {
+  [db, worker] = await Promise.all([testDatabase("relay"), startTestWorker()]);
+  await db.sql(`
+    create table todos (id bigint generated always as identity primary key, title text not null,
+      done boolean not null default false, created_at timestamptz not null default now());
+    select realtime.watch('todos');
+    -- The seeds' own trigger, unchanged (seed 000).
+    create or replace function notify_data_change() returns trigger as $$
+    begin
+      perform pg_notify('data_changes', json_build_object('operation', TG_OP, 'table', TG_TABLE_NAME, 'id', NEW.id, 'data', row_to_json(NEW))::text);
+      return NEW;
+    end; $$ language plpgsql;
+    create table users (id serial primary key, name text);
+    create trigger users_change_trigger after insert on users for each row execute procedure notify_data_change();
+  `);
+});
+
+afterAll(async () => {
+  await Promise.allSettled([worker?.dispose(), db?.drop()]);
+});
+
+async function cursorRow(): Promise<{ done: string; after_id: string | null } | undefined> {
+  return (await db.sql<{ done: string; after_id: string | null }>("select done::text, after_id::text from realtime.cursors where name = 'default'"))[0];
+}
+
+describe("NOTIFY forwarding", () => {
+  it("forwards the seeds' pg_notify('data_changes', json) payloads unchanged to the data_changes channel", async () => {
+    const relay = startRelay({ databaseUrl: db.url, workerUrl: worker.url, notify: [{ pgChannel: "data_changes", channel: "data_changes" }] });
+    const listening = relayEvent(relay, "idle");
+    const sub = await TestSubscriber.connect(worker.url, "data_changes");
+    try {
+      await listening;
+      await db.sql("insert into users (name) values ('ada'), ('grace')");
+      const events = await sub.waitForEvents(2);
+      expect(events.map((e) => e.event)).toEqual(["notify", "notify"]);
+      expect(events.map((e) => e.data)).toEqual([
+        { operation: "INSERT", table: "users", id: 1, data: { id: 1, name: "ada" } },
+        { operation: "INSERT", table: "users", id: 2, data: { id: 2, name: "grace" } },
+      ]);
+      // A plain-text payload arrives as a string.
+      await db.sql("select pg_notify('data_changes', 'changed')");
+      const [, , text] = await sub.waitForEvents(3);
+      expect(text!.data).toBe("changed");
+    } finally {
+      sub.close();
+      await relay.stop();
+    }
+  });
+});
+
+describe("cursor", () => {
+  it("moves only after a 2xx: while the Worker answers 500 nothing is acknowledged, and afterwards every event arrives once", async () => {
+    const proxy = await startFaultProxy(worker.url);
+    const sub = await TestSubscriber.connect(worker.url, "todos");
+    const relay = startRelay({ databaseUrl: db.url, workerUrl: proxy.url });
+    try {
+      await relayEvent(relay, "idle");
+      const before = await cursorRow();
+      proxy.mode = "error500";
+      await db.sql("insert into todos (title) select 'during outage ' || g from generate_series(1, 20) g");
+      // Several failed attempts, each retried with backoff.
+      await relayEvent(relay, "retry", (info) => info.attempt >= 3);
+      expect(proxy.counts.passed).toBe(0);
+      expect(await cursorRow()).toEqual(before);
+      expect(sub.events).toEqual([]);
+      proxy.mode = "pass";
+      const events = await sub.waitForEvents(20);
+      expect(events.map((e) => (e.data as { new: { title: string } }).new.title)).toEqual(
+        Array.from({ length: 20 }, (_, i) => `during outage ${i + 1}`),
+      );
+      await relayEvent(relay, "idle");
+      expect((await cursorRow())!.done).not.toBe(before!.done);
+    } finally {
+      sub.close();
+      await relay.stop();
+      await proxy.close();
+    }
+  });
+
+  it("reconnects after its backends are killed with pg_terminate_backend and carries on from its cursor", async () => {
+    const sub = await TestSubscriber.connect(worker.url, "todos");
+    const relay = startRelay({ databaseUrl: db.url, workerUrl: worker.url });
+    try {
+      await relayEvent(relay, "idle");
+      await db.sql("insert into todos (title) values ('before kill')");
+      await sub.waitForEvents(1);
+      const reconnected = relayEvent(relay, "leader");
+      const killed = await db.sql<{ pid: number }>(
+        "select pg_terminate_backend(pid) as pid from pg_stat_activity where application_name like 'pg-edge-realtime relay%' and datname = current_database()",
+      );
+      expect(killed.length).toBe(2);
+      await db.sql("insert into todos (title) values ('while reconnecting')");
+      await reconnected;
+      await db.sql("insert into todos (title) values ('after reconnect')");
+      const events = await sub.waitForEvents(3);
+      expect(events.map((e) => (e.data as { new: { title: string } }).new.title)).toEqual(["before kill", "while reconnecting", "after reconnect"]);
+      expect(new Set(events.map((e) => e.id)).size).toBe(3);
+    } finally {
+      sub.close();
+      await relay.stop();
+    }
+  });
+
+  it("wakes within the poll interval's fraction when a writer rings the doorbell, and resets the doorbell when stopped", async () => {
+    const relay = startRelay({ databaseUrl: db.url, workerUrl: worker.url, pollIntervalMs: 60_000 });
+    const sub = await TestSubscriber.connect(worker.url, "todos");
+    try {
+      await relayEvent(relay, "idle");
+      expect((await db.sql("select waiting from realtime.doorbell"))[0]).toEqual({ waiting: true });
+      // With a one-minute poll, only the doorbell can deliver this within the test's timeout.
+      await db.sql("insert into todos (title) values ('rung')");
+      await sub.waitForEvents(1, 10_000);
+    } finally {
+      sub.close();
+      await relay.stop();
+    }
+    expect((await db.sql("select waiting from realtime.doorbell"))[0]).toEqual({ waiting: false });
+  });
+});
+
+describe("CLI", () => {
+  const env = (over: Record<string, string> = {}) => ({ DATABASE_URL: db.url, WORKER_URL: worker.url, INGEST_SECRET: TEST_SECRET, ...over });
+
+  it.each([
+    [{ DATABASE_URL: "" }, /DATABASE_URL is not set: pass --database-url/],
+    [{ DATABASE_URL: "mysql://x" }, /DATABASE_URL must start with postgres:\/\//],
+    [{ WORKER_URL: "" }, /WORKER_URL is not set/],
+    [{ WORKER_URL: "not a url" }, /is not a URL/],
+    [{ INGEST_SECRET: "" }, /INGEST_SECRET is not set/],
+    [{ INGEST_SECRET: "short" }, /at least 16 characters/],
+    [{ RELAY_BATCH_SIZE: "lots" }, /--batch-size \(RELAY_BATCH_SIZE\) must be a whole number/],
+    [{ RELAY_BATCH_SIZE: "5000" }, /--batch-size must be an integer from 1 to 1000/],
+    [{ RELAY_NOTIFY: "bad-name" }, /is not a plain Postgres channel name/],
+  ])("exits 2 with one line saying what to fix: %o", async (over, message) => {
+    const child = spawnCli(["relay"], env(over));
+    expect(await child.exited).toBe(2);
+    const out = child.output().trim();
+    expect(out.split("\n")).toHaveLength(1);
+    expect(out).toMatch(message);
+    expect(out).not.toContain(TEST_SECRET);
+  });
+
+  it("refuses an unknown flag and an unknown command", async () => {
+    for (const args of [["relay", "--bogus"], ["relax"]]) {
+      const child = spawnCli(args, env());
+      expect(await child.exited).toBe(2);
+      expect(child.output()).toMatch(/see --help/);
+    }
+  });
+
+  it("documents every option with its environment variable in --help", async () => {
+    const child = spawnCli(["--help"], {});
+    expect(await child.exited).toBe(0);
+    for (const v of ["DATABASE_URL", "WORKER_URL", "INGEST_SECRET", "RELAY_BATCH_SIZE", "RELAY_POLL_INTERVAL_MS", "RELAY_NOTIFY"]) {
+      expect(child.output()).toContain(v);
+    }
+  });
+
+  it("relays as a process, and on SIGTERM finishes, saves its cursor and exits 0", async () => {
+    const sub = await TestSubscriber.connect(worker.url, "todos");
+    const child = spawnCli(["relay"], env({ RELAY_POLL_INTERVAL_MS: "200" }));
+    try {
+      await db.sql("insert into todos (title) values ('via cli')");
+      const [e] = await sub.waitFor(() => sub.events.find((x) => (x.data as { new?: { title: string } }).new?.title === "via cli") && sub.events, "the CLI's event");
+      expect(e).toBeDefined();
+      child.kill("SIGTERM");
+      expect(await child.exited).toBe(0);
+      const logs = child.output().trim().split("\n").map((l) => JSON.parse(l) as { msg: string });
+      expect(logs.map((l) => l.msg)).toContain("leading");
+      expect(child.output()).not.toContain(TEST_SECRET);
+      expect(child.output()).not.toContain("postgres:postgres@"); // the password is redacted
+    } finally {
+      child.kill("SIGKILL");
+      sub.close();
+    }
+  });
+});

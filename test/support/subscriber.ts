@@ -1,0 +1,88 @@
+/** A raw WebSocket subscriber for tests: records every frame, and waits on conditions over them. */
+import WebSocket from "ws";
+import type { ChannelEvent, ServerFrame } from "../../protocol/index.ts";
+
+/** Resolves when `check()` returns something other than undefined/null/false, re-checked on `subscribe`'s signal. */
+export function waitUntil<T>(
+  check: () => T | undefined | null | false,
+  subscribe: (notify: () => void) => () => void,
+  describe: () => string,
+  timeoutMs = 20_000,
+): Promise<T> {
+  return new Promise((resolve, reject) => {
+    const first = check();
+    if (first !== undefined && first !== null && first !== false) return resolve(first);
+    const timer = setTimeout(() => {
+      unsubscribe();
+      reject(new Error(`timed out after ${timeoutMs} ms waiting for ${describe()}`));
+    }, timeoutMs);
+    const unsubscribe = subscribe(() => {
+      const value = check();
+      if (value === undefined || value === null || value === false) return;
+      clearTimeout(timer);
+      unsubscribe();
+      resolve(value);
+    });
+  });
+}
+
+/** One WebSocket on a channel and everything it received. */
+export class TestSubscriber {
+  readonly frames: ServerFrame[] = [];
+  readonly events: ChannelEvent[] = [];
+  closed: { code: number; reason: string } | null = null;
+  private readonly listeners = new Set<() => void>();
+
+  private constructor(readonly ws: WebSocket) {
+    ws.on("message", (data) => {
+      const frame = JSON.parse(data.toString()) as ServerFrame;
+      this.frames.push(frame);
+      if (frame.type === "events") this.events.push(...frame.events);
+      this.notify();
+    });
+    ws.on("close", (code, reason) => {
+      this.closed = { code, reason: reason.toString() };
+      this.notify();
+    });
+    ws.on("error", () => this.notify());
+  }
+
+  /** Opens `<workerUrl>/parties/main/<channel>?<query>` and waits for the welcome frame. */
+  static async connect(workerUrl: string, channel: string, query: Record<string, string> = {}): Promise<TestSubscriber> {
+    const url = new URL(`/parties/main/${channel}`, workerUrl.replace(/^http/, "ws"));
+    for (const [k, v] of Object.entries(query)) url.searchParams.set(k, v);
+    const sub = new TestSubscriber(new WebSocket(url));
+    await sub.waitFor(() => sub.frames.some((f) => f.type === "welcome") || undefined, "welcome");
+    return sub;
+  }
+
+  get welcome(): Extract<ServerFrame, { type: "welcome" }> {
+    return this.frames.find((f): f is Extract<ServerFrame, { type: "welcome" }> => f.type === "welcome")!;
+  }
+
+  /** Waits until `check` holds over what was received. */
+  waitFor<T>(check: () => T | undefined | null | false, what: string, timeoutMs?: number): Promise<T> {
+    return waitUntil(
+      check,
+      (notify) => {
+        this.listeners.add(notify);
+        return () => this.listeners.delete(notify);
+      },
+      () => `${what} (received ${this.frames.length} frames, ${this.events.length} events${this.closed ? `, closed ${this.closed.code}` : ""})`,
+      timeoutMs,
+    );
+  }
+
+  /** Waits until at least `n` events arrived; returns them. */
+  waitForEvents(n: number, timeoutMs?: number): Promise<ChannelEvent[]> {
+    return this.waitFor(() => (this.events.length >= n ? this.events : undefined), `${n} events`, timeoutMs);
+  }
+
+  close(): void {
+    this.ws.close();
+  }
+
+  private notify(): void {
+    for (const l of [...this.listeners]) l();
+  }
+}

@@ -1,0 +1,30 @@
+/** The real Worker (workerd through wrangler's unstable_startWorker), one per test file. */
+import { fileURLToPath } from "node:url";
+import { unstable_startWorker } from "wrangler";
+
+/** The ingest secret every test Worker and relay share. */
+export const TEST_SECRET = "test-secret-0123456789abcdef";
+
+/** A running Worker: its base URL (http://127.0.0.1:<port>) and how to stop it. */
+export interface TestWorker {
+  url: string;
+  dispose(): Promise<void>;
+}
+
+/** Starts the Worker from wrangler.toml with in-memory storage; `vars` override [vars]. */
+export async function startTestWorker(vars: Record<string, string> = {}): Promise<TestWorker> {
+  process.env.CLOUDFLARE_CF_FETCH_ENABLED = "false";
+  process.env.WRANGLER_SEND_METRICS = "false";
+  const bindings = Object.fromEntries(
+    Object.entries({ INGEST_SECRET: TEST_SECRET, ...vars }).map(([k, value]) => [k, { type: "plain_text" as const, value }]),
+  );
+  const worker = await unstable_startWorker({
+    config: fileURLToPath(new URL("../../wrangler.toml", import.meta.url)),
+    bindings,
+    // `persist: false` keeps Durable Object storage in memory: each Worker starts empty.
+    dev: { server: { hostname: "127.0.0.1", port: 0 }, inspector: false, persist: false, logLevel: "warn" } as never,
+  });
+  await worker.ready;
+  const url = (await worker.url).toString().replace(/\/$/, "");
+  return { url, dispose: () => worker.dispose() };
+}

@@ -1,0 +1,149 @@
+/** The Channel Durable Object inside workerd: sockets, hibernation, resume, large events. */
+import { env, exports } from "cloudflare:workers";
+import { evictDurableObject, runInDurableObject } from "cloudflare:test";
+import { describe, expect, it } from "vitest";
+import { event, ingest, Socket } from "./helpers.ts";
+
+const stubOf = (channel: string) => env.CHANNEL.get(env.CHANNEL.idFromName(channel));
+
+async function welcomeOf(sock: Socket): Promise<{ epoch: string; seq: number }> {
+  const [w] = await sock.frameCount(1);
+  if (w?.type !== "welcome") throw new Error(`first frame was ${JSON.stringify(w)}`);
+  return w;
+}
+
+describe("upgrade", () => {
+  it("refuses an invalid channel name with 400 and a plain GET with 426, as JSON", async () => {
+    const bad = await exports.default.fetch("http://edge/parties/main/has%20space", { headers: { Upgrade: "websocket" } });
+    expect(bad.status).toBe(400);
+    expect(await bad.json()).toMatchObject({ error: { code: "invalid_channel" } });
+    const plain = await exports.default.fetch("http://edge/parties/main/todos");
+    expect(plain.status).toBe(426);
+    expect(await plain.json()).toMatchObject({ error: { code: "upgrade_required" } });
+  });
+
+  it("answers a non-numeric since with an error frame, then closes 1008", async () => {
+    const sock = await Socket.open("bad-since", "?since=abc&epoch=x");
+    await sock.until(() => sock.closed);
+    expect(sock.frames.map((f) => f.type)).toEqual(["welcome", "error"]);
+    expect(sock.frames[1]).toMatchObject({ code: "invalid_query" });
+    expect(sock.closed!.code).toBe(1008);
+  });
+
+  it("answers a non-numeric since with an error frame, then closes 1008", async () => {
+    const sock = await Socket.open("bad-since", "?since=abc&epoch=x");
+    await sock.until(() => sock.closed);
+    expect(sock.frames.map((f) => f.type)).toEqual(["welcome", "error"]);
+    expect(sock.frames[1]).toMatchObject({ code: "invalid_query" });
+    expect(sock.closed!.code).toBe(1008);
+  });
+
+  it("answers ping with pong (runtime auto-response) and any other message with an error frame", async () => {
+    const sock = await Socket.open("chatty");
+    await sock.frameCount(1);
+    sock.ws.send("ping");
+    await sock.until(() => sock.raw.includes("pong"));
+    sock.ws.send(JSON.stringify({ type: "publish", data: "x" }));
+    const frames = await sock.frameCount(2);
+    expect(frames[1]).toMatchObject({ type: "error", code: "unsupported_frame" });
+  });
+});
+
+describe("hibernation", () => {
+  it("keeps its sockets and its seq when evicted, and events published afterwards reach them", async () => {
+    const sockets = await Promise.all([Socket.open("hib"), Socket.open("hib")]);
+    await ingest([event("hib", "before-1"), event("hib", "before-2")]);
+    for (const s of sockets) await s.eventCount(2);
+    const epochBefore = (await welcomeOf(sockets[0]!)).epoch;
+
+    await evictDurableObject(stubOf("hib"));
+
+    await ingest([event("hib", "after")]);
+    for (const s of sockets) {
+      const events = await s.eventCount(3);
+      expect(events.map((e) => [e.seq, e.data])).toEqual([[1, "before-1"], [2, "before-2"], [3, "after"]]);
+    }
+    // Same history after waking: same epoch, and a newcomer is welcomed at seq 3.
+    const late = await Socket.open("hib");
+    expect(await welcomeOf(late)).toMatchObject({ epoch: epochBefore, seq: 3 });
+  });
+
+  it("still answers pings while evicted without losing sockets", async () => {
+    const sock = await Socket.open("hib-ping");
+    await sock.frameCount(1);
+    await evictDurableObject(stubOf("hib-ping"));
+    sock.ws.send("ping");
+    await sock.until(() => sock.raw.includes("pong"));
+    await ingest([event("hib-ping", "still here")]);
+    expect((await sock.eventCount(1))[0]!.data).toBe("still here");
+  });
+});
+
+describe("resume", () => {
+  it("replays exactly the events after since, then continues live, with no overlap", async () => {
+    const first = await Socket.open("resume");
+    const { epoch } = await welcomeOf(first);
+    await ingest([event("resume", 1), event("resume", 2)]);
+    await first.eventCount(2);
+    first.ws.close();
+    await ingest([event("resume", 3), event("resume", 4), event("resume", 5)]);
+    const again = await Socket.open("resume", `?since=2&epoch=${epoch}`);
+    await ingest([event("resume", 6)]);
+    const events = await again.eventCount(4);
+    expect(events.map((e) => [e.seq, e.data])).toEqual([[3, 3], [4, 4], [5, 5], [6, 6]]);
+    expect(again.frames[0]).toMatchObject({ type: "welcome", seq: 5 });
+  });
+
+  it("replays across an eviction: the log is in SQLite, not memory", async () => {
+    const first = await Socket.open("resume-evict");
+    const { epoch } = await welcomeOf(first);
+    first.ws.close();
+    await ingest([event("resume-evict", "a"), event("resume-evict", "b")]);
+    await evictDurableObject(stubOf("resume-evict"), { webSockets: "close" });
+    const again = await Socket.open("resume-evict", `?since=0&epoch=${epoch}`);
+    expect((await again.eventCount(2)).map((e) => e.data)).toEqual(["a", "b"]);
+  });
+
+  it("answers reset {reason: epoch} to a client from another history", async () => {
+    await ingest([event("resume-epoch")]);
+    const sock = await Socket.open("resume-epoch", "?since=1&epoch=some-other-epoch");
+    const frames = await sock.frameCount(2);
+    expect(frames[1]).toMatchObject({ type: "reset", reason: "epoch", seq: 1 });
+    expect(sock.events).toEqual([]);
+  });
+
+  it("answers reset {reason: epoch} to a since beyond the channel's seq", async () => {
+    const sock0 = await Socket.open("resume-ahead");
+    const { epoch } = await welcomeOf(sock0);
+    const sock = await Socket.open("resume-ahead", `?since=99&epoch=${epoch}`);
+    expect((await sock.frameCount(2))[1]).toMatchObject({ type: "reset", reason: "epoch" });
+  });
+
+  it("answers reset {reason: gap} when the missed events are older than the log keeps (REPLAY_MAX_EVENTS=50 here)", async () => {
+    const sock0 = await Socket.open("resume-gap");
+    const { epoch } = await welcomeOf(sock0);
+    sock0.ws.close();
+    await ingest(Array.from({ length: 60 }, (_, i) => event("resume-gap", i + 1)));
+    const tooOld = await Socket.open("resume-gap", `?since=5&epoch=${epoch}`);
+    const frames = await tooOld.frameCount(2);
+    expect(frames[1]).toMatchObject({ type: "reset", reason: "gap", seq: 60 });
+    // The newest 50 are still replayable.
+    const recent = await Socket.open("resume-gap", `?since=10&epoch=${epoch}`);
+    expect((await recent.eventCount(50)).map((e) => e.seq)).toEqual(Array.from({ length: 50 }, (_, i) => i + 11));
+  });
+});
+
+describe("large events", () => {
+  it("stores and replays a 3 MB event (over SQLite's 2 MB row limit) exactly, surrogate pairs included", async () => {
+    const data = { text: "😀".repeat(400_000) + "x".repeat(1_500_000) };
+    const sock0 = await Socket.open("big");
+    const { epoch } = await welcomeOf(sock0);
+    expect((await ingest([event("big", data)])).status).toBe(200);
+    expect((await sock0.eventCount(1))[0]!.data).toEqual(data);
+    await evictDurableObject(stubOf("big"), { webSockets: "close" });
+    const again = await Socket.open("big", `?since=0&epoch=${epoch}`);
+    expect((await again.eventCount(1))[0]!.data).toEqual(data);
+    const parts = await runInDurableObject(stubOf("big"), (_, state) => state.storage.sql.exec("select count(*) as n from log_part").one().n);
+    expect(parts).toBeGreaterThan(1);
+  });
+});

@@ -1,0 +1,89 @@
+/** Helpers for tests inside workerd: signed ingest requests and sockets that record frames. */
+import { env, exports } from "cloudflare:workers";
+import type { ChannelEvent, IngestEvent, ServerFrame } from "../../protocol/index.ts";
+import { SIGNATURE_HEADER, signBody } from "../../protocol/index.ts";
+
+export const SECRET = env.INGEST_SECRET!;
+
+let counter = 0;
+/** An ingest event with a unique id. */
+export function event(channel: string, data: unknown = { n: ++counter }, over: Partial<IngestEvent> = {}): IngestEvent {
+  return { id: `test-${++counter}`, channel, event: "test", data, ts: Date.now(), ...over };
+}
+
+/** POSTs a raw body to /ingest, signed with `secret` at `t` unless a header is given. */
+export async function postIngest(body: string, opts: { secret?: string; t?: number; signature?: string | null } = {}): Promise<Response> {
+  const headers: Record<string, string> = { "Content-Type": "application/json" };
+  const signature = opts.signature === undefined ? await signBody(opts.secret ?? SECRET, body, opts.t) : opts.signature;
+  if (signature !== null) headers[SIGNATURE_HEADER] = signature;
+  return exports.default.fetch("http://edge/ingest", { method: "POST", headers, body });
+}
+
+/** POSTs events, signed; returns status and JSON answer. */
+export async function ingest(events: IngestEvent[]): Promise<{ status: number; body: any }> {
+  const res = await postIngest(JSON.stringify({ events }));
+  return { status: res.status, body: await res.json() };
+}
+
+/** A WebSocket accepted from the Worker, recording frames; `next()` awaits the next one. */
+export class Socket {
+  readonly frames: ServerFrame[] = [];
+  /** Every text message as received, JSON or not (`pong`). */
+  readonly raw: string[] = [];
+  private waiters: (() => void)[] = [];
+  closed: { code: number; reason: string } | null = null;
+
+  constructor(readonly ws: WebSocket) {
+    ws.accept();
+    ws.addEventListener("message", (m) => {
+      const text = m.data as string;
+      this.raw.push(text);
+      if (text.startsWith("{")) this.frames.push(JSON.parse(text));
+      this.flush();
+    });
+    ws.addEventListener("close", (c) => {
+      this.closed = { code: c.code, reason: c.reason };
+      this.flush();
+    });
+  }
+
+  /** Opens a channel's WebSocket through the Worker's router. */
+  static async open(channel: string, query = ""): Promise<Socket> {
+    const res = await exports.default.fetch(`http://edge/parties/main/${channel}${query}`, { headers: { Upgrade: "websocket" } });
+    if (res.status !== 101 || !res.webSocket) throw new Error(`upgrade failed: ${res.status} ${await res.text()}`);
+    return new Socket(res.webSocket);
+  }
+
+  get events(): ChannelEvent[] {
+    return this.frames.flatMap((f) => (f.type === "events" ? f.events : []));
+  }
+
+  /** Waits until `check` holds (re-checked on every frame). */
+  until<T>(check: () => T | undefined | null | false): Promise<T> {
+    return new Promise((resolve) => {
+      const test = () => {
+        const v = check();
+        if (v === undefined || v === null || v === false) return false;
+        resolve(v);
+        return true;
+      };
+      if (test()) return;
+      const waiter = () => {
+        if (test()) this.waiters = this.waiters.filter((w) => w !== waiter);
+      };
+      this.waiters.push(waiter);
+    });
+  }
+
+  frameCount(n: number): Promise<ServerFrame[]> {
+    return this.until(() => this.frames.length >= n && this.frames);
+  }
+
+  eventCount(n: number): Promise<ChannelEvent[]> {
+    return this.until(() => this.events.length >= n && this.events);
+  }
+
+  private flush(): void {
+    for (const w of [...this.waiters]) w();
+  }
+}

@@ -1,0 +1,26 @@
+import { cloudflareTest } from "@cloudflare/vitest-plugin";
+import { defineConfig } from "vitest/config";
+
+export default defineConfig({
+  test: {
+    projects: [
+      {
+        // Worker and Durable Object tests, inside workerd.
+        plugins: [cloudflareTest({ wrangler: { configPath: "./wrangler.toml" }, miniflare: { bindings: { INGEST_SECRET: "test-secret-0123456789abcdef", REPLAY_MAX_EVENTS: "50" } } })],
+        test: { name: "worker", include: ["test/worker/**/*.test.ts"] },
+      },
+      {
+        // Relay, end-to-end and browser tests, in Node against a real Postgres.
+        test: {
+          name: "node",
+          include: ["test/relay/**/*.test.ts", "test/e2e/**/*.test.ts", "test/browser/**/*.test.ts"],
+          globalSetup: ["test/support/global-setup.ts"],
+          testTimeout: 60_000,
+          hookTimeout: 120_000,
+          // Two cores: one Postgres, one workerd per file, files in parallel would starve each other.
+          fileParallelism: false,
+        },
+      },
+    ],
+  },
+});

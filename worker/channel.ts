@@ -1,0 +1,250 @@
+/**
+ * The Channel Durable Object: one per channel. It sequences events, keeps the replay log and
+ * dedupe ids in its SQLite, and fans frames out to hibernatable WebSockets.
+ *
+ * Hibernation-safe by construction: everything needed after a wake-up is in SQLite (seq, epoch,
+ * log) or in socket attachments; nothing keeps the object awake (no timers), and pings are
+ * answered by the runtime's auto-response.
+ */
+import { DurableObject } from "cloudflare:workers";
+import type { ErrorCode, IngestEvent, IngestResult, ResetReason, ServerFrame } from "../protocol/index.ts";
+import { PING, PONG } from "../protocol/index.ts";
+import { resolveWorkerConfig, type WorkerConfig } from "./config.ts";
+import type { Env } from "./env.ts";
+
+/** Header the Worker sets on a forwarded upgrade: the channel's name. */
+export const CHANNEL_NAME_HEADER = "X-Realtime-Channel";
+
+/** Ids remembered for dedupe beyond the replay log: covers a relay re-sending its last batches. */
+const DEDUPE_MIN_IDS = 10_000;
+
+/** Replay is sent in frames of at most this many events, so one frame stays small. */
+const REPLAY_FRAME_EVENTS = 500;
+
+/**
+ * Event data is stored in pieces of at most this many UTF-16 units (at most 1.5 MB of UTF-8):
+ * Durable Object SQLite refuses strings and rows over 2 MB, and an event may be larger.
+ */
+const LOG_CHUNK_UNITS = 500_000;
+
+/** Per-socket state that must survive hibernation (attachments are limited to 16 KiB). */
+interface SocketAttachment {
+  connectedAt: number;
+}
+
+const SCHEMA = `
+  create table if not exists meta (key text primary key, value text not null);
+  create table if not exists log (
+    seq integer primary key,
+    id text not null,
+    event text not null,
+    data text not null,
+    parts integer not null default 0,
+    ts integer not null,
+    stored_at integer not null
+  );
+  create table if not exists log_part (seq integer not null, part integer not null, chunk text not null, primary key (seq, part));
+  create table if not exists seen (id text primary key, seq integer not null);
+  create index if not exists seen_by_seq on seen (seq);
+`;
+
+export class Channel extends DurableObject<Env> {
+  private readonly sql: SqlStorage;
+  private readonly config: WorkerConfig;
+  private readonly epoch: string;
+  private seq: number;
+  private name: string | null;
+
+  constructor(ctx: DurableObjectState, env: Env) {
+    super(ctx, env);
+    this.sql = ctx.storage.sql;
+    this.config = resolveWorkerConfig(env);
+    this.sql.exec(SCHEMA);
+    const meta = new Map(this.sql.exec<{ key: string; value: string }>("select key, value from meta").toArray().map((r) => [r.key, r.value]));
+    let epoch = meta.get("epoch");
+    if (!epoch) {
+      // A new epoch means a new history: a client holding seqs of another one must reset.
+      epoch = crypto.randomUUID();
+      this.sql.exec("insert into meta (key, value) values ('epoch', ?), ('seq', '0')", epoch);
+    }
+    this.epoch = epoch;
+    this.seq = Number(meta.get("seq") ?? 0);
+    this.name = meta.get("name") ?? null;
+    // Heartbeats never wake a hibernated object.
+    ctx.setWebSocketAutoResponse(new WebSocketRequestResponsePair(PING, PONG));
+  }
+
+  /**
+   * Stores new events (dropping ids already stored), assigns each a seq, and sends one frame to
+   * every socket. Storage is committed before this returns, so the Worker's 200 means durable.
+   */
+  publish(channel: string, events: IngestEvent[]): IngestResult {
+    this.remember(channel);
+    const fresh: string[] = [];
+    let duplicates = 0;
+    const now = Date.now();
+    const before = this.seq;
+    try {
+      this.ctx.storage.transactionSync(() => {
+        for (const e of events) {
+          if (this.sql.exec("select 1 from seen where id = ?", e.id).toArray().length > 0) {
+            duplicates++;
+            continue;
+          }
+          const seq = ++this.seq;
+          const data = JSON.stringify(e.data ?? null);
+          this.sql.exec("insert into seen (id, seq) values (?, ?)", e.id, seq);
+          const [head, ...rest] = chunks(data);
+          this.sql.exec(
+            "insert into log (seq, id, event, data, parts, ts, stored_at) values (?, ?, ?, ?, ?, ?, ?)",
+            seq, e.id, e.event, head ?? "", rest.length, e.ts, now,
+          );
+          rest.forEach((chunk, i) => this.sql.exec("insert into log_part (seq, part, chunk) values (?, ?, ?)", seq, i + 1, chunk));
+          fresh.push(eventJson(seq, e.id, e.event, data, e.ts));
+        }
+        if (this.seq !== before) {
+          this.sql.exec("update meta set value = ? where key = 'seq'", String(this.seq));
+          this.trim(now);
+        }
+      });
+    } catch (err) {
+      this.seq = before;
+      throw err;
+    }
+    if (fresh.length > 0) this.broadcast(eventsFrame(fresh));
+    return { accepted: fresh.length, duplicates };
+  }
+
+  /** Accepts a WebSocket (forwarded by the Worker), greets it, and replays what it missed. */
+  override async fetch(request: Request): Promise<Response> {
+    if (request.headers.get("Upgrade")?.toLowerCase() !== "websocket") {
+      return Response.json({ error: { code: "upgrade_required", message: "expected a WebSocket upgrade" } }, { status: 426 });
+    }
+    const channel = request.headers.get(CHANNEL_NAME_HEADER);
+    if (channel) this.remember(channel);
+    const url = new URL(request.url);
+    const since = url.searchParams.get("since");
+    const epoch = url.searchParams.get("epoch");
+
+    const { 0: client, 1: server } = new WebSocketPair();
+    this.ctx.acceptWebSocket(server);
+    server.serializeAttachment({ connectedAt: Date.now() } satisfies SocketAttachment);
+    // No await between accepting and replaying: a publish cannot slip in between, so the
+    // socket sees welcome, then replay, then live events, with no gap and no overlap.
+    send(server, { type: "welcome", channel: this.name ?? "", epoch: this.epoch, seq: this.seq });
+    if (since !== null && since !== "") {
+      const sinceSeq = /^\d{1,15}$/.test(since) ? Number(since) : NaN;
+      if (Number.isNaN(sinceSeq)) {
+        this.refuse(server, "invalid_query", "since must be a non-negative integer: the seq of the last event received");
+      } else {
+        this.replay(server, sinceSeq, epoch ?? "");
+      }
+    }
+    return new Response(null, { status: 101, webSocket: client });
+  }
+
+  /** Clients send nothing but pings (answered by the runtime); anything else is refused. */
+  override webSocketMessage(ws: WebSocket, _message: string | ArrayBuffer): void {
+    send(ws, {
+      type: "error",
+      code: "unsupported_frame",
+      message: `this channel accepts no messages; send "${PING}" for a heartbeat`,
+    });
+  }
+
+  override webSocketClose(ws: WebSocket, code: number, reason: string): void {
+    // Completes the closing handshake; 1005/1006 are reserved and cannot be sent back.
+    try {
+      ws.close(code === 1005 || code === 1006 ? 1000 : code, reason);
+    } catch {
+      // already closed
+    }
+  }
+
+  override webSocketError(): void {
+    // The socket is gone; getWebSockets() stops returning it. Nothing to clean up.
+  }
+
+  private replay(ws: WebSocket, since: number, epoch: string): void {
+    if (epoch !== this.epoch || since > this.seq) return this.reset(ws, "epoch");
+    if (since === this.seq) return;
+    this.trim(Date.now());
+    const oldest = this.sql.exec<{ seq: number | null }>("select min(seq) as seq from log").one().seq;
+    if (oldest === null || since < oldest - 1) return this.reset(ws, "gap");
+    let batch: string[] = [];
+    for (const row of this.sql.exec<{ seq: number; id: string; event: string; data: string; parts: number; ts: number }>(
+      "select seq, id, event, data, parts, ts from log where seq > ? order by seq",
+      since,
+    ).toArray()) {
+      const data = row.parts === 0 ? row.data : row.data + this.sql.exec<{ chunk: string }>("select chunk from log_part where seq = ? order by part", row.seq).toArray().map((r) => r.chunk).join("");
+      batch.push(eventJson(row.seq, row.id, row.event, data, row.ts));
+      if (batch.length === REPLAY_FRAME_EVENTS) {
+        ws.send(eventsFrame(batch));
+        batch = [];
+      }
+    }
+    if (batch.length > 0) ws.send(eventsFrame(batch));
+  }
+
+  private reset(ws: WebSocket, reason: ResetReason): void {
+    send(ws, { type: "reset", reason, epoch: this.epoch, seq: this.seq });
+  }
+
+  private refuse(ws: WebSocket, code: ErrorCode, message: string): void {
+    send(ws, { type: "error", code, message });
+    ws.close(1008, code);
+  }
+
+  /** Drops log entries past the count or age bound, and dedupe ids past their bound. */
+  private trim(now: number): void {
+    const { replayMaxEvents, replayMaxAgeMs } = this.config;
+    this.sql.exec("delete from log where seq <= ? or stored_at < ?", this.seq - replayMaxEvents, now - replayMaxAgeMs);
+    this.sql.exec("delete from log_part where seq < coalesce((select min(seq) from log), ?)", this.seq + 1);
+    this.sql.exec("delete from seen where seq <= ?", this.seq - Math.max(replayMaxEvents, DEDUPE_MIN_IDS));
+  }
+
+  private broadcast(frame: string): void {
+    for (const ws of this.ctx.getWebSockets()) {
+      try {
+        ws.send(frame);
+      } catch {
+        // A socket closing right now; its close handler will run.
+      }
+    }
+  }
+
+  private remember(channel: string): void {
+    if (this.name === channel) return;
+    this.name = channel;
+    this.sql.exec("insert into meta (key, value) values ('name', ?) on conflict (key) do update set value = excluded.value", channel);
+  }
+}
+
+function send(ws: WebSocket, frame: ServerFrame): void {
+  ws.send(JSON.stringify(frame));
+}
+
+/**
+ * One event of an `events` frame, built from its already-serialized data: the data is
+ * stringified once per publish, not once per socket or once for the log and again for the frame.
+ */
+function eventJson(seq: number, id: string, event: string, data: string, ts: number): string {
+  return `{"seq":${seq},"id":${JSON.stringify(id)},"event":${JSON.stringify(event)},"data":${data},"ts":${ts}}`;
+}
+
+/** Splits `text` into pieces of at most LOG_CHUNK_UNITS, never between the halves of a surrogate pair. */
+function chunks(text: string): string[] {
+  const out: string[] = [];
+  for (let start = 0; start < text.length; ) {
+    let end = Math.min(start + LOG_CHUNK_UNITS, text.length);
+    const last = text.charCodeAt(end - 1);
+    if (end < text.length && last >= 0xd800 && last <= 0xdbff) end--;
+    out.push(text.slice(start, end));
+    start = end;
+  }
+  return out;
+}
+
+function eventsFrame(events: string[]): string {
+  return `{"type":"events","events":[${events.join(",")}]}`;
+}

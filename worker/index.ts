@@ -1,0 +1,45 @@
+/**
+ * The Worker: routing only. Ingest verification lives in ingest.ts, channels in channel.ts.
+ */
+import { Hono } from "hono";
+import { CHANNEL_PATH_PREFIX, isValidChannel } from "../protocol/index.ts";
+import { CHANNEL_NAME_HEADER } from "./channel.ts";
+import { WorkerConfigError } from "./config.ts";
+import type { Env } from "./env.ts";
+import { jsonError } from "./errors.ts";
+import { ingest } from "./ingest.ts";
+
+export { Channel } from "./channel.ts";
+export type { Env } from "./env.ts";
+
+const app = new Hono<{ Bindings: Env }>();
+
+app.get("/health", (c) => c.json({ ok: true }));
+
+app.post("/ingest", ingest);
+
+// partysocket's default URL, so `new PartySocket({ host, room: channel })` connects here.
+app.get(`${CHANNEL_PATH_PREFIX}:channel`, async (c) => {
+  const channel = c.req.param("channel");
+  if (!isValidChannel(channel)) {
+    return jsonError(c, 400, "invalid_channel", "channel names are 1-128 of A-Z a-z 0-9 _ . : @ -");
+  }
+  if (c.req.header("Upgrade")?.toLowerCase() !== "websocket") {
+    return jsonError(c, 426, "upgrade_required", "connect with a WebSocket (for example new PartySocket({ host, room }))");
+  }
+  const headers = new Headers(c.req.raw.headers);
+  headers.set(CHANNEL_NAME_HEADER, channel);
+  const stub = c.env.CHANNEL.get(c.env.CHANNEL.idFromName(channel));
+  return stub.fetch(new Request(c.req.raw, { headers }));
+});
+
+app.notFound((c) => jsonError(c, 404, "not_found", `no route for ${c.req.method} ${c.req.path}`));
+
+app.onError((err, c) => {
+  if (err instanceof WorkerConfigError) return jsonError(c, 503, err.code, err.message);
+  // The stack goes to the log, never to the client.
+  console.error(JSON.stringify({ level: "error", msg: "unhandled", path: c.req.path, error: String(err), stack: err.stack }));
+  return jsonError(c, 500, "internal", "internal error");
+});
+
+export default app;
