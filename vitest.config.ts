@@ -7,13 +7,14 @@ export default defineConfig({
       {
         // Worker and Durable Object tests, inside workerd.
         plugins: [cloudflareTest({ wrangler: { configPath: "./wrangler.toml" }, miniflare: { bindings: { INGEST_SECRET: "test-secret-0123456789abcdef", REPLAY_MAX_EVENTS: "50" } } })],
-        test: { name: "worker", include: ["test/worker/**/*.test.ts"] },
+        test: { name: "worker", include: ["test/worker/**/*.test.ts", "test/faults/**/*.worker.test.ts"] },
       },
       {
         // Relay, end-to-end and browser tests, in Node against a real Postgres.
         test: {
           name: "node",
-          include: ["test/relay/**/*.test.ts", "test/e2e/**/*.test.ts", "test/browser/**/*.test.ts"],
+          include: ["test/relay/**/*.test.ts", "test/e2e/**/*.test.ts", "test/faults/**/*.test.ts", "test/browser/**/*.test.ts"],
+          exclude: ["test/faults/**/*.worker.test.ts"],
           globalSetup: ["test/support/global-setup.ts"],
           testTimeout: 60_000,
           hookTimeout: 120_000,

@@ -6,7 +6,7 @@
  * (partysocket evaluates a `query` function per connection), so the Channel replays exactly what
  * was missed, or answers `reset` when it cannot.
  */
-import PartySocket from "partysocket";
+import PartySocket, { type PartySocketOptions } from "partysocket";
 import type { ChannelEvent, ErrorCode, ResetReason, ServerFrame } from "../protocol/index.ts";
 import { PING } from "../protocol/index.ts";
 
@@ -47,6 +47,8 @@ export interface SubscribeOptions<Events extends Record<string, unknown> = Recor
   WebSocket?: unknown;
   /** Send a heartbeat every this many ms (0: never). Answered by the edge without waking the channel. Default 30000. */
   heartbeatMs?: number;
+  /** More partysocket options (reconnect delays, `maxRetries`, ...). Default: partysocket's. */
+  socket?: Omit<PartySocketOptions, "host" | "room" | "query" | "WebSocket">;
 }
 
 /** A live subscription. */
@@ -78,6 +80,7 @@ export function subscribe<Events extends Record<string, unknown> = Record<string
   };
 
   const socket = new PartySocket({
+    ...options.socket,
     host: options.host,
     room: options.channel,
     WebSocket: options.WebSocket,

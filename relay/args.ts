@@ -26,6 +26,9 @@ export const OPTION_SPECS: OptionSpec[] = [
   { flag: "retry-base", env: "RELAY_RETRY_BASE_MS", key: "retryBaseMs", kind: "int", doc: "first retry delay in ms (doubles, with jitter)" },
   { flag: "retry-max", env: "RELAY_RETRY_MAX_MS", key: "retryMaxMs", kind: "int", doc: "longest retry delay in ms" },
   { flag: "standby-poll", env: "RELAY_STANDBY_POLL_MS", key: "standbyPollMs", kind: "int", doc: "ms between a standby's attempts to take the lead" },
+  { flag: "retention", env: "RELAY_RETENTION_SECONDS", key: "retentionSeconds", kind: "int", doc: "delivered outbox rows are kept this many seconds" },
+  { flag: "prune-interval", env: "RELAY_PRUNE_INTERVAL_MS", key: "pruneIntervalMs", kind: "int", doc: "ms between prunes of delivered rows" },
+  { flag: "prune-batch", env: "RELAY_PRUNE_BATCH", key: "pruneBatch", kind: "int", doc: "most rows deleted per prune statement" },
   { flag: "log-level", env: "LOG_LEVEL", key: "logLevel", kind: "string", doc: "debug, info, warn, error or silent" },
 ];
 

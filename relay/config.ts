@@ -40,6 +40,12 @@ export interface RelayOptions {
   retryMaxMs?: number;
   /** How often a standby relay tries to take the lead, in ms. Default 1000. */
   standbyPollMs?: number;
+  /** Delivered outbox rows older than this many seconds are deleted (0: as soon as delivered). Default 3600. */
+  retentionSeconds?: number;
+  /** How often delivered rows are pruned, in ms. Default 10000. */
+  pruneIntervalMs?: number;
+  /** Most rows one prune statement deletes (each is a short transaction). Default 10000. */
+  pruneBatch?: number;
   /** Log level. Default `"info"`. */
   logLevel?: LogLevel;
 }
@@ -60,6 +66,9 @@ export const RELAY_DEFAULTS = {
   retryBaseMs: 250,
   retryMaxMs: 30_000,
   standbyPollMs: 1000,
+  retentionSeconds: 3600,
+  pruneIntervalMs: 10_000,
+  pruneBatch: 10_000,
   logLevel: "info" as LogLevel,
 } satisfies Omit<ResolvedRelayOptions, "databaseUrl" | "workerUrl" | "ingestSecret">;
 
@@ -107,6 +116,9 @@ export function resolveRelayOptions(options: RelayOptions): ResolvedRelayOptions
   intIn("--retry-base", o.retryBaseMs, 1, 600_000);
   intIn("--retry-max", o.retryMaxMs, o.retryBaseMs, 3_600_000);
   intIn("--standby-poll", o.standbyPollMs, 10, 600_000);
+  intIn("--retention", o.retentionSeconds, 0, 10 * 365 * 86_400);
+  intIn("--prune-interval", o.pruneIntervalMs, 10, 86_400_000);
+  intIn("--prune-batch", o.pruneBatch, 1, 1_000_000);
   if (!["debug", "info", "warn", "error", "silent"].includes(o.logLevel)) {
     throw new RelayConfigError(`--log-level must be one of debug, info, warn, error, silent, got ${JSON.stringify(o.logLevel)}`);
   }

@@ -122,3 +122,24 @@ export function advance(cursor: Cursor, page: Page): Cursor {
   if (page.complete) return { done: page.target, target: null, afterId: null };
   return { done: cursor.done, target: page.target, afterId: page.rows.at(-1)!.id };
 }
+
+/**
+ * Deletes up to `limit` delivered rows older than `retentionSeconds`. Delivered means visible in
+ * the `done` snapshot of every cursor (xid below its xmin): a row of a window still being shipped,
+ * or of a transaction still open, is never touched, whatever its age. Each call is one short
+ * statement that locks only the rows it deletes, so writers inserting new rows never wait on it.
+ */
+export async function pruneDelivered(db: pg.ClientBase, retentionSeconds: number, limit: number): Promise<number> {
+  const { rowCount } = await db.query(
+    `with doomed as (
+       select id from realtime.outbox
+       where xid < (select min(pg_snapshot_xmin(done)) from realtime.cursors)
+         and created_at < now() - make_interval(secs => $1)
+       order by id
+       limit $2
+     )
+     delete from realtime.outbox o using doomed where o.id = doomed.id`,
+    [retentionSeconds, limit],
+  );
+  return rowCount ?? 0;
+}

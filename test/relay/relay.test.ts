@@ -2,6 +2,7 @@
  * The relay's contract: NOTIFY forwarding, a cursor that moves only after a 2xx, reconnecting
  * after its backend is killed, and a CLI that refuses bad configuration with one clear line.
  */
+import { readFileSync } from "node:fs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Relay } from "../../relay/relay.ts";
 import { testDatabase, type TestDatabase } from "../support/db.ts";
@@ -168,6 +169,15 @@ describe("CLI", () => {
     expect(await child.exited).toBe(0);
     for (const v of ["DATABASE_URL", "WORKER_URL", "INGEST_SECRET", "RELAY_BATCH_SIZE", "RELAY_POLL_INTERVAL_MS", "RELAY_NOTIFY"]) {
       expect(child.output()).toContain(v);
+    }
+  });
+
+  it("has every option and variable in the README's configuration table", async () => {
+    const { OPTION_SPECS } = await import("../../relay/args.ts");
+    const readme = readFileSync(new URL("../../README.md", import.meta.url), "utf8");
+    for (const spec of OPTION_SPECS) expect(readme).toContain(`| \`--${spec.flag}\` | \`${spec.env}\` |`);
+    for (const name of ["INGEST_SECRET", "INGEST_SECRET_PREVIOUS", "REPLAY_MAX_EVENTS", "REPLAY_MAX_AGE_SECONDS", "MAX_INGEST_BYTES"]) {
+      expect(readme).toContain(`| \`${name}\``);
     }
   });
 

@@ -12,8 +12,12 @@ export type FaultMode = "pass" | "error500" | "refuse";
 export interface FaultProxy {
   url: string;
   mode: FaultMode;
+  /** Where requests go; change it to follow a restarted Worker. */
+  target: string;
   /** Requests seen, by outcome. */
   counts: { passed: number; failed: number };
+  /** The event ids of every /ingest request received, in order, whatever its outcome. */
+  ingests: string[][];
   close(): Promise<void>;
 }
 
@@ -23,13 +27,24 @@ export async function startFaultProxy(target: string): Promise<FaultProxy> {
   const proxy: FaultProxy = {
     url: "",
     mode: "pass",
+    target,
     counts: { passed: 0, failed: 0 },
+    ingests: [],
     close: () => new Promise((resolve) => {
       for (const s of sockets) s.destroy();
       server.close(() => resolve());
     }),
   };
   const server: Server = createServer(async (req, res) => {
+    const chunks: Buffer[] = [];
+    for await (const chunk of req) chunks.push(chunk as Buffer);
+    if (req.url === "/ingest") {
+      try {
+        proxy.ingests.push((JSON.parse(Buffer.concat(chunks).toString()) as { events: { id: string }[] }).events.map((e) => e.id));
+      } catch {
+        proxy.ingests.push([]);
+      }
+    }
     if (proxy.mode === "refuse") {
       proxy.counts.failed++;
       req.socket.destroy();
@@ -40,12 +55,10 @@ export async function startFaultProxy(target: string): Promise<FaultProxy> {
       res.writeHead(500, { "Content-Type": "application/json" }).end('{"error":{"code":"internal","message":"injected fault"}}');
       return;
     }
-    const chunks: Buffer[] = [];
-    for await (const chunk of req) chunks.push(chunk as Buffer);
     const headers: Record<string, string> = {};
     for (const [k, v] of Object.entries(req.headers)) if (typeof v === "string" && k !== "host" && k !== "connection") headers[k] = v;
     try {
-      const upstream = await fetch(new URL(req.url ?? "/", target), { method: req.method, headers, body: req.method === "GET" ? undefined : Buffer.concat(chunks) });
+      const upstream = await fetch(new URL(req.url ?? "/", proxy.target), { method: req.method, headers, body: req.method === "GET" ? undefined : Buffer.concat(chunks) });
       const body = Buffer.from(await upstream.arrayBuffer());
       proxy.counts.passed++;
       res.writeHead(upstream.status, { "Content-Type": upstream.headers.get("content-type") ?? "application/json" }).end(body);

@@ -39,14 +39,46 @@ export function relayEvent<K extends keyof RelayEvents>(relay: Relay, event: K, 
   ).then(() => undefined);
 }
 
+/**
+ * Resolves once the relay has delivered everything committed before the call: the second idle
+ * after it comes from a read that began after the call (the first may come from one already under way).
+ */
+export async function caughtUp(relay: Relay): Promise<void> {
+  await relayEvent(relay, "idle");
+  await relayEvent(relay, "idle");
+}
+
 const CLI = fileURLToPath(new URL("../../dist/cli.js", import.meta.url));
 
+/** A CLI process: its output, its exit, and a wait for a log line. */
+export type CliProcess = ChildProcess & {
+  output: () => string;
+  exited: Promise<number | null>;
+  /** Resolves when a JSON log line with this `msg` (or one of these) appears, counting from the start. */
+  waitForLog: (msg: string | string[], timeoutMs?: number) => Promise<void>;
+};
+
 /** Runs the built CLI (the package's `bin`) with `env`; stderr and stdout are collected. */
-export function spawnCli(args: string[], env: Record<string, string>): ChildProcess & { output: () => string; exited: Promise<number | null> } {
+export function spawnCli(args: string[], env: Record<string, string>): CliProcess {
   const child = spawn(process.execPath, [CLI, ...args], { env: { PATH: process.env.PATH ?? "", ...env }, stdio: ["ignore", "pipe", "pipe"] });
   let out = "";
-  child.stdout!.on("data", (d) => (out += d));
-  child.stderr!.on("data", (d) => (out += d));
+  const listeners = new Set<() => void>();
+  const onData = (d: Buffer) => {
+    out += d;
+    for (const l of [...listeners]) l();
+  };
+  child.stdout!.on("data", onData);
+  child.stderr!.on("data", onData);
   const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
-  return Object.assign(child, { output: () => out, exited });
+  const waitForLog = (msg: string | string[], timeoutMs = 20_000) =>
+    waitUntil(
+      () => [msg].flat().some((m) => out.includes(`"msg":${JSON.stringify(m)}`)) || undefined,
+      (notify) => {
+        listeners.add(notify);
+        return () => listeners.delete(notify);
+      },
+      () => `log line ${JSON.stringify(msg)} (output so far: ${out.slice(-500)})`,
+      timeoutMs,
+    ).then(() => undefined);
+  return Object.assign(child, { output: () => out, exited, waitForLog });
 }

@@ -17,7 +17,14 @@ export function waitUntil<T>(
       reject(new Error(`timed out after ${timeoutMs} ms waiting for ${describe()}`));
     }, timeoutMs);
     const unsubscribe = subscribe(() => {
-      const value = check();
+      let value: T | undefined | null | false;
+      try {
+        value = check();
+      } catch (err) {
+        clearTimeout(timer);
+        unsubscribe();
+        return reject(err);
+      }
       if (value === undefined || value === null || value === false) return;
       clearTimeout(timer);
       unsubscribe();

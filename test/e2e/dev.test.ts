@@ -1,0 +1,75 @@
+/**
+ * The README's first command: `npm run dev` starts the whole stack, prints where it is, delivers
+ * a row typed into Postgres to a WebSocket on the demo channel, serves the demo page, and stops
+ * everything on SIGTERM.
+ */
+import { spawn } from "node:child_process";
+import { chmodSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import pg from "pg";
+import { expect, it } from "vitest";
+import { freePort } from "../../scripts/postgres.ts";
+import { TestSubscriber, waitUntil } from "../support/subscriber.ts";
+
+const root = fileURLToPath(new URL("../..", import.meta.url));
+
+it("npm run dev prints worker/database/demo, relays a psql insert to the todos channel, and stops cleanly on SIGTERM", async () => {
+  const dataDir = mkdtempSync(join(tmpdir(), "dev-stack-"));
+  chmodSync(dataDir, 0o755); // as root, Postgres runs as the postgres user and must reach its data
+  const port = await freePort();
+  const env: NodeJS.ProcessEnv = { ...process.env, PORT: String(port), DEV_DATA_DIR: dataDir };
+  delete env.DATABASE_URL;
+  const child = spawn(process.execPath, [join(root, "node_modules/tsx/dist/cli.mjs"), join(root, "scripts/dev.ts")], { cwd: root, env, stdio: ["ignore", "pipe", "pipe"] });
+  let out = "";
+  const listeners = new Set<() => void>();
+  for (const stream of [child.stdout, child.stderr]) {
+    stream.on("data", (d) => {
+      out += d;
+      listeners.forEach((l) => l());
+    });
+  }
+  const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
+  try {
+    const lines = await waitUntil(
+      () => {
+        if (child.exitCode !== null) throw new Error(`npm run dev exited ${child.exitCode}: ${out.slice(-800)}`);
+        const m = /worker: (\S+)\ndatabase: (\S+)\ndemo: (\S+)\n/.exec(out);
+        return m ? { worker: m[1]!, database: m[2]!, demo: m[3]! } : undefined;
+      },
+      (n) => (listeners.add(n), () => listeners.delete(n)),
+      () => `the three lines (output: ${out.slice(-800)})`,
+      90_000,
+    );
+    expect(lines.worker).toBe(`http://127.0.0.1:${port}`);
+    expect(lines.demo.startsWith(`${lines.worker}/?api=`)).toBe(true);
+
+    const page = await fetch(lines.demo);
+    expect(page.status).toBe(200);
+    expect(await page.text()).toContain("Live todos");
+    expect((await fetch(`${lines.worker}/app.js`)).status).toBe(200);
+
+    const sub = await TestSubscriber.connect(lines.worker, "todos");
+    const db = new pg.Client({ connectionString: lines.database });
+    await db.connect();
+    try {
+      await db.query("insert into todos (title) values ('hello from psql')");
+      const [e] = await sub.waitFor(() => sub.events.length > 0 && sub.events, "the insert");
+      expect(e).toMatchObject({ event: "insert", data: { table: "todos", new: { title: "hello from psql" } } });
+    } finally {
+      sub.close();
+      await db.end();
+    }
+
+    child.kill("SIGTERM");
+    expect(await exited).toBe(0);
+    // Everything it started is gone: the Worker's port and the database refuse connections.
+    await expect(fetch(`${lines.worker}/health`)).rejects.toThrow();
+    const after = new pg.Client({ connectionString: lines.database });
+    await expect(after.connect()).rejects.toThrow();
+  } finally {
+    child.kill("SIGKILL");
+    rmSync(dataDir, { recursive: true, force: true });
+  }
+}, 180_000);

@@ -1,0 +1,141 @@
+/**
+ * Resume with the real client (partysocket in Node) whose TCP connection is cut while events
+ * flow: it receives exactly what it missed, from the channel's replay log. When the log cannot
+ * cover the gap, or the channel's history was replaced, it is told to reset, reloads, and goes on.
+ */
+import { afterAll, beforeAll, expect, it } from "vitest";
+import WebSocket from "ws";
+import { subscribe, type ChannelEvent, type Subscription } from "../../client/index.ts";
+import type { Relay } from "../../relay/relay.ts";
+import { testDatabase, type TestDatabase } from "../support/db.ts";
+import { startFaultProxy, type FaultProxy } from "../support/fault-proxy.ts";
+import { caughtUp, relayEvent, startRelay } from "../support/relay.ts";
+import { waitUntil } from "../support/subscriber.ts";
+import { startTcpProxy, type TcpProxy } from "../support/tcp-proxy.ts";
+import { startTestWorker, type TestWorker } from "../support/worker.ts";
+import { expectExactlyOnceInOrder, writeNumbered } from "./ledger.ts";
+
+let db: TestDatabase;
+let worker: TestWorker;
+let ingestProxy: FaultProxy;
+let net: TcpProxy;
+let relay: Relay;
+
+beforeAll(async () => {
+  // A small replay log, so a long enough cut outgrows it.
+  [db, worker] = await Promise.all([testDatabase("resume"), startTestWorker({ REPLAY_MAX_EVENTS: "300" })]);
+  ingestProxy = await startFaultProxy(worker.url);
+  net = await startTcpProxy(worker.url);
+  relay = startRelay({ databaseUrl: db.url, workerUrl: ingestProxy.url, batchSize: 25 });
+  await relayEvent(relay, "idle");
+});
+
+afterAll(async () => {
+  await relay?.stop();
+  await net?.close();
+  await ingestProxy?.close();
+  await Promise.allSettled([worker?.dispose(), db?.drop()]);
+});
+
+/** A client through the TCP proxy, recording what it is given. */
+function client(channel: string) {
+  const events: ChannelEvent[] = [];
+  const resets: { reason: string; seq: number }[] = [];
+  const statuses: string[] = [];
+  const listeners = new Set<() => void>();
+  const notify = () => listeners.forEach((l) => l());
+  const sub: Subscription = subscribe({
+    host: net.host,
+    channel,
+    WebSocket,
+    socket: { minReconnectionDelay: 50, maxReconnectionDelay: 200 },
+    onEvents: (e) => {
+      events.push(...e);
+      notify();
+    },
+    onReset: (r) => {
+      resets.push(r);
+      notify();
+    },
+    onStatus: (s) => {
+      statuses.push(s);
+      notify();
+    },
+  });
+  const until = <T>(check: () => T | undefined | null | false, what: string) =>
+    waitUntil(check, (n) => (listeners.add(n), () => listeners.delete(n)), () => `${what} (${events.length} events, resets ${JSON.stringify(resets)})`, 60_000);
+  return { sub, events, resets, statuses, until };
+}
+
+it("replays exactly the events published while the connection was cut, while events keep flowing", async () => {
+  const c = client("flow");
+  try {
+    await c.until(() => c.sub.status === "open", "open");
+    const writing = writeNumbered(db, "flow", 1, 900, 3);
+    await c.until(() => c.events.length >= 150, "150 events");
+    const acceptedBefore = net.accepted;
+    net.cut({ refuse: true }); // the client is offline...
+    await c.until(() => c.sub.status === "connecting", "the client to notice");
+    const seenAtCut = c.events.length;
+    await relayEvent(relay, "batch", () => true); // ...while the relay keeps delivering
+    await relayEvent(relay, "batch", () => true);
+    net.restore();
+    await writing;
+    await c.until(() => c.events.length >= 900, "900 events");
+    expectExactlyOnceInOrder(c.events, "flow", 900);
+    expect(c.resets).toEqual([]);
+    expect(seenAtCut).toBeLessThan(900);
+    expect(net.accepted).toBeGreaterThan(acceptedBefore);
+  } finally {
+    c.sub.close();
+  }
+});
+
+it("resets with reason gap when the missed events outgrew the replay log, then continues live", async () => {
+  const c = client("gap");
+  try {
+    await c.until(() => c.sub.status === "open", "open");
+    await writeNumbered(db, "gap", 1, 10);
+    await c.until(() => c.events.length >= 10, "10 events");
+    net.cut({ refuse: true });
+    await c.until(() => c.sub.status === "connecting", "the client to notice");
+    await writeNumbered(db, "gap", 11, 400, 10); // 390 missed > REPLAY_MAX_EVENTS=300
+    await caughtUp(relay);
+    net.restore();
+    const [reset] = await c.until(() => c.resets.length > 0 && c.resets, "a reset");
+    expect(reset).toMatchObject({ reason: "gap", seq: 400 });
+    // After a reset the client reloads (here: the count it would query), then applies new events.
+    await writeNumbered(db, "gap", 401, 410);
+    await c.until(() => c.events.length >= 20, "events after the reset");
+    expect(c.events.map((e) => (e.data as { n: number }).n)).toEqual([...Array.from({ length: 10 }, (_, i) => i + 1), ...Array.from({ length: 10 }, (_, i) => 401 + i)]);
+    expect(c.sub.seq).toBe(410);
+  } finally {
+    c.sub.close();
+  }
+});
+
+it("resets with reason epoch when the channel's history was replaced (a Worker with fresh storage)", async () => {
+  const c = client("epoch");
+  let fresh: TestWorker | null = null;
+  try {
+    await c.until(() => c.sub.status === "open", "open");
+    await writeNumbered(db, "epoch", 1, 5);
+    await c.until(() => c.events.length >= 5, "5 events");
+    const oldEpoch = c.sub.epoch;
+    fresh = await startTestWorker({ REPLAY_MAX_EVENTS: "300" });
+    ingestProxy.target = fresh.url;
+    net.retarget(fresh.url);
+    net.cut();
+    const [reset] = await c.until(() => c.resets.length > 0 && c.resets, "a reset");
+    expect(reset).toMatchObject({ reason: "epoch", seq: 0 });
+    expect(c.sub.epoch).not.toBe(oldEpoch);
+    await writeNumbered(db, "epoch", 6, 8);
+    await c.until(() => c.events.length >= 8, "events in the new epoch");
+    expect(c.events.slice(5).map((e) => [e.seq, (e.data as { n: number }).n])).toEqual([[1, 6], [2, 7], [3, 8]]);
+  } finally {
+    c.sub.close();
+    ingestProxy.target = worker.url;
+    net.retarget(worker.url);
+    await fresh?.dispose();
+  }
+});
