@@ -93,7 +93,14 @@ export class IngestClient {
       throw new IngestError(`POST ${this.url} failed: ${(err as Error).message}`, "network", null, { cause: err });
     }
     const text = await res.text().catch(() => "");
-    if (res.ok) return JSON.parse(text) as IngestResult;
+    if (res.ok) {
+      try {
+        return JSON.parse(text) as IngestResult;
+      } catch (err) {
+        // A 2xx that is not the Worker's answer (a captive proxy, a wrong URL): not acknowledged.
+        throw new IngestError(`Worker answered ${res.status} without its JSON result (is WORKER_URL the Worker?)`, "bad_answer", res.status, { cause: err });
+      }
+    }
     let code = "http_error";
     let message = text.slice(0, 200);
     try {

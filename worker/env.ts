@@ -20,16 +20,10 @@ export interface Env {
 }
 
 declare global {
-  // Types `env` from "cloudflare:workers" / "cloudflare:test".
+  // Types `env` from "cloudflare:workers" / "cloudflare:test" as this Worker's Env.
   namespace Cloudflare {
-    interface Env {
-      CHANNEL: DurableObjectNamespace<Channel>;
-      ASSETS?: Fetcher;
-      INGEST_SECRET?: string;
-      INGEST_SECRET_PREVIOUS?: string;
-      REPLAY_MAX_EVENTS?: string;
-      REPLAY_MAX_AGE_SECONDS?: string;
-      MAX_INGEST_BYTES?: string;
-    }
+    interface Env extends WorkerEnv {}
   }
 }
+
+type WorkerEnv = Env;

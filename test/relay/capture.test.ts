@@ -5,6 +5,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { ChangeEvent } from "../../protocol/index.ts";
 import type { Relay } from "../../relay/relay.ts";
+import { TODOS_DDL } from "../../scripts/demo-api.ts";
 import { testDatabase, type TestDatabase } from "../support/db.ts";
 import { startRelay } from "../support/relay.ts";
 import { TestSubscriber } from "../support/subscriber.ts";
@@ -16,9 +17,8 @@ let relay: Relay;
 
 beforeAll(async () => {
   [db, worker] = await Promise.all([testDatabase("capture"), startTestWorker()]);
+  await db.sql(TODOS_DDL);
   await db.sql(`
-    create table todos (id bigint generated always as identity primary key, title text not null,
-      done boolean not null default false, created_at timestamptz not null default now());
     select realtime.watch('todos');
     create table items (tenant_id int not null, id int not null, name text, primary key (tenant_id, id));
     select realtime.watch('items', 'tenant:{tenant_id}');

@@ -5,6 +5,7 @@
 import { readFileSync } from "node:fs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Relay } from "../../relay/relay.ts";
+import { TODOS_DDL } from "../../scripts/demo-api.ts";
 import { testDatabase, type TestDatabase } from "../support/db.ts";
 import { startFaultProxy } from "../support/fault-proxy.ts";
 import { relayEvent, spawnCli, startRelay } from "../support/relay.ts";
@@ -16,9 +17,8 @@ let worker: TestWorker;
 
 beforeAll(async () => {
   [db, worker] = await Promise.all([testDatabase("relay"), startTestWorker()]);
+  await db.sql(TODOS_DDL);
   await db.sql(`
-    create table todos (id bigint generated always as identity primary key, title text not null,
-      done boolean not null default false, created_at timestamptz not null default now());
     select realtime.watch('todos');
     -- The seeds' own trigger, unchanged (seed 000).
     create or replace function notify_data_change() returns trigger as $$
@@ -57,6 +57,27 @@ describe("NOTIFY forwarding", () => {
       await db.sql("select pg_notify('data_changes', 'changed')");
       const [, , text] = await sub.waitForEvents(3);
       expect(text!.data).toBe("changed");
+    } finally {
+      sub.close();
+      await relay.stop();
+    }
+  });
+});
+
+describe("large events", () => {
+  it("sends an event over --max-event-bytes as an {oversized} marker with its key, in order with the rest", async () => {
+    const relay = startRelay({ databaseUrl: db.url, workerUrl: worker.url, maxEventBytes: 2048 });
+    const sub = await TestSubscriber.connect(worker.url, "todos");
+    try {
+      await relayEvent(relay, "idle");
+      await db.sql("insert into todos (title) values ('small before'), ($1), ('small after')", ["x".repeat(10_000)]);
+      const events = await sub.waitForEvents(3);
+      const big = events[1]!.data as { oversized: boolean; bytes: number; key: { id: number } };
+      expect(big).toMatchObject({ oversized: true, op: "INSERT", schema: "public", table: "todos" });
+      expect(big.bytes).toBeGreaterThan(10_000);
+      const [row] = await db.sql<{ id: string }>("select id from todos where length(title) = 10000");
+      expect(big.key).toEqual({ id: Number(row!.id) });
+      expect(events.map((e) => (e.data as { new?: { title: string } }).new?.title)).toEqual(["small before", undefined, "small after"]);
     } finally {
       sub.close();
       await relay.stop();

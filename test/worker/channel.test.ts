@@ -30,14 +30,6 @@ describe("upgrade", () => {
     expect(sock.closed!.code).toBe(1008);
   });
 
-  it("answers a non-numeric since with an error frame, then closes 1008", async () => {
-    const sock = await Socket.open("bad-since", "?since=abc&epoch=x");
-    await sock.until(() => sock.closed);
-    expect(sock.frames.map((f) => f.type)).toEqual(["welcome", "error"]);
-    expect(sock.frames[1]).toMatchObject({ code: "invalid_query" });
-    expect(sock.closed!.code).toBe(1008);
-  });
-
   it("answers ping with pong (runtime auto-response) and any other message with an error frame", async () => {
     const sock = await Socket.open("chatty");
     await sock.frameCount(1);
