@@ -6,7 +6,22 @@ export default defineConfig({
     projects: [
       {
         // Worker and Durable Object tests, inside workerd.
-        plugins: [cloudflareTest({ wrangler: { configPath: "./wrangler.toml" }, miniflare: { bindings: { INGEST_SECRET: "test-secret-0123456789abcdef", REPLAY_MAX_EVENTS: "50" } } })],
+        plugins: [
+          cloudflareTest({
+            wrangler: { configPath: "./wrangler.toml" },
+            miniflare: {
+              bindings: {
+                INGEST_SECRET: "test-secret-0123456789abcdef",
+                INGEST_SECRET_PREVIOUS: "previous-secret-0123456789abcdef",
+                JWT_SECRET: "jwt-secret-for-tests-0123456789abcdef",
+                PUBLIC_CHANNELS: "public:*",
+                ALLOWED_ORIGINS: "https://app.example",
+                REPLAY_MAX_EVENTS: "50",
+                MAX_SOCKETS_PER_CHANNEL: "20",
+              },
+            },
+          }),
+        ],
         test: { name: "worker", include: ["test/worker/**/*.test.ts", "test/faults/**/*.worker.test.ts"] },
       },
       {

@@ -15,6 +15,8 @@ type Events = { insert: ChangeEvent<Todo>; update: ChangeEvent<Todo>; delete: Ch
 
 const params = new URLSearchParams(location.search);
 const api = params.get("api");
+// `npm run dev` mints a token for the todos channel and puts it in the demo URL.
+const token = params.get("token") ?? undefined;
 const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as T;
 const rows = new Map<number, Todo>();
 let loading: Promise<void> | null = null;
@@ -78,6 +80,7 @@ async function reload(): Promise<void> {
 const sub = subscribe<Events>({
   host: location.host,
   channel: "todos",
+  token,
   onStatus: (status) => {
     const el = $("status");
     el.textContent = status;

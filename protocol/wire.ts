@@ -69,6 +69,19 @@ export type ErrorCode =
   | "not_found"
   | "not_configured"
   | "channel_unavailable"
+  | "token_required"
+  | "token_invalid"
+  | "token_expired"
+  | "token_not_yet_valid"
+  | "token_issuer"
+  | "token_audience"
+  | "jwks_unavailable"
+  | "channel_forbidden"
+  | "origin_not_allowed"
+  | "too_many_connections"
+  | "channel_full"
+  | "frame_too_large"
+  | "rate_limited"
   | "internal";
 
 /** JSON body of every non-2xx HTTP answer. */

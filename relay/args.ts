@@ -38,6 +38,8 @@ export const USAGE = `Usage: pg-edge-realtime <command> [options]
 Commands:
   relay      read the outbox (and NOTIFY channels) and POST signed batches to the Worker
   install    install or upgrade the realtime schema (idempotent; same as psql -f sql/realtime.sql)
+  token      print a browser token: token --sub <user> --channels todos,tenant:42 [--ttl 3600]
+             (HS256 with JWT_SECRET, the Worker's secret)
 
 Options (each also read from the environment variable shown; the flag wins):
 ${OPTION_SPECS.map((s) => {
@@ -87,3 +89,34 @@ export function optionsFromArgs(argv: string[], env: NodeJS.ProcessEnv): { comma
   return { command, options: options as unknown as RelayOptions, install, help: Boolean(parsed.values.help) };
 }
 
+
+/** Options of the `token` command. */
+export interface TokenArgs {
+  secret: string;
+  sub: string;
+  channels: string[];
+  ttlSeconds: number;
+}
+
+/** Parses `token --sub … --channels … [--ttl …] [--jwt-secret …]`; throws RelayConfigError. */
+export function tokenArgs(argv: string[], env: NodeJS.ProcessEnv): TokenArgs {
+  let values;
+  try {
+    values = parseArgs({
+      args: argv,
+      allowPositionals: true,
+      strict: true,
+      options: { sub: { type: "string" }, channels: { type: "string" }, ttl: { type: "string" }, "jwt-secret": { type: "string" } },
+    }).values;
+  } catch (err) {
+    throw new RelayConfigError(`${(err as Error).message} (usage: token --sub <user> --channels a,b [--ttl seconds])`);
+  }
+  const secret = values["jwt-secret"] ?? env.JWT_SECRET ?? "";
+  if (secret.length < 32) throw new RelayConfigError("JWT_SECRET is not set (or shorter than 32 characters): use the Worker's JWT_SECRET");
+  if (!values.sub) throw new RelayConfigError("--sub is required: the user the token is for");
+  const channels = (values.channels ?? "").split(",").map((c) => c.trim()).filter(Boolean);
+  if (channels.length === 0) throw new RelayConfigError("--channels is required: the channels (or patterns) the token may join, comma-separated");
+  const ttl = values.ttl ?? "3600";
+  if (!/^\d+$/.test(ttl) || Number(ttl) < 1) throw new RelayConfigError(`--ttl must be a whole number of seconds, got ${JSON.stringify(ttl)}`);
+  return { secret, sub: values.sub, channels, ttlSeconds: Number(ttl) };
+}

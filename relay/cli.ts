@@ -1,10 +1,11 @@
 #!/usr/bin/env node
 /**
- * `pg-edge-realtime relay|install`: the relay's command line. Every option is a flag and an
+ * `pg-edge-realtime relay|install|token`: the relay's command line. Every option is a flag and an
  * environment variable (the flag wins); bad configuration exits 2 with one line saying what to fix.
  */
 import pg from "pg";
-import { optionsFromArgs, USAGE } from "./args.ts";
+import { mintToken } from "../token/index.ts";
+import { optionsFromArgs, tokenArgs, USAGE } from "./args.ts";
 import { RelayConfigError, resolveRelayOptions } from "./config.ts";
 import { installSchema } from "./install.ts";
 import { createLogger, redactUrl, type LogLevel } from "./log.ts";
@@ -26,6 +27,11 @@ async function install(databaseUrl: string | undefined): Promise<void> {
 }
 
 async function main(): Promise<void> {
+  if (process.argv[2] === "token") {
+    const args = tokenArgs(process.argv.slice(3), process.env);
+    process.stdout.write(`${await mintToken({ secret: args.secret, sub: args.sub, channels: args.channels, ttlSeconds: args.ttlSeconds })}\n`);
+    return;
+  }
   const { command, options, install: installFirst, help } = optionsFromArgs(process.argv.slice(2), process.env);
   if (help) {
     process.stdout.write(USAGE);

@@ -280,7 +280,13 @@ class Session {
   private failure: Error | null = null;
 
   constructor(private readonly options: ResolvedRelayOptions) {
-    const config = { connectionString: options.databaseUrl, application_name: `pg-edge-realtime relay ${options.name}`, keepAlive: true };
+    const config = {
+      connectionString: options.databaseUrl,
+      application_name: `pg-edge-realtime relay ${options.name}`,
+      keepAlive: true,
+      // A connect that hangs (a server not answering) fails and is retried, instead of stalling the relay.
+      connectionTimeoutMillis: 10_000,
+    };
     this.query = new pg.Client(config);
     this.listener = new pg.Client(config);
     for (const client of [this.query, this.listener]) {

@@ -1,7 +1,8 @@
 /**
  * `npm run dev`: the whole stack on this machine. Embedded Postgres (data in .data/postgres, or
  * DATABASE_URL), the schema and a watched `todos` table, the Worker under `wrangler dev`, the
- * relay, and the demo page with its write API. Prints `worker:`, `database:` and `demo:` lines;
+ * relay, and the demo page with its write API. Prints `worker:`, `database:`, `demo:` and
+ * `token:` lines;
  * Ctrl-C or SIGTERM stops everything. DEV_DATA_DIR moves .data elsewhere.
  */
 import { spawn, type ChildProcess } from "node:child_process";
@@ -12,6 +13,7 @@ import pg from "pg";
 import { installSchema } from "../relay/install.ts";
 import { createLogger } from "../relay/log.ts";
 import { Relay } from "../relay/relay.ts";
+import { mintToken } from "../token/index.ts";
 import { buildDemo } from "./build.ts";
 import { startDemoApi, TODOS_DDL, type DemoApi } from "./demo-api.ts";
 import { freePort, startPostgres, type PostgresHandle } from "./postgres.ts";
@@ -85,14 +87,17 @@ async function main(): Promise<void> {
   await db.query("select realtime.watch('todos')");
   await db.end();
 
-  // 2. The Worker under wrangler dev, with a secret made for this run.
+  // 2. The Worker under wrangler dev, with secrets made for this run: todos is private, so the
+  //    demo (and anyone trying by hand) joins it with a token minted here.
   const secret = randomBytes(24).toString("hex");
+  const jwtSecret = randomBytes(32).toString("hex");
+  const token = await mintToken({ secret: jwtSecret, sub: "demo", channels: ["todos"], ttlSeconds: 7 * 86_400 });
   const port = Number(process.env.PORT ?? 8787);
   const logFile = `${dataDir}/wrangler.log`;
   const log = createWriteStream(logFile);
   const wrangler = spawn(
     process.execPath,
-    [`${root}node_modules/wrangler/bin/wrangler.js`, "dev", "--ip", "127.0.0.1", "--port", String(port), "--var", `INGEST_SECRET:${secret}`, "--persist-to", `${dataDir}/wrangler`, "--show-interactive-dev-session=false"],
+    [`${root}node_modules/wrangler/bin/wrangler.js`, "dev", "--ip", "127.0.0.1", "--port", String(port), "--var", `INGEST_SECRET:${secret}`, "--var", `JWT_SECRET:${jwtSecret}`, "--persist-to", `${dataDir}/wrangler`, "--show-interactive-dev-session=false"],
     { cwd: root, stdio: ["ignore", "pipe", "pipe"], detached: true },
   );
   wrangler.stdout!.pipe(log);
@@ -119,9 +124,11 @@ async function main(): Promise<void> {
     [
       `worker: ${workerUrl}`,
       `database: ${databaseUrl}`,
-      `demo: ${workerUrl}/?api=${encodeURIComponent(api.url)}`,
+      `demo: ${workerUrl}/?api=${encodeURIComponent(api.url)}&token=${token}`,
+      `token: ${token}`,
       "",
       `Try: psql "${databaseUrl}" -c "insert into todos (title) values ('hello from psql')"`,
+      `Join by hand: ${workerUrl.replace(/^http/, "ws")}/parties/main/todos?token=<the token above> (valid 7 days, channel todos)`,
       `Worker logs: ${logFile}. Ctrl-C stops everything.`,
       "",
     ].join("\n"),

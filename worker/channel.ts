@@ -8,15 +8,23 @@
  */
 import { DurableObject } from "cloudflare:workers";
 import type { ErrorCode, IngestEvent, IngestResult, ResetReason, ServerFrame } from "../protocol/index.ts";
-import { PING, PONG } from "../protocol/index.ts";
+import { PING, PONG, SIGNATURE_TOLERANCE_SECONDS } from "../protocol/index.ts";
 import { resolveWorkerConfig, type WorkerConfig } from "./config.ts";
 import type { Env } from "./env.ts";
 
 /** Header the Worker sets on a forwarded upgrade: the channel's name. */
 export const CHANNEL_NAME_HEADER = "X-Realtime-Channel";
+/** Header the Worker sets on a forwarded upgrade: the verified token's `sub` (absent: anonymous). */
+export const USER_HEADER = "X-Realtime-User";
 
 /** Ids remembered for dedupe beyond the replay log: covers a relay re-sending its last batches. */
 const DEDUPE_MIN_IDS = 10_000;
+
+/**
+ * And ids are remembered at least this long: twice the signature tolerance, so a captured ingest
+ * request replayed while its signature is still accepted finds every one of its ids here.
+ */
+const DEDUPE_MIN_AGE_MS = 2 * SIGNATURE_TOLERANCE_SECONDS * 1000;
 
 /** Replay is sent in frames of at most this many events, so one frame stays small. */
 const REPLAY_FRAME_EVENTS = 500;
@@ -30,6 +38,11 @@ const LOG_CHUNK_UNITS = 500_000;
 /** Per-socket state that must survive hibernation (attachments are limited to 16 KiB). */
 interface SocketAttachment {
   connectedAt: number;
+  /** The token's subject, or null for an anonymous socket on a public channel. */
+  user: string | null;
+  /** Inbound rate window: its start (ms) and the messages counted in it. */
+  windowStart: number;
+  windowCount: number;
 }
 
 const SCHEMA = `
@@ -44,7 +57,7 @@ const SCHEMA = `
     stored_at integer not null
   );
   create table if not exists log_part (seq integer not null, part integer not null, chunk text not null, primary key (seq, part));
-  create table if not exists seen (id text primary key, seq integer not null);
+  create table if not exists seen (id text primary key, seq integer not null, at integer not null default 0);
   create index if not exists seen_by_seq on seen (seq);
 `;
 
@@ -60,6 +73,10 @@ export class Channel extends DurableObject<Env> {
     this.sql = ctx.storage.sql;
     this.config = resolveWorkerConfig(env);
     this.sql.exec(SCHEMA);
+    // Objects created before seen.at existed get the column (every id counts as old).
+    if (!this.sql.exec<{ name: string }>("pragma table_info(seen)").toArray().some((c) => c.name === "at")) {
+      this.sql.exec("alter table seen add column at integer not null default 0");
+    }
     const meta = new Map(this.sql.exec<{ key: string; value: string }>("select key, value from meta").toArray().map((r) => [r.key, r.value]));
     let epoch = meta.get("epoch");
     if (!epoch) {
@@ -93,7 +110,7 @@ export class Channel extends DurableObject<Env> {
           }
           const seq = ++this.seq;
           const data = JSON.stringify(e.data ?? null);
-          this.sql.exec("insert into seen (id, seq) values (?, ?)", e.id, seq);
+          this.sql.exec("insert into seen (id, seq, at) values (?, ?, ?)", e.id, seq, now);
           const [head, ...rest] = chunks(data);
           this.sql.exec(
             "insert into log (seq, id, event, data, parts, ts, stored_at) values (?, ?, ?, ?, ?, ?, ?)",
@@ -126,9 +143,24 @@ export class Channel extends DurableObject<Env> {
     const since = url.searchParams.get("since");
     const epoch = url.searchParams.get("epoch");
 
+    const user = request.headers.get(USER_HEADER);
+    const userTag = user === null ? null : await tagFor(user);
+    const { limits } = this.config;
+
     const { 0: client, 1: server } = new WebSocketPair();
-    this.ctx.acceptWebSocket(server);
-    server.serializeAttachment({ connectedAt: Date.now() } satisfies SocketAttachment);
+    // Tags let getWebSockets(tag) count a user's sockets without waking every attachment.
+    this.ctx.acceptWebSocket(server, userTag ? [userTag] : []);
+    server.serializeAttachment({ connectedAt: Date.now(), user, windowStart: 0, windowCount: 0 } satisfies SocketAttachment);
+    // Limits are checked with the socket accepted, so the refusal can say why in an error frame
+    // (a browser cannot read the body of a refused upgrade).
+    if (this.ctx.getWebSockets().length > limits.socketsPerChannel) {
+      this.refuse(server, "channel_full", `this channel has its maximum of ${limits.socketsPerChannel} connections (MAX_SOCKETS_PER_CHANNEL)`);
+      return new Response(null, { status: 101, webSocket: client });
+    }
+    if (userTag && this.ctx.getWebSockets(userTag).length > limits.connectionsPerUser) {
+      this.refuse(server, "too_many_connections", `at most ${limits.connectionsPerUser} connections per user on one channel (MAX_CONNECTIONS_PER_USER)`);
+      return new Response(null, { status: 101, webSocket: client });
+    }
     // No await between accepting and replaying: a publish cannot slip in between, so the
     // socket sees welcome, then replay, then live events, with no gap and no overlap.
     send(server, { type: "welcome", channel: this.name ?? "", epoch: this.epoch, seq: this.seq });
@@ -143,8 +175,28 @@ export class Channel extends DurableObject<Env> {
     return new Response(null, { status: 101, webSocket: client });
   }
 
-  /** Clients send nothing but pings (answered by the runtime); anything else is refused. */
-  override webSocketMessage(ws: WebSocket, _message: string | ArrayBuffer): void {
+  /**
+   * Inbound messages: size and rate limits first (hibernation-safe: the rate window lives in the
+   * socket's attachment), then the protocol, which has no client messages yet besides pings
+   * (answered by the runtime, never counted here).
+   */
+  override webSocketMessage(ws: WebSocket, message: string | ArrayBuffer): void {
+    const { limits } = this.config;
+    const size = typeof message === "string" ? new TextEncoder().encode(message).byteLength : message.byteLength;
+    if (size > limits.frameBytes) {
+      return this.refuse(ws, "frame_too_large", `messages are limited to ${limits.frameBytes} bytes (MAX_FRAME_BYTES)`, 1009);
+    }
+    const attachment = ws.deserializeAttachment() as SocketAttachment;
+    const now = Date.now();
+    if (now - attachment.windowStart >= 1000) {
+      attachment.windowStart = now;
+      attachment.windowCount = 0;
+    }
+    attachment.windowCount++;
+    ws.serializeAttachment(attachment);
+    if (attachment.windowCount > limits.messagesPerSecond) {
+      return this.refuse(ws, "rate_limited", `at most ${limits.messagesPerSecond} messages per second (MAX_MESSAGES_PER_SECOND)`);
+    }
     send(ws, {
       type: "error",
       code: "unsupported_frame",
@@ -190,17 +242,17 @@ export class Channel extends DurableObject<Env> {
     send(ws, { type: "reset", reason, epoch: this.epoch, seq: this.seq });
   }
 
-  private refuse(ws: WebSocket, code: ErrorCode, message: string): void {
+  private refuse(ws: WebSocket, code: ErrorCode, message: string, closeCode = 1008): void {
     send(ws, { type: "error", code, message });
-    ws.close(1008, code);
+    ws.close(closeCode, code);
   }
 
-  /** Drops log entries past the count or age bound, and dedupe ids past their bound. */
+  /** Drops log entries past the count or age bound, and dedupe ids past both of theirs. */
   private trim(now: number): void {
     const { replayMaxEvents, replayMaxAgeMs } = this.config;
     this.sql.exec("delete from log where seq <= ? or stored_at < ?", this.seq - replayMaxEvents, now - replayMaxAgeMs);
     this.sql.exec("delete from log_part where seq < coalesce((select min(seq) from log), ?)", this.seq + 1);
-    this.sql.exec("delete from seen where seq <= ?", this.seq - Math.max(replayMaxEvents, DEDUPE_MIN_IDS));
+    this.sql.exec("delete from seen where seq <= ? and at < ?", this.seq - Math.max(replayMaxEvents, DEDUPE_MIN_IDS), now - DEDUPE_MIN_AGE_MS);
   }
 
   private broadcast(frame: string): void {
@@ -218,6 +270,13 @@ export class Channel extends DurableObject<Env> {
     this.name = channel;
     this.sql.exec("insert into meta (key, value) values ('name', ?) on conflict (key) do update set value = excluded.value", channel);
   }
+}
+
+/** A WebSocket tag for a user (tags are limited to 256 characters: long subjects are hashed). */
+async function tagFor(user: string): Promise<string> {
+  if (user.length <= 200) return `u:${user}`;
+  const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(user));
+  return `u#${Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("")}`;
 }
 
 function send(ws: WebSocket, frame: ServerFrame): void {

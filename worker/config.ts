@@ -1,4 +1,5 @@
 /** The Worker's configuration: defaults in one place, parsed and checked once per isolate. */
+import { MAX_INGEST_EVENTS } from "../protocol/index.ts";
 import type { Env } from "./env.ts";
 
 /** Parsed Worker configuration. */
@@ -11,13 +12,60 @@ export interface WorkerConfig {
   replayMaxAgeMs: number;
   /** Largest `POST /ingest` body, in bytes. */
   maxIngestBytes: number;
+  /** Most events in one `POST /ingest`. */
+  maxBatchEvents: number;
+  /** Longest channel name a browser may join. */
+  maxChannelLength: number;
+  /** Browser tokens: how they are verified and what they may join. */
+  auth: AuthConfig;
+  /** Per-socket and per-channel limits, enforced by the channel. */
+  limits: SocketLimits;
 }
 
-/** Defaults for every optional variable. */
+/** How browser tokens are verified and which channels need none. */
+export interface AuthConfig {
+  /** HS256 secret, if tokens are signed by the app's backend. */
+  jwtSecret: string | null;
+  /** JWKS URL, for RS256/ES256 tokens of an identity provider. */
+  jwksUrl: string | null;
+  /** Least time between two fetches of the JWKS for an unknown key id, in ms. */
+  jwksRefreshMs: number;
+  /** Required `iss`, when set. */
+  issuer: string | null;
+  /** Required `aud` (one of the token's), when set. */
+  audience: string | null;
+  /** The claim listing the channel patterns a token may join. */
+  channelsClaim: string;
+  /** Channel patterns anyone may join without a token. */
+  publicChannels: string[];
+  /** Origins a browser upgrade may come from; null: any. */
+  allowedOrigins: string[] | null;
+}
+
+/** Limits the Channel enforces on its sockets. */
+export interface SocketLimits {
+  /** Sockets one user (token `sub`) may hold on one channel. */
+  connectionsPerUser: number;
+  /** Sockets one channel accepts in all. */
+  socketsPerChannel: number;
+  /** Largest inbound WebSocket message, in bytes. */
+  frameBytes: number;
+  /** Inbound messages per second one socket may send (pings, answered by the runtime, do not count). */
+  messagesPerSecond: number;
+}
+
+/** Defaults for every optional numeric variable. */
 export const WORKER_DEFAULTS = {
   REPLAY_MAX_EVENTS: 10_000,
   REPLAY_MAX_AGE_SECONDS: 86_400,
   MAX_INGEST_BYTES: 8 * 1024 * 1024,
+  MAX_BATCH_EVENTS: MAX_INGEST_EVENTS,
+  MAX_CHANNEL_LENGTH: 128,
+  MAX_CONNECTIONS_PER_USER: 5,
+  MAX_SOCKETS_PER_CHANNEL: 10_000,
+  MAX_FRAME_BYTES: 4096,
+  MAX_MESSAGES_PER_SECOND: 10,
+  JWT_JWKS_REFRESH_SECONDS: 60,
 } as const;
 
 /** A variable in the Worker's environment has a value it cannot use. */
@@ -26,14 +74,22 @@ export class WorkerConfigError extends Error {
   override readonly name = "WorkerConfigError";
 }
 
-function positiveInt(env: Env, name: keyof typeof WORKER_DEFAULTS, max: number): number {
+function positiveInt(env: Env, name: keyof typeof WORKER_DEFAULTS, max: number, min = 1): number {
   const raw = env[name];
   if (raw === undefined || raw === "") return WORKER_DEFAULTS[name];
   const value = Number(raw);
-  if (!Number.isSafeInteger(value) || value < 1 || value > max) {
-    throw new WorkerConfigError(`${name} must be an integer from 1 to ${max}; it is ${JSON.stringify(raw)} (wrangler.toml [vars])`);
+  if (!Number.isSafeInteger(value) || value < min || value > max) {
+    throw new WorkerConfigError(`${name} must be an integer from ${min} to ${max}; it is ${JSON.stringify(raw)} (wrangler.toml [vars])`);
   }
   return value;
+}
+
+function list(raw: string | undefined): string[] {
+  return (raw ?? "").split(",").map((s) => s.trim()).filter(Boolean);
+}
+
+function optional(raw: string | undefined): string | null {
+  return raw && raw.trim() !== "" ? raw.trim() : null;
 }
 
 const cache = new WeakMap<object, WorkerConfig>();
@@ -42,12 +98,38 @@ const cache = new WeakMap<object, WorkerConfig>();
 export function resolveWorkerConfig(env: Env): WorkerConfig {
   const hit = cache.get(env);
   if (hit) return hit;
+  const jwtSecret = optional(env.JWT_SECRET);
+  if (jwtSecret && jwtSecret.length < 32) {
+    throw new WorkerConfigError("JWT_SECRET must be at least 32 characters (try: openssl rand -hex 32)");
+  }
+  const jwksUrl = optional(env.JWT_JWKS_URL);
+  if (jwksUrl && !/^https?:\/\//.test(jwksUrl)) throw new WorkerConfigError("JWT_JWKS_URL must be an http(s) URL");
+  const origins = list(env.ALLOWED_ORIGINS);
   const config: WorkerConfig = {
     ingestSecrets: [env.INGEST_SECRET, env.INGEST_SECRET_PREVIOUS].filter((s): s is string => !!s),
     replayMaxEvents: positiveInt(env, "REPLAY_MAX_EVENTS", 1_000_000),
     replayMaxAgeMs: positiveInt(env, "REPLAY_MAX_AGE_SECONDS", 30 * 86_400) * 1000,
     // A Durable Object RPC argument may be at most 32 MiB; the body must fit in one.
-    maxIngestBytes: positiveInt(env, "MAX_INGEST_BYTES", 32 * 1024 * 1024 - 1024 * 1024),
+    maxIngestBytes: positiveInt(env, "MAX_INGEST_BYTES", 31 * 1024 * 1024),
+    maxBatchEvents: positiveInt(env, "MAX_BATCH_EVENTS", 10_000),
+    maxChannelLength: positiveInt(env, "MAX_CHANNEL_LENGTH", 128),
+    auth: {
+      jwtSecret,
+      jwksUrl,
+      jwksRefreshMs: positiveInt(env, "JWT_JWKS_REFRESH_SECONDS", 86_400, 0) * 1000,
+      issuer: optional(env.JWT_ISSUER),
+      audience: optional(env.JWT_AUDIENCE),
+      channelsClaim: optional(env.JWT_CHANNELS_CLAIM) ?? "channels",
+      publicChannels: list(env.PUBLIC_CHANNELS),
+      allowedOrigins: origins.length === 0 || origins.includes("*") ? null : origins,
+    },
+    limits: {
+      connectionsPerUser: positiveInt(env, "MAX_CONNECTIONS_PER_USER", 10_000),
+      // Cloudflare accepts at most 32,768 WebSockets per Durable Object.
+      socketsPerChannel: positiveInt(env, "MAX_SOCKETS_PER_CHANNEL", 32_768),
+      frameBytes: positiveInt(env, "MAX_FRAME_BYTES", 1024 * 1024),
+      messagesPerSecond: positiveInt(env, "MAX_MESSAGES_PER_SECOND", 10_000),
+    },
   };
   cache.set(env, config);
   return config;

@@ -17,6 +17,34 @@ export interface Env {
   REPLAY_MAX_AGE_SECONDS?: string;
   /** Largest `POST /ingest` body, in bytes. Default 8388608 (8 MiB). */
   MAX_INGEST_BYTES?: string;
+  /** Most events in one `POST /ingest`. Default 1000. */
+  MAX_BATCH_EVENTS?: string;
+  /** Longest channel name (at most 128). Default 128. */
+  MAX_CHANNEL_LENGTH?: string;
+  /** HS256 secret for browser tokens minted by your backend (at least 32 characters). Secret. */
+  JWT_SECRET?: string;
+  /** JWKS URL for RS256/ES256 tokens from an identity provider. */
+  JWT_JWKS_URL?: string;
+  /** Least seconds between JWKS refetches for an unknown key id. Default 60. */
+  JWT_JWKS_REFRESH_SECONDS?: string;
+  /** Required token issuer (`iss`), when set. */
+  JWT_ISSUER?: string;
+  /** Required token audience (`aud`), when set. */
+  JWT_AUDIENCE?: string;
+  /** Claim listing the channel patterns a token may join. Default `channels`. */
+  JWT_CHANNELS_CLAIM?: string;
+  /** Comma-separated channel patterns anyone may join without a token. Default none. */
+  PUBLIC_CHANNELS?: string;
+  /** Comma-separated origins browsers may connect from. Default: any. */
+  ALLOWED_ORIGINS?: string;
+  /** Sockets one user may hold on one channel. Default 5. */
+  MAX_CONNECTIONS_PER_USER?: string;
+  /** Sockets one channel accepts. Default 10000. */
+  MAX_SOCKETS_PER_CHANNEL?: string;
+  /** Largest inbound WebSocket message, in bytes. Default 4096. */
+  MAX_FRAME_BYTES?: string;
+  /** Inbound messages per second per socket. Default 10. */
+  MAX_MESSAGES_PER_SECOND?: string;
 }
 
 declare global {

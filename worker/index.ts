@@ -3,8 +3,10 @@
  */
 import { Hono } from "hono";
 import { CHANNEL_PATH_PREFIX, isValidChannel } from "../protocol/index.ts";
-import { CHANNEL_NAME_HEADER } from "./channel.ts";
-import { WorkerConfigError } from "./config.ts";
+import { AuthError, authorize } from "./auth.ts";
+import { CHANNEL_NAME_HEADER, USER_HEADER } from "./channel.ts";
+import { resolveWorkerConfig, WorkerConfigError } from "./config.ts";
+import { log } from "./log.ts";
 import type { Env } from "./env.ts";
 import { jsonError } from "./errors.ts";
 import { ingest } from "./ingest.ts";
@@ -20,17 +22,31 @@ app.post("/ingest", ingest);
 
 // partysocket's default URL, so `new PartySocket({ host, room: channel })` connects here.
 app.get(`${CHANNEL_PATH_PREFIX}:channel`, async (c) => {
+  const config = resolveWorkerConfig(c.env);
   const channel = c.req.param("channel");
-  if (!isValidChannel(channel)) {
-    return jsonError(c, 400, "invalid_channel", "channel names are 1-128 of A-Z a-z 0-9 _ . : @ -");
+  if (!isValidChannel(channel) || channel.length > config.maxChannelLength) {
+    return jsonError(c, 400, "invalid_channel", `channel names are 1-${config.maxChannelLength} of A-Z a-z 0-9 _ . : @ -`);
   }
   if (c.req.header("Upgrade")?.toLowerCase() !== "websocket") {
     return jsonError(c, 426, "upgrade_required", "connect with a WebSocket (for example new PartySocket({ host, room }))");
   }
+  let identity;
+  try {
+    identity = await authorize(c.req.raw, channel, config.auth);
+  } catch (err) {
+    if (err instanceof AuthError) return jsonError(c, err.status, err.code, err.message);
+    throw err;
+  }
+  // The channel learns who connects from trusted headers; the token itself goes no further.
+  const url = new URL(c.req.url);
+  url.searchParams.delete("token");
   const headers = new Headers(c.req.raw.headers);
+  headers.delete("Authorization");
   headers.set(CHANNEL_NAME_HEADER, channel);
+  if (identity.sub) headers.set(USER_HEADER, identity.sub);
+  else headers.delete(USER_HEADER);
   const stub = c.env.CHANNEL.get(c.env.CHANNEL.idFromName(channel));
-  return stub.fetch(new Request(c.req.raw, { headers }));
+  return stub.fetch(new Request(url, { headers }));
 });
 
 app.notFound((c) => jsonError(c, 404, "not_found", `no route for ${c.req.method} ${c.req.path}`));
@@ -38,7 +54,7 @@ app.notFound((c) => jsonError(c, 404, "not_found", `no route for ${c.req.method}
 app.onError((err, c) => {
   if (err instanceof WorkerConfigError) return jsonError(c, 503, err.code, err.message);
   // The stack goes to the log, never to the client.
-  console.error(JSON.stringify({ level: "error", msg: "unhandled", path: c.req.path, error: String(err), stack: err.stack }));
+  log("error", "unhandled", { path: c.req.path, error: String(err), stack: err.stack });
   return jsonError(c, 500, "internal", "internal error");
 });
 

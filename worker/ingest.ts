@@ -5,6 +5,7 @@ import { parseIngestBody, SIGNATURE_HEADER, SIGNATURE_TOLERANCE_SECONDS, verifyS
 import { resolveWorkerConfig } from "./config.ts";
 import type { Env } from "./env.ts";
 import { jsonError } from "./errors.ts";
+import { log } from "./log.ts";
 
 const SIGNATURE_ERRORS = {
   missing: ["signature_missing", `the ${SIGNATURE_HEADER} header is missing`],
@@ -28,7 +29,7 @@ export async function ingest(c: Context<{ Bindings: Env }>): Promise<Response> {
     const [code, message] = SIGNATURE_ERRORS[verdict];
     return jsonError(c, 401, code, message);
   }
-  const parsed = parseIngestBody(raw);
+  const parsed = parseIngestBody(raw, config.maxBatchEvents);
   if (!parsed.ok) return jsonError(c, parsed.code === "payload_too_large" ? 413 : 400, parsed.code, parsed.message);
 
   // One RPC per channel, events in the order the relay sent them (its commit order).
@@ -49,7 +50,7 @@ export async function ingest(c: Context<{ Bindings: Env }>): Promise<Response> {
       total.duplicates += r.value.duplicates;
     } else {
       failed.push([...byChannel.keys()][i]!);
-      console.error(JSON.stringify({ level: "error", msg: "channel publish failed", error: String(r.reason) }));
+      log("error", "channel publish failed", { error: String(r.reason) });
     }
   });
   if (failed.length > 0) {

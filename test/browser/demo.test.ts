@@ -9,7 +9,8 @@ import type { Relay } from "../../relay/relay.ts";
 import { startDemoApi, TODOS_DDL, type DemoApi } from "../../scripts/demo-api.ts";
 import { testDatabase, type TestDatabase } from "../support/db.ts";
 import { relayEvent, startRelay } from "../support/relay.ts";
-import { startTestWorker, type TestWorker } from "../support/worker.ts";
+import { startTestWorker, TEST_JWT_SECRET, type TestWorker } from "../support/worker.ts";
+import { mintToken } from "../../token/index.ts";
 
 /** Chromium from Debian (`apt-get install chromium`); CHROMIUM_PATH overrides. */
 const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
@@ -21,7 +22,8 @@ let api: DemoApi;
 let browser: Browser;
 
 beforeAll(async () => {
-  [db, worker] = await Promise.all([testDatabase("browser"), startTestWorker()]);
+  // As in `npm run dev`: todos is private, the page joins with a token.
+  [db, worker] = await Promise.all([testDatabase("browser"), startTestWorker({ PUBLIC_CHANNELS: "" })]);
   await db.sql(TODOS_DDL);
   await db.sql("select realtime.watch('todos')");
   await db.sql("insert into todos (title) values ('already there')");
@@ -43,12 +45,13 @@ afterAll(async () => {
   await Promise.allSettled([worker?.dispose(), db?.drop()]);
 });
 
-it("shows rows inserted, updated and deleted with SQL, live, and the form's todo after its round trip", async () => {
+it("joins the private todos channel with its token, shows rows changed with SQL live, and the form's todo after its round trip", async () => {
   const page = await browser.newPage();
   const errors: string[] = [];
   page.on("pageerror", (e) => errors.push(e.message));
   try {
-    await page.goto(`${worker.url}/?api=${encodeURIComponent(api.url)}`);
+    const token = await mintToken({ secret: TEST_JWT_SECRET, sub: "browser", channels: ["todos"] });
+    await page.goto(`${worker.url}/?api=${encodeURIComponent(api.url)}&token=${token}`);
     await page.locator('#status[data-status="open"]').waitFor();
     // Current rows are loaded from the demo API once connected.
     await page.locator("#rows tr", { hasText: "already there" }).waitFor();

@@ -11,11 +11,11 @@ import { fileURLToPath } from "node:url";
 import pg from "pg";
 import { expect, it } from "vitest";
 import { freePort } from "../../scripts/postgres.ts";
-import { TestSubscriber, waitUntil } from "../support/subscriber.ts";
+import { TestSubscriber, upgradeStatus, waitUntil } from "../support/subscriber.ts";
 
 const root = fileURLToPath(new URL("../..", import.meta.url));
 
-it("npm run dev prints worker/database/demo, relays a psql insert to the todos channel, and stops cleanly on SIGTERM", async () => {
+it("npm run dev prints worker/database/demo/token, relays a psql insert to the todos channel, and stops cleanly on SIGTERM", async () => {
   const dataDir = mkdtempSync(join(tmpdir(), "dev-stack-"));
   chmodSync(dataDir, 0o755); // as root, Postgres runs as the postgres user and must reach its data
   const port = await freePort();
@@ -35,8 +35,8 @@ it("npm run dev prints worker/database/demo, relays a psql insert to the todos c
     const lines = await waitUntil(
       () => {
         if (child.exitCode !== null) throw new Error(`npm run dev exited ${child.exitCode}: ${out.slice(-800)}`);
-        const m = /worker: (\S+)\ndatabase: (\S+)\ndemo: (\S+)\n/.exec(out);
-        return m ? { worker: m[1]!, database: m[2]!, demo: m[3]! } : undefined;
+        const m = /worker: (\S+)\ndatabase: (\S+)\ndemo: (\S+)\ntoken: (\S+)\n/.exec(out);
+        return m ? { worker: m[1]!, database: m[2]!, demo: m[3]!, token: m[4]! } : undefined;
       },
       (n) => (listeners.add(n), () => listeners.delete(n)),
       () => `the three lines (output: ${out.slice(-800)})`,
@@ -50,7 +50,11 @@ it("npm run dev prints worker/database/demo, relays a psql insert to the todos c
     expect(await page.text()).toContain("Live todos");
     expect((await fetch(`${lines.worker}/app.js`)).status).toBe(200);
 
-    const sub = await TestSubscriber.connect(lines.worker, "todos");
+    // todos is private: without the printed token the upgrade is refused.
+    const refused = await upgradeStatus(`${lines.worker}/parties/main/todos`);
+    expect(refused).toMatchObject({ status: 401, body: { error: { code: "token_required" } } });
+    expect(lines.demo).toContain(`token=${lines.token}`);
+    const sub = await TestSubscriber.connect(lines.worker, "todos", { token: lines.token });
     const db = new pg.Client({ connectionString: lines.database });
     await db.connect();
     try {

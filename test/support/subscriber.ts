@@ -93,3 +93,33 @@ export class TestSubscriber {
     for (const l of [...this.listeners]) l();
   }
 }
+
+/**
+ * Attempts a WebSocket upgrade and resolves with the HTTP status: 101 when it opened (the socket
+ * is closed again), else the refusal's status and JSON body.
+ */
+export function upgradeStatus(url: string, headers: Record<string, string> = {}): Promise<{ status: number; body: unknown }> {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(url.replace(/^http/, "ws"), { headers });
+    ws.on("open", () => {
+      ws.close();
+      resolve({ status: 101, body: null });
+    });
+    ws.on("unexpected-response", (_req, res) => {
+      let text = "";
+      res.on("data", (d: Buffer) => (text += d));
+      res.on("end", () => {
+        let body: unknown = text;
+        try {
+          body = JSON.parse(text);
+        } catch {
+          // not JSON: keep the text
+        }
+        resolve({ status: res.statusCode ?? 0, body });
+      });
+    });
+    ws.on("error", (err) => {
+      if (!/Unexpected server response/.test(err.message)) reject(err);
+    });
+  });
+}

@@ -2,8 +2,22 @@
 import { env, exports } from "cloudflare:workers";
 import type { ChannelEvent, IngestEvent, ServerFrame } from "../../protocol/index.ts";
 import { SIGNATURE_HEADER, signBody } from "../../protocol/index.ts";
+import { mintToken } from "../../token/index.ts";
 
 export const SECRET = env.INGEST_SECRET!;
+export const JWT_SECRET = env.JWT_SECRET!;
+
+/** A token for `channels`, as the app's backend would mint it. */
+export function tokenFor(channels: string[], sub = `user-${++counter}`, extra: Partial<Parameters<typeof mintToken>[0]> = {}): Promise<string> {
+  return mintToken({ secret: JWT_SECRET, sub, channels, ...extra });
+}
+
+/** Options of {@link Socket.open}: by default a fresh user's token for the channel. */
+export interface OpenOptions {
+  /** The token to send; null sends none. Default: a new user's token for this channel. */
+  token?: string | null;
+  headers?: Record<string, string>;
+}
 
 let counter = 0;
 /** An ingest event with a unique id. */
@@ -48,8 +62,8 @@ export class Socket {
   }
 
   /** Opens a channel's WebSocket through the Worker's router. */
-  static async open(channel: string, query = ""): Promise<Socket> {
-    const res = await exports.default.fetch(`http://edge/parties/main/${channel}${query}`, { headers: { Upgrade: "websocket" } });
+  static async open(channel: string, query = "", options: OpenOptions = {}): Promise<Socket> {
+    const res = await upgrade(channel, query, options);
     if (res.status !== 101 || !res.webSocket) throw new Error(`upgrade failed: ${res.status} ${await res.text()}`);
     return new Socket(res.webSocket);
   }
@@ -86,4 +100,15 @@ export class Socket {
   private flush(): void {
     for (const w of [...this.waiters]) w();
   }
+}
+
+/** Sends an upgrade request through the Worker's router; returns the raw response. */
+export async function upgrade(channel: string, query = "", options: OpenOptions = {}): Promise<Response> {
+  const token = options.token === undefined ? await tokenFor([channel]) : options.token;
+  const params = new URLSearchParams(query.replace(/^\?/, ""));
+  if (token !== null) params.set("token", token);
+  const qs = params.toString();
+  return exports.default.fetch(`http://edge/parties/main/${channel}${qs ? `?${qs}` : ""}`, {
+    headers: { Upgrade: "websocket", ...options.headers },
+  });
 }
