@@ -20,7 +20,7 @@ export interface RelayOptions {
   ingestSecret: string;
   /** Cursor and leader-lock name; relays with the same name share one cursor, one leads. Default `"default"`. */
   name?: string;
-  /** Most events per POST (1-1000). Default 500. */
+  /** Most events per POST (1-1000). Default 1000: every hop costs per request, RPC and frame, not per event. */
   batchSize?: number;
   /** A batch stops growing once its events' data passes this many bytes. Default 1 MiB. */
   batchBytes?: number;
@@ -56,7 +56,7 @@ export type ResolvedRelayOptions = Required<RelayOptions>;
 /** Defaults of every optional field. */
 export const RELAY_DEFAULTS = {
   name: "default",
-  batchSize: 500,
+  batchSize: 1000,
   batchBytes: 1024 * 1024,
   maxEventBytes: 4 * 1024 * 1024,
   pollIntervalMs: 1000,

@@ -11,7 +11,7 @@ import { backoffDelay, sleep } from "./backoff.ts";
 import { resolveRelayOptions, type RelayOptions, type ResolvedRelayOptions } from "./config.ts";
 import { IngestClient, StoppedError, type IngestError, type OutgoingEvent } from "./ingest-client.ts";
 import { createLogger, redactUrl, type Logger } from "./log.ts";
-import { advance, loadCursor, pruneDelivered, readPage, saveCursor, type Cursor } from "./outbox.ts";
+import { advance, loadCursor, pruneDelivered, readPage, saveCursor, type Cursor, type Page } from "./outbox.ts";
 
 /** Channel the capture triggers NOTIFY when the relay is idle (sql/realtime.sql, realtime.ring). */
 export const DOORBELL_CHANNEL = "realtime_doorbell";
@@ -164,18 +164,27 @@ export class Relay extends EventEmitter<RelayEvents> {
     let cursor: Cursor = await loadCursor(db, name);
     // Whether realtime.doorbell says we are idle; unknown after a (re)start.
     let waiting: boolean | null = null;
+    // The page after the one in flight, read while the batch travels (the connection is idle
+    // meanwhile). It depends only on the cursor the in-flight batch leads to, so a retried
+    // batch leaves it valid.
+    let prefetched: Promise<Page> | null = null;
     while (!this.stopping && !session.closed) {
       session.rung = false;
-      const page = await readPage(db, cursor, batchSize, batchBytes);
+      const page = prefetched ? await prefetched : await readPage(db, cursor, batchSize, batchBytes);
+      prefetched = null;
       if (page.rows.length > 0) {
-        if (waiting !== false) {
-          await db.query("update realtime.doorbell set waiting = false");
-          waiting = false;
-        }
+        // Writers may stop ringing; the update runs while the batch is in flight, not before it.
+        const quiet = waiting !== false ? db.query("update realtime.doorbell set waiting = false") : null;
+        quiet?.catch(() => undefined); // a lost connection surfaces through the session
+        waiting = false;
+        const next = advance(cursor, page);
+        prefetched = readPage(db, next, batchSize, batchBytes);
+        prefetched.catch(() => undefined);
         const started = performance.now();
         const events = page.rows.map((r) => ({ id: `${installId}-${r.id}`, channel: r.channel, event: r.event, data: r.data, ts: r.ts }));
         const result = await this.ingest.postUntilAccepted(events, this.stopController.signal);
-        cursor = advance(cursor, page);
+        await quiet;
+        cursor = next;
         await saveCursor(db, name, cursor);
         this.emit("batch", { source: "outbox", events: events.length, ...result, ms: performance.now() - started });
         continue;
@@ -308,6 +317,10 @@ class Session {
 
   async connect(): Promise<void> {
     await Promise.all([this.query.connect(), this.listener.connect()]);
+    // The relay's own writes (cursor, doorbell, prunes) need not wait for a WAL flush: a cursor
+    // lost in a crash only re-sends batches the channels drop as duplicates, and a lost doorbell
+    // state is rewritten on the next loop. This takes an fsync off the delivery path.
+    await Promise.all([this.query.query("set synchronous_commit = off"), this.listener.query("set synchronous_commit = off")]);
   }
 
   /** The installation's id (prefix of every outbox event id). */

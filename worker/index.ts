@@ -2,7 +2,7 @@
  * The Worker: routing only. Ingest verification lives in ingest.ts, channels in channel.ts.
  */
 import { Hono } from "hono";
-import { CHANNEL_PATH_PREFIX, isValidChannel } from "../protocol/index.ts";
+import { CHANNEL_PATH_PREFIX, isValidChannel, SIGNATURE_HEADER, SIGNATURE_TOLERANCE_SECONDS, verifySignature } from "../protocol/index.ts";
 import { AuthError, authorize } from "./auth.ts";
 import { CHANNEL_NAME_HEADER, USER_HEADER } from "./channel.ts";
 import { resolveWorkerConfig, WorkerConfigError } from "./config.ts";
@@ -47,6 +47,18 @@ app.get(`${CHANNEL_PATH_PREFIX}:channel`, async (c) => {
   else headers.delete(USER_HEADER);
   const stub = c.env.CHANNEL.get(c.env.CHANNEL.idFromName(channel));
   return stub.fetch(new Request(url, { headers }));
+});
+
+// Operators' view of a channel, signed like ingest (the relay's secret) over "GET <path>", so it
+// needs no extra credential and is never open to browsers.
+app.get("/channels/:channel/stats", async (c) => {
+  const config = resolveWorkerConfig(c.env);
+  const channel = c.req.param("channel");
+  if (config.ingestSecrets.length === 0) return jsonError(c, 503, "not_configured", "INGEST_SECRET is not set on the Worker");
+  const verdict = await verifySignature(config.ingestSecrets, c.req.header(SIGNATURE_HEADER), `GET ${c.req.path}`, SIGNATURE_TOLERANCE_SECONDS);
+  if (verdict !== "ok") return jsonError(c, 401, "signature_mismatch", `sign "GET ${c.req.path}" with INGEST_SECRET in ${SIGNATURE_HEADER} (${verdict})`);
+  if (!isValidChannel(channel)) return jsonError(c, 400, "invalid_channel", "channel names are 1-128 of A-Z a-z 0-9 _ . : @ -");
+  return c.json(await c.env.CHANNEL.get(c.env.CHANNEL.idFromName(channel)).stats());
 });
 
 app.notFound((c) => jsonError(c, 404, "not_found", `no route for ${c.req.method} ${c.req.path}`));

