@@ -18,6 +18,8 @@ export default defineConfig({
                 ALLOWED_ORIGINS: "https://app.example",
                 REPLAY_MAX_EVENTS: "50",
                 MAX_SOCKETS_PER_CHANNEL: "20",
+                STATE_MAX_ROWS: "20",
+                CONFLATE: "conf:*=50",
               },
             },
           }),

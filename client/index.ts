@@ -7,10 +7,10 @@
  * was missed, or answers `reset` when it cannot.
  */
 import PartySocket, { type PartySocketOptions } from "partysocket";
-import type { ChannelEvent, ErrorCode, ResetReason, ServerFrame } from "../protocol/index.ts";
+import type { ChannelEvent, ClientFrame, ErrorCode, PresenceMember, ResetReason, RowFilter, ServerFrame, SnapshotRow } from "../protocol/index.ts";
 import { PING } from "../protocol/index.ts";
 
-export type { ChangeEvent, ChannelEvent, OversizedEvent, ResetReason, ServerFrame } from "../protocol/index.ts";
+export type { ChangeEvent, ChannelEvent, OversizedEvent, PresenceMember, ResetReason, RowFilter, ServerFrame, SnapshotRow } from "../protocol/index.ts";
 
 /** Connection status reported to `onStatus`. */
 export type Status = "connecting" | "open" | "closed";
@@ -49,6 +49,26 @@ export interface SubscribeOptions<Events extends Record<string, unknown> = Recor
   heartbeatMs?: number;
   /** More partysocket options (reconnect delays, `maxRetries`, ...). Default: partysocket's. */
   socket?: Omit<PartySocketOptions, "host" | "room" | "query" | "WebSocket">;
+  /**
+   * Only rows matching these conditions (ANDed), for events, replay and snapshot alike:
+   * `{ done: { eq: false }, priority: { gte: 3 }, id: { in: [1, 2] } }`. Default: everything.
+   */
+  filter?: RowFilter;
+  /**
+   * The channel's retained rows (watches with `retain => true`), on first connect and after a
+   * reset: replace your state with them; events after `seq` follow. `overflow` means the channel
+   * no longer retains (its limits were passed): load the rows from your app instead.
+   */
+  onSnapshot?: (snapshot: { rows: SnapshotRow[]; seq: number; overflow: boolean }) => void;
+  /** Join the channel's presence (listed, and told who else is here). Default: not listed. */
+  presence?: {
+    /** This connection's state, shown to the others (at most 1 KiB of JSON). Default null. */
+    state?: unknown;
+    /** The members, after every join, leave or state change. */
+    onChange?: (members: PresenceMember[]) => void;
+  };
+  /** `broadcast` messages from other clients of the channel. */
+  onBroadcast?: (message: { event: string; data: unknown; from: { id: string; user: string | null } }) => void;
 }
 
 /** A live subscription. */
@@ -60,6 +80,14 @@ export interface Subscription {
   readonly status: Status;
   /** The underlying partysocket. */
   readonly socket: PartySocket;
+  /** This connection's presence id (changes on every reconnect), once welcomed. */
+  readonly member: string | null;
+  /** Presence members, when joined with `presence`. */
+  readonly members: PresenceMember[];
+  /** Sets this connection's presence state (kept across reconnects). */
+  setPresence(state: unknown): void;
+  /** Sends an ephemeral message to the channel's other sockets (the token's `publish` claim must allow it). */
+  broadcast(event: string, data?: unknown): void;
   /** Closes for good (no reconnect). */
   close(): void;
 }
@@ -72,6 +100,13 @@ export function subscribe<Events extends Record<string, unknown> = Record<string
   let epoch: string | null = options.since?.epoch ?? null;
   let status: Status = "connecting";
   let heartbeat: ReturnType<typeof setInterval> | null = null;
+  let member: string | null = null;
+  let presenceState: unknown = options.presence?.state ?? null;
+  const members = new Map<string, PresenceMember>();
+  const sendFrame = (frame: ClientFrame) => {
+    if (socket.readyState === 1) socket.send(JSON.stringify(frame));
+  };
+  const membersChanged = () => options.presence?.onChange?.([...members.values()]);
 
   const setStatus = (next: Status) => {
     if (next === status) return;
@@ -92,6 +127,8 @@ export function subscribe<Events extends Record<string, unknown> = Record<string
         q.epoch = epoch;
       }
       if (options.token) q.token = typeof options.token === "function" ? await options.token() : options.token;
+      if (options.filter) q.filter = JSON.stringify(options.filter);
+      if (options.presence) q.presence = "1";
       return q;
     },
   });
@@ -116,7 +153,27 @@ export function subscribe<Events extends Record<string, unknown> = Record<string
           epoch = frame.epoch;
           seq = frame.seq;
         }
+        member = frame.member ?? null;
+        // A new connection is a new member: the server sends the full list next.
+        if (options.presence && presenceState !== null) sendFrame({ type: "presence", state: presenceState });
         setStatus("open");
+        break;
+      case "snapshot":
+        seq = Math.max(seq, frame.seq);
+        options.onSnapshot?.({ rows: frame.rows, seq: frame.seq, overflow: frame.overflow ?? false });
+        break;
+      case "presence":
+        members.clear();
+        for (const m of frame.members) members.set(m.id, m);
+        membersChanged();
+        break;
+      case "presence_diff":
+        for (const m of frame.leaves) members.delete(m.id);
+        for (const m of frame.joins) members.set(m.id, m); // a join of a known id is a state change
+        membersChanged();
+        break;
+      case "broadcast":
+        options.onBroadcast?.({ event: frame.event, data: frame.data, from: frame.from });
         break;
       case "events": {
         // Drop anything already delivered: exactly once, in order, even across reconnects.
@@ -151,6 +208,19 @@ export function subscribe<Events extends Record<string, unknown> = Record<string
       return status;
     },
     socket,
+    get member() {
+      return member;
+    },
+    get members() {
+      return [...members.values()];
+    },
+    setPresence(state: unknown) {
+      presenceState = state;
+      sendFrame({ type: "presence", state });
+    },
+    broadcast(event: string, data: unknown = null) {
+      sendFrame({ type: "broadcast", event, data });
+    },
     close() {
       setStatus("closed");
       if (heartbeat) clearInterval(heartbeat);

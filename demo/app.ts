@@ -1,8 +1,10 @@
 /**
  * The demo page: the `todos` channel, live. Built into public/app.js by `npm run build`.
- * Rows come from the dev stack's demo API (`?api=`) when present, then only from events.
+ * The current rows arrive as the channel's retained state (a snapshot, then events), so the page
+ * never queries the database; the dev stack's demo API (`?api=`) only takes new todos and mints
+ * tokens, as your backend would.
  */
-import { subscribe, type ChangeEvent, type ChannelEvent } from "../client/index.ts";
+import { subscribe, type ChangeEvent, type ChannelEvent, type PresenceMember } from "../client/index.ts";
 
 interface Todo {
   id: number;
@@ -15,16 +17,15 @@ type Events = { insert: ChangeEvent<Todo>; update: ChangeEvent<Todo>; delete: Ch
 
 const params = new URLSearchParams(location.search);
 const api = params.get("api");
-// `npm run dev` mints a token for the todos channel and puts it in the demo URL.
-const token = params.get("token") ?? undefined;
+// A token from the demo API (one per tab, like a backend per user), else the one in the URL.
+const urlToken = params.get("token");
+const token = api ? async () => ((await (await fetch(new URL("/token", api))).json()) as { token: string }).token : (urlToken ?? undefined);
 const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as T;
 const rows = new Map<number, Todo>();
-let loading: Promise<void> | null = null;
-let pending: ChannelEvent<string, ChangeEvent<Todo>>[] = [];
+const myName = `visitor ${Math.floor(Math.random() * 9000) + 1000}`;
 
 function render(flashId?: number): void {
-  const body = $("rows");
-  body.replaceChildren(
+  $("rows").replaceChildren(
     ...[...rows.values()]
       .sort((a, b) => a.id - b.id)
       .map((t) => {
@@ -41,61 +42,67 @@ function render(flashId?: number): void {
   );
 }
 
+function logChange(text: string, op: string): void {
+  const li = document.createElement("li");
+  const label = document.createElement("span");
+  label.className = `op ${op}`;
+  label.textContent = op;
+  li.append(label, ` ${text}`);
+  const changes = $("changes");
+  changes.prepend(li);
+  while (changes.children.length > 20) changes.lastElementChild!.remove();
+}
+
 function apply(e: ChannelEvent<string, ChangeEvent<Todo>>): void {
   const change = e.data;
   if (change.op === "TRUNCATE") rows.clear();
   else if (change.new) rows.set(change.new.id, change.new);
   else if (change.old) rows.delete(change.old.id);
-  const li = document.createElement("li");
-  const op = document.createElement("span");
-  op.className = `op ${change.op}`;
-  op.textContent = change.op;
-  li.append(op, ` #${change.key.id ?? ""} ${change.new?.title ?? change.old?.title ?? ""}`);
-  const changes = $("changes");
-  changes.prepend(li);
-  while (changes.children.length > 20) changes.lastElementChild!.remove();
+  logChange(`#${change.key.id ?? ""} ${change.new?.title ?? change.old?.title ?? ""}`, change.op);
   render(change.new?.id);
 }
 
-/** Loads the current rows; events that arrive meanwhile are applied after, in order. */
-async function reload(): Promise<void> {
-  if (!api) return;
-  loading = (async () => {
-    const res = await fetch(new URL("/todos", api));
-    const list = (await res.json()) as Todo[];
-    rows.clear();
-    for (const t of list) rows.set(t.id, t);
-    render();
-  })();
-  try {
-    await loading;
-  } finally {
-    loading = null;
-    const queued = pending;
-    pending = [];
-    queued.forEach(apply);
-  }
+function showPresence(members: PresenceMember[]): void {
+  $("watching").textContent = String(members.length);
+  $("members").replaceChildren(
+    ...members.map((m) => {
+      const li = document.createElement("li");
+      const name = (m.state as { name?: string } | null)?.name ?? m.user ?? "someone";
+      li.textContent = m.id === sub.member ? `${name} (you)` : name;
+      return li;
+    }),
+  );
 }
 
 const sub = subscribe<Events>({
   host: location.host,
   channel: "todos",
   token,
+  presence: { state: { name: myName }, onChange: showPresence },
   onStatus: (status) => {
     const el = $("status");
     el.textContent = status;
     el.dataset.status = status;
-    if (status === "open" && rows.size === 0) void reload();
+  },
+  // The whole table, from the channel (retain => true): on first connect and after a reset.
+  onSnapshot: ({ rows: snapshot }) => {
+    rows.clear();
+    for (const r of snapshot) {
+      const todo = r.row as unknown as Todo;
+      rows.set(todo.id, todo);
+    }
+    render();
   },
   onEvents: (events) => {
-    for (const e of events) {
-      if (loading) pending.push(e);
-      else apply(e);
-    }
+    for (const e of events) apply(e);
     $("seq").textContent = String(sub.seq);
   },
-  onReset: () => void reload(),
+  onBroadcast: ({ event, data }) => {
+    if (event === "wave") logChange(`${(data as { name?: string })?.name ?? "someone"} waved`, "WAVE");
+  },
 });
+
+$("wave").addEventListener("click", () => sub.broadcast("wave", { name: myName }));
 
 if (api) {
   const form = $<HTMLFormElement>("add");

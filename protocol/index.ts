@@ -5,3 +5,5 @@
 export * from "./wire.ts";
 export * from "./signing.ts";
 export * from "./validate.ts";
+export * from "./filter.ts";
+export * from "./patterns.ts";

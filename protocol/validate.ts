@@ -8,7 +8,7 @@ import { CHANNEL_PATTERN, EVENT_NAME_PATTERN, MAX_EVENT_ID_LENGTH, MAX_INGEST_EV
 /** Result of {@link parseIngestBody}. */
 export type ParseResult<T> = { ok: true; value: T } | { ok: false; code: ErrorCode; message: string };
 
-const EVENT_KEYS = new Set(["id", "channel", "event", "data", "ts"]);
+const EVENT_KEYS = new Set(["id", "channel", "event", "data", "ts", "retain"]);
 
 function fail(code: ErrorCode, message: string): ParseResult<never> {
   return { ok: false, code, message };
@@ -74,5 +74,7 @@ function eventProblem(e: unknown): { code: ErrorCode; message: string } | null {
   if (typeof ts !== "number" || !Number.isSafeInteger(ts) || ts < 0) {
     return { code: "invalid_body", message: "ts must be a non-negative integer (milliseconds since the Unix epoch)" };
   }
+  const { retain } = e as Record<string, unknown>;
+  if (retain !== undefined && typeof retain !== "boolean") return { code: "invalid_body", message: "retain must be a boolean" };
   return null;
 }

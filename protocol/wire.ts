@@ -38,6 +38,8 @@ export interface IngestEvent {
   data: unknown;
   /** When the event was written at the source, in milliseconds since the Unix epoch. */
   ts: number;
+  /** The channel keeps this change event's row as retained state (`realtime.watch(..., retain => true)`). */
+  retain?: boolean;
 }
 
 /** Body of `POST /ingest`. */
@@ -82,6 +84,10 @@ export type ErrorCode =
   | "channel_full"
   | "frame_too_large"
   | "rate_limited"
+  | "invalid_filter"
+  | "invalid_frame"
+  | "publish_forbidden"
+  | "state_overflow"
   | "internal";
 
 /** JSON body of every non-2xx HTTP answer. */
@@ -110,10 +116,54 @@ export type ResetReason = "epoch" | "gap";
 
 /** Frames the server sends on a channel's WebSocket, keyed on `type`. */
 export type ServerFrame =
-  | { type: "welcome"; channel: string; epoch: string; seq: number }
+  | { type: "welcome"; channel: string; epoch: string; seq: number; member?: string }
   | { type: "events"; events: ChannelEvent[] }
+  | SnapshotFrame
   | { type: "reset"; reason: ResetReason; epoch: string; seq: number }
+  | { type: "presence"; members: PresenceMember[] }
+  | { type: "presence_diff"; joins: PresenceMember[]; leaves: PresenceMember[] }
+  | { type: "broadcast"; event: string; data: unknown; from: { id: string; user: string | null } }
   | { type: "error"; code: ErrorCode; message: string };
+
+/**
+ * The retained rows of a channel (watches with `retain => true`), sent after `welcome` to a new
+ * subscriber and after `reset`: the state as of `seq`; events after `seq` follow.
+ */
+export interface SnapshotFrame {
+  type: "snapshot";
+  seq: number;
+  rows: SnapshotRow[];
+  /** True when the channel's retained state outgrew its limits and is no longer kept: load rows from your app. */
+  overflow?: boolean;
+}
+
+/** One retained row: the latest version of a row of a watched table. */
+export interface SnapshotRow<Row = Record<string, unknown>> {
+  schema: string;
+  table: string;
+  key: Record<string, unknown>;
+  row: Row;
+  /** Seq of the event that produced this version. */
+  seq: number;
+}
+
+/** A connection listed in a channel's presence. */
+export interface PresenceMember {
+  /** The connection's id (one user may hold several). */
+  id: string;
+  /** The token's subject, or null (anonymous, on a public channel). */
+  user: string | null;
+  /** What the client set with a `presence` message (at most 1 KiB of JSON), or null. */
+  state: unknown;
+}
+
+/** Messages a client may send (besides the `ping` heartbeat). */
+export type ClientFrame =
+  | { type: "presence"; state: unknown }
+  | { type: "broadcast"; event: string; data: unknown };
+
+/** Largest presence state a client may set, in bytes of JSON. */
+export const MAX_PRESENCE_STATE_BYTES = 1024;
 
 /** Text a client may send; the runtime answers `pong` without waking the Durable Object. */
 export const PING = "ping";

@@ -16,6 +16,7 @@ export interface OutgoingEvent {
   event: string;
   data: string;
   ts: number;
+  retain?: boolean;
 }
 
 /** A POST failed; `retryable` says whether sending the same batch again can succeed. */
@@ -53,7 +54,7 @@ export interface IngestClientOptions {
 export function ingestBody(events: readonly OutgoingEvent[], maxEventBytes: number): string {
   const parts = events.map((e) => {
     const data = Buffer.byteLength(e.data) > maxEventBytes ? oversized(e.data) : e.data;
-    return `{"id":${JSON.stringify(e.id)},"channel":${JSON.stringify(e.channel)},"event":${JSON.stringify(e.event)},"data":${data},"ts":${e.ts}}`;
+    return `{"id":${JSON.stringify(e.id)},"channel":${JSON.stringify(e.channel)},"event":${JSON.stringify(e.event)},"data":${data},"ts":${e.ts}${e.retain ? ',"retain":true' : ""}}`;
   });
   return `{"events":[${parts.join(",")}]}`;
 }

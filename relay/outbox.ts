@@ -29,6 +29,8 @@ export interface OutboxRow {
   event: string;
   data: string;
   ts: number;
+  /** The channel keeps this event's row as retained state. */
+  retain: boolean;
 }
 
 /** A page of a window. */
@@ -78,6 +80,7 @@ export async function readPage(db: pg.ClientBase, cursor: Cursor, limit: number,
     event: string;
     data: string;
     ts: string;
+    retain: boolean;
     fetched: string;
   }>(
     `with snap as (
@@ -85,12 +88,12 @@ export async function readPage(db: pg.ClientBase, cursor: Cursor, limit: number,
      )
      select snap.target::text as target, page.*
      from snap left join lateral (
-       select sized.id::text as id, channel, event, data, ts::text as ts, fetched::text as fetched
+       select sized.id::text as id, channel, event, data, ts::text as ts, retain, fetched::text as fetched
        from (
          select w.*, sum(octet_length(w.data)) over (order by w.id) - octet_length(w.data) as bytes_before,
                 count(*) over () as fetched
          from (
-           select o.id, o.channel, o.event, o.payload::text as data,
+           select o.id, o.channel, o.event, o.payload::text as data, o.retain,
                   (extract(epoch from o.created_at) * 1000)::bigint as ts
            from realtime.outbox o
            where ((o.xid >= pg_snapshot_xmax(snap.done) and o.xid < pg_snapshot_xmax(snap.target))
@@ -112,7 +115,7 @@ export async function readPage(db: pg.ClientBase, cursor: Cursor, limit: number,
   const fetched = page.length > 0 ? Number(page[0]!.fetched) : 0;
   return {
     target,
-    rows: page.map((r) => ({ id: r.id!, channel: r.channel, event: r.event, data: r.data, ts: Number(r.ts) })),
+    rows: page.map((r) => ({ id: r.id!, channel: r.channel, event: r.event, data: r.data, ts: Number(r.ts), retain: r.retain })),
     complete: fetched < limit && page.length === fetched,
   };
 }

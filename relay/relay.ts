@@ -181,7 +181,7 @@ export class Relay extends EventEmitter<RelayEvents> {
         prefetched = readPage(db, next, batchSize, batchBytes);
         prefetched.catch(() => undefined);
         const started = performance.now();
-        const events = page.rows.map((r) => ({ id: `${installId}-${r.id}`, channel: r.channel, event: r.event, data: r.data, ts: r.ts }));
+        const events = page.rows.map((r) => ({ id: `${installId}-${r.id}`, channel: r.channel, event: r.event, data: r.data, ts: r.ts, retain: r.retain }));
         const result = await this.ingest.postUntilAccepted(events, this.stopController.signal);
         await quiet;
         cursor = next;

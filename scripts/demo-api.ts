@@ -5,7 +5,9 @@
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
+import { randomUUID } from "node:crypto";
 import pg from "pg";
+import { mintToken } from "../token/index.ts";
 
 /** The demo table, as the README and the issue describe it. */
 export const TODOS_DDL = `
@@ -35,8 +37,18 @@ async function readJson(req: IncomingMessage): Promise<unknown> {
   return JSON.parse(text);
 }
 
-/** Serves GET/POST /todos against `databaseUrl` on `port` (0: any free port). */
-export async function startDemoApi(databaseUrl: string, port = 0): Promise<DemoApi> {
+/** Options of {@link startDemoApi}. */
+export interface DemoApiOptions {
+  /** The Worker's JWT_SECRET: `GET /token` mints a token for a new visitor with it. */
+  jwtSecret?: string;
+}
+
+/**
+ * Serves `GET /todos`, `POST /todos` and `GET /token` against `databaseUrl` on `port` (0: any
+ * free port). `/token` is what your backend would do: a token per visitor, for `todos`, allowed
+ * to broadcast there.
+ */
+export async function startDemoApi(databaseUrl: string, port = 0, options: DemoApiOptions = {}): Promise<DemoApi> {
   const pool = new pg.Pool({ connectionString: databaseUrl, max: 4 });
   const server: Server = createServer(async (req, res) => {
     // The page is served by the Worker (another origin).
@@ -48,6 +60,11 @@ export async function startDemoApi(databaseUrl: string, port = 0): Promise<DemoA
       if (req.url === "/todos" && req.method === "GET") {
         const { rows } = await pool.query("select id::int, title, done, created_at from todos order by id");
         return send(res, 200, rows);
+      }
+      if (req.url === "/token" && req.method === "GET") {
+        if (!options.jwtSecret) return send(res, 404, { error: { code: "not_found", message: "this demo API mints no tokens" } });
+        const token = await mintToken({ secret: options.jwtSecret, sub: `visitor-${randomUUID().slice(0, 8)}`, channels: ["todos"], publish: ["todos"] });
+        return send(res, 200, { token });
       }
       if (req.url === "/todos" && req.method === "POST") {
         let body: unknown;

@@ -84,14 +84,18 @@ async function main(): Promise<void> {
   await db.connect();
   await installSchema(db);
   await db.query(TODOS_DDL);
-  await db.query("select realtime.watch('todos')");
+  // todos retains its rows: the page gets them from the channel, and existing rows are backfilled
+  // the first time (a later run finds them in the channel's state already).
+  const { rows: watched } = await db.query("select retain from realtime.watches where tbl = 'todos'::regclass");
+  await db.query("select realtime.watch('todos', retain => true)");
+  if (!watched[0]?.retain) await db.query("select realtime.backfill('todos')");
   await db.end();
 
   // 2. The Worker under wrangler dev, with secrets made for this run: todos is private, so the
   //    demo (and anyone trying by hand) joins it with a token minted here.
   const secret = randomBytes(24).toString("hex");
   const jwtSecret = randomBytes(32).toString("hex");
-  const token = await mintToken({ secret: jwtSecret, sub: "demo", channels: ["todos"], ttlSeconds: 7 * 86_400 });
+  const token = await mintToken({ secret: jwtSecret, sub: "demo", channels: ["todos"], publish: ["todos"], ttlSeconds: 7 * 86_400 });
   const port = Number(process.env.PORT ?? 8787);
   const logFile = `${dataDir}/wrangler.log`;
   const log = createWriteStream(logFile);
@@ -117,7 +121,7 @@ async function main(): Promise<void> {
   const relay = new Relay({ databaseUrl, workerUrl, ingestSecret: secret }, { logger: createLogger((process.env.LOG_LEVEL as never) ?? "warn") });
   relay.start();
   cleanups.push(() => relay.stop());
-  const api: DemoApi = await startDemoApi(databaseUrl, Number(process.env.DEMO_API_PORT ?? 0));
+  const api: DemoApi = await startDemoApi(databaseUrl, Number(process.env.DEMO_API_PORT ?? 0), { jwtSecret });
   cleanups.push(() => api.close());
 
   process.stdout.write(
@@ -128,7 +132,7 @@ async function main(): Promise<void> {
       `token: ${token}`,
       "",
       `Try: psql "${databaseUrl}" -c "insert into todos (title) values ('hello from psql')"`,
-      `Join by hand: ${workerUrl.replace(/^http/, "ws")}/parties/main/todos?token=<the token above> (valid 7 days, channel todos)`,
+      `Join by hand: ${workerUrl.replace(/^http/, "ws")}/parties/main/todos?token=<the token above> (valid 7 days, channel todos; it may broadcast there)`,
       `Worker logs: ${logFile}. Ctrl-C stops everything.`,
       "",
     ].join("\n"),

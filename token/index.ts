@@ -17,6 +17,8 @@ export interface MintTokenOptions {
   sub: string;
   /** Channel patterns it may join: names, `*` globs, `{claim}` placeholders (`user:{sub}`). */
   channels: string[];
+  /** Channel patterns it may broadcast on (client `broadcast` messages). Default none. */
+  publish?: string[];
   /** Lifetime in seconds. Default 3600. */
   ttlSeconds?: number;
   /** `iss`, if the Worker requires one (JWT_ISSUER). Default none. */
@@ -41,6 +43,7 @@ export async function mintToken(options: MintTokenOptions): Promise<string> {
       ...options.claims,
       sub: options.sub,
       [options.channelsClaim ?? "channels"]: options.channels,
+      ...(options.publish ? { publish: options.publish } : {}),
       iat,
       exp: iat + (options.ttlSeconds ?? 3600),
       ...(options.issuer ? { iss: options.issuer } : {}),

@@ -10,7 +10,7 @@
 import { decodeHeader, verify, verifyWithJwks } from "hono/utils/jwt/jwt";
 import type { HonoJsonWebKey } from "hono/utils/jwt/jws";
 import type { JWTPayload } from "hono/utils/jwt/types";
-import type { ErrorCode } from "../protocol/index.ts";
+import { channelMatches, type ErrorCode } from "../protocol/index.ts";
 import type { AuthConfig } from "./config.ts";
 
 /** The upgrade is refused: 401 (no or bad token), 403 (not allowed here), 503 (JWKS unreachable). */
@@ -29,36 +29,14 @@ export class AuthError extends Error {
 export interface Identity {
   sub: string | null;
   claims: JWTPayload | null;
+  /** The token lists this channel in its publish claim: the socket may send `broadcast` messages. */
+  canPublish: boolean;
 }
 
-const CHANNEL_CHAR = "[A-Za-z0-9_.:@-]";
-
-/**
- * True when `channel` matches `pattern`: `*` stands for any run of channel characters, and
- * `{claim}` for the token's claim of that name (a string or number without `:` or `*`; a pattern
- * naming a claim the token lacks matches nothing). Examples: `todos`, `tenant:42`, `user:{sub}`,
- * `tenant:{tenant_id}:*`, `public:*`.
- */
-export function channelMatches(pattern: string, channel: string, claims: JWTPayload | null): boolean {
-  let regex = "";
-  for (const part of pattern.split(/(\{[^{}]+\}|\*)/)) {
-    if (part === "") continue;
-    if (part === "*") {
-      regex += `${CHANNEL_CHAR}*`;
-    } else if (part.startsWith("{") && part.endsWith("}")) {
-      const value = claims?.[part.slice(1, -1)];
-      const text = typeof value === "number" ? String(value) : value;
-      if (typeof text !== "string" || !/^[A-Za-z0-9_.@-]{1,128}$/.test(text)) return false;
-      regex += escape(text);
-    } else {
-      regex += escape(part);
-    }
-  }
-  return new RegExp(`^${regex}$`).test(channel);
-}
-
-function escape(text: string): string {
-  return text.replace(/[.*+?^${}()|[\]\\-]/g, "\\$&");
+/** The patterns a claim lists (a string or an array of strings). */
+function patternsOf(claims: JWTPayload, claim: string): string[] {
+  const granted = claims[claim];
+  return Array.isArray(granted) ? granted.filter((p): p is string => typeof p === "string") : typeof granted === "string" ? [granted] : [];
 }
 
 /** The token of an upgrade request: `?token=`, else `Authorization: Bearer`. */
@@ -79,18 +57,16 @@ export async function authorize(request: Request, channel: string, config: AuthC
   const token = tokenOf(request);
   const isPublic = config.publicChannels.some((p) => channelMatches(p, channel, null));
   if (!token) {
-    if (isPublic) return { sub: null, claims: null };
+    if (isPublic) return { sub: null, claims: null, canPublish: false };
     throw new AuthError(401, "token_required", "this channel needs a token: connect with ?token=<JWT>");
   }
   const claims = await verifyToken(token, config);
   const sub = typeof claims.sub === "string" && claims.sub !== "" ? claims.sub : null;
-  if (isPublic) return { sub, claims };
-  const granted = claims[config.channelsClaim];
-  const patterns = Array.isArray(granted) ? granted.filter((p): p is string => typeof p === "string") : typeof granted === "string" ? [granted] : [];
-  if (!patterns.some((p) => channelMatches(p, channel, claims))) {
+  const canPublish = patternsOf(claims, config.publishClaim).some((p) => channelMatches(p, channel, claims));
+  if (!isPublic && !patternsOf(claims, config.channelsClaim).some((p) => channelMatches(p, channel, claims))) {
     throw new AuthError(403, "channel_forbidden", `the token's "${config.channelsClaim}" claim does not include this channel`);
   }
-  return { sub, claims };
+  return { sub, claims, canPublish };
 }
 
 /** Hono's JWT error class names, mapped to our codes. Messages are ours: Hono's can quote the token. */

@@ -20,6 +20,11 @@ export interface WorkerConfig {
   auth: AuthConfig;
   /** Per-socket and per-channel limits, enforced by the channel. */
   limits: SocketLimits;
+  /** Retained state bounds per channel. */
+  stateMaxRows: number;
+  stateMaxBytes: number;
+  /** Channel patterns whose updates are conflated, with their window in ms (first match wins). */
+  conflate: { pattern: string; ms: number }[];
 }
 
 /** How browser tokens are verified and which channels need none. */
@@ -36,6 +41,8 @@ export interface AuthConfig {
   audience: string | null;
   /** The claim listing the channel patterns a token may join. */
   channelsClaim: string;
+  /** The claim listing the channel patterns a token may broadcast on. */
+  publishClaim: string;
   /** Channel patterns anyone may join without a token. */
   publicChannels: string[];
   /** Origins a browser upgrade may come from; null: any. */
@@ -66,6 +73,8 @@ export const WORKER_DEFAULTS = {
   MAX_FRAME_BYTES: 4096,
   MAX_MESSAGES_PER_SECOND: 10,
   JWT_JWKS_REFRESH_SECONDS: 60,
+  STATE_MAX_ROWS: 10_000,
+  STATE_MAX_BYTES: 4 * 1024 * 1024,
 } as const;
 
 /** A variable in the Worker's environment has a value it cannot use. */
@@ -120,6 +129,7 @@ export function resolveWorkerConfig(env: Env): WorkerConfig {
       issuer: optional(env.JWT_ISSUER),
       audience: optional(env.JWT_AUDIENCE),
       channelsClaim: optional(env.JWT_CHANNELS_CLAIM) ?? "channels",
+      publishClaim: optional(env.JWT_PUBLISH_CLAIM) ?? "publish",
       publicChannels: list(env.PUBLIC_CHANNELS),
       allowedOrigins: origins.length === 0 || origins.includes("*") ? null : origins,
     },
@@ -130,6 +140,14 @@ export function resolveWorkerConfig(env: Env): WorkerConfig {
       frameBytes: positiveInt(env, "MAX_FRAME_BYTES", 1024 * 1024),
       messagesPerSecond: positiveInt(env, "MAX_MESSAGES_PER_SECOND", 10_000),
     },
+    stateMaxRows: positiveInt(env, "STATE_MAX_ROWS", 1_000_000),
+    // A snapshot travels in one WebSocket message (at most 32 MiB).
+    stateMaxBytes: positiveInt(env, "STATE_MAX_BYTES", 16 * 1024 * 1024),
+    conflate: list(env.CONFLATE).map((entry) => {
+      const m = /^([^=]+)=(\d{1,6})$/.exec(entry);
+      if (!m || Number(m[2]) < 1) throw new WorkerConfigError(`CONFLATE entries are <channel pattern>=<milliseconds>, e.g. "dashboard:*=250"; got ${JSON.stringify(entry)}`);
+      return { pattern: m[1]!, ms: Number(m[2]) };
+    }),
   };
   cache.set(env, config);
   return config;

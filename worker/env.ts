@@ -33,6 +33,14 @@ export interface Env {
   JWT_AUDIENCE?: string;
   /** Claim listing the channel patterns a token may join. Default `channels`. */
   JWT_CHANNELS_CLAIM?: string;
+  /** Claim listing the channel patterns a token may broadcast on. Default `publish`. */
+  JWT_PUBLISH_CLAIM?: string;
+  /** Rows a channel keeps as retained state at most. Default 10000. */
+  STATE_MAX_ROWS?: string;
+  /** Bytes of retained rows a channel keeps at most. Default 4194304 (4 MiB). */
+  STATE_MAX_BYTES?: string;
+  /** Channels whose updates are conflated: comma-separated `<pattern>=<ms>`. Default none. */
+  CONFLATE?: string;
   /** Comma-separated channel patterns anyone may join without a token. Default none. */
   PUBLIC_CHANNELS?: string;
   /** Comma-separated origins browsers may connect from. Default: any. */

@@ -4,7 +4,7 @@
 import { Hono } from "hono";
 import { CHANNEL_PATH_PREFIX, isValidChannel, SIGNATURE_HEADER, SIGNATURE_TOLERANCE_SECONDS, verifySignature } from "../protocol/index.ts";
 import { AuthError, authorize } from "./auth.ts";
-import { CHANNEL_NAME_HEADER, USER_HEADER } from "./channel.ts";
+import { CAN_PUBLISH_HEADER, CHANNEL_NAME_HEADER, USER_HEADER } from "./channel.ts";
 import { resolveWorkerConfig, WorkerConfigError } from "./config.ts";
 import { log } from "./log.ts";
 import type { Env } from "./env.ts";
@@ -45,6 +45,8 @@ app.get(`${CHANNEL_PATH_PREFIX}:channel`, async (c) => {
   headers.set(CHANNEL_NAME_HEADER, channel);
   if (identity.sub) headers.set(USER_HEADER, identity.sub);
   else headers.delete(USER_HEADER);
+  if (identity.canPublish) headers.set(CAN_PUBLISH_HEADER, "1");
+  else headers.delete(CAN_PUBLISH_HEADER);
   const stub = c.env.CHANNEL.get(c.env.CHANNEL.idFromName(channel));
   return stub.fetch(new Request(url, { headers }));
 });

@@ -10,7 +10,6 @@ import { startDemoApi, TODOS_DDL, type DemoApi } from "../../scripts/demo-api.ts
 import { testDatabase, type TestDatabase } from "../support/db.ts";
 import { relayEvent, startRelay } from "../support/relay.ts";
 import { startTestWorker, TEST_JWT_SECRET, type TestWorker } from "../support/worker.ts";
-import { mintToken } from "../../token/index.ts";
 
 /** Chromium from Debian (`apt-get install chromium`); CHROMIUM_PATH overrides. */
 const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
@@ -25,10 +24,12 @@ beforeAll(async () => {
   // As in `npm run dev`: todos is private, the page joins with a token.
   [db, worker] = await Promise.all([testDatabase("browser"), startTestWorker({ PUBLIC_CHANNELS: "" })]);
   await db.sql(TODOS_DDL);
-  await db.sql("select realtime.watch('todos')");
+  // As `npm run dev` does: a row that existed before, then watch with retain and backfill.
   await db.sql("insert into todos (title) values ('already there')");
+  await db.sql("select realtime.watch('todos', retain => true)");
+  await db.sql("select realtime.backfill('todos')");
   relay = startRelay({ databaseUrl: db.url, workerUrl: worker.url });
-  api = await startDemoApi(db.url);
+  api = await startDemoApi(db.url, 0, { jwtSecret: TEST_JWT_SECRET });
   await relayEvent(relay, "idle");
   browser = await chromium.launch({
     executablePath: CHROMIUM,
@@ -45,15 +46,14 @@ afterAll(async () => {
   await Promise.allSettled([worker?.dispose(), db?.drop()]);
 });
 
-it("joins the private todos channel with its token, shows rows changed with SQL live, and the form's todo after its round trip", async () => {
+it("joins the private todos channel with a token, shows the retained rows, rows changed with SQL live, and the form's todo after its round trip", async () => {
   const page = await browser.newPage();
   const errors: string[] = [];
   page.on("pageerror", (e) => errors.push(e.message));
   try {
-    const token = await mintToken({ secret: TEST_JWT_SECRET, sub: "browser", channels: ["todos"] });
-    await page.goto(`${worker.url}/?api=${encodeURIComponent(api.url)}&token=${token}`);
+    await page.goto(`${worker.url}/?api=${encodeURIComponent(api.url)}`);
     await page.locator('#status[data-status="open"]').waitFor();
-    // Current rows are loaded from the demo API once connected.
+    // Current rows come from the channel's retained state (the snapshot), not from the database.
     await page.locator("#rows tr", { hasText: "already there" }).waitFor();
 
     await db.sql("insert into todos (title) values ('typed into psql')");
@@ -80,5 +80,26 @@ it("joins the private todos channel with its token, shows rows changed with SQL 
     expect(errors).toEqual([]);
   } finally {
     await page.close();
+  }
+});
+
+it("shows who else is watching, and a wave (a client broadcast) from another tab", async () => {
+  const [first, second] = [await browser.newPage(), await browser.newPage()];
+  try {
+    await first.goto(`${worker.url}/?api=${encodeURIComponent(api.url)}`);
+    await first.locator("#watching", { hasText: "1" }).waitFor();
+    await second.goto(`${worker.url}/?api=${encodeURIComponent(api.url)}`);
+    await first.locator("#watching", { hasText: "2" }).waitFor();
+    await second.locator("#watching", { hasText: "2" }).waitFor();
+    expect(await first.locator("#members li", { hasText: "(you)" }).count()).toBe(1);
+
+    await second.click("#wave");
+    await first.locator("#changes li", { hasText: "waved" }).waitFor();
+
+    await second.close();
+    await first.locator("#watching", { hasText: "1" }).waitFor();
+  } finally {
+    await first.close();
+    if (!second.isClosed()) await second.close();
   }
 });

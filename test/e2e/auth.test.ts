@@ -12,13 +12,12 @@ import { join } from "node:path";
 import { sign } from "hono/utils/jwt/jwt";
 import type { HonoJsonWebKey } from "hono/utils/jwt/jws";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import WebSocket from "ws";
-import { subscribe, type ChannelEvent } from "../../client/index.ts";
 import { signBody, SIGNATURE_HEADER } from "../../protocol/index.ts";
 import { testDatabase, type TestDatabase } from "../support/db.ts";
 import { startFaultProxy } from "../support/fault-proxy.ts";
 import { caughtUp, relayEvent, spawnCli, startRelay } from "../support/relay.ts";
-import { TestSubscriber, upgradeStatus, waitUntil } from "../support/subscriber.ts";
+import { recordingClient } from "../support/client.ts";
+import { TestSubscriber, upgradeStatus } from "../support/subscriber.ts";
 import { startTcpProxy } from "../support/tcp-proxy.ts";
 import { startTestWorker, TEST_JWT_SECRET, type TestWorker } from "../support/worker.ts";
 import { expectExactlyOnceInOrder, writeNumbered } from "../faults/ledger.ts";
@@ -148,20 +147,9 @@ describe("rotating the ingest secret", () => {
     let worker = await startTestWorker({ INGEST_SECRET: OLD }, { persistTo: storage });
     const ingest = await startFaultProxy(worker.url);
     const net = await startTcpProxy(worker.url);
-    const received: ChannelEvent[] = [];
-    const listeners = new Set<() => void>();
-    const client = subscribe({
-      host: net.host,
-      channel: "rotating",
-      WebSocket,
-      socket: { minReconnectionDelay: 50, maxReconnectionDelay: 200 },
-      onEvents: (e) => {
-        received.push(...e);
-        listeners.forEach((l) => l());
-      },
-    });
-    const receivedAtLeast = (n: number) =>
-      waitUntil(() => received.length >= n || undefined, (l) => (listeners.add(l), () => listeners.delete(l)), () => `${n} events (have ${received.length})`, 60_000);
+    const { sub: client, seen, until } = recordingClient({ host: net.host, channel: "rotating" });
+    const received = seen.events;
+    const receivedAtLeast = (n: number) => until(() => received.length >= n, `${n} events`);
     /** Restarts the Worker on the same storage with new secrets; the proxies follow it. */
     const restart = async (vars: Record<string, string>) => {
       await worker.dispose();

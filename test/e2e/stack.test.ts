@@ -4,13 +4,12 @@
  * in commit order: every update of a row arrives, in the order the row's versions committed.
  */
 import { afterAll, beforeAll, expect, it } from "vitest";
-import WebSocket from "ws";
-import { subscribe, type Subscription } from "../../client/index.ts";
 import type { ChangeEvent, ChannelEvent } from "../../protocol/index.ts";
 import type { Relay } from "../../relay/relay.ts";
 import { testDatabase, type TestDatabase } from "../support/db.ts";
 import { relayEvent, startRelay } from "../support/relay.ts";
-import { TestSubscriber, waitUntil } from "../support/subscriber.ts";
+import { recordingClient } from "../support/client.ts";
+import { TestSubscriber } from "../support/subscriber.ts";
 import { startTestWorker, type TestWorker } from "../support/worker.ts";
 
 let db: TestDatabase;
@@ -88,34 +87,19 @@ it("delivers rows written by 8 concurrent connections to 5 clients, complete, on
 });
 
 it("client/ resumes across a dropped connection: the partysocket subscriber gets every event once, in order", async () => {
-  const received: ChannelEvent[] = [];
-  const statuses: string[] = [];
-  let sub: Subscription | null = null;
+  const c = recordingClient({ host: new URL(worker.url).host, channel: "resume-e2e" });
   try {
-    sub = subscribe({
-      host: new URL(worker.url).host,
-      channel: "resume-e2e",
-      WebSocket,
-      onEvents: (events) => received.push(...events),
-      onStatus: (s) => statuses.push(s),
-    });
-    const s = sub;
-    const changed = (check: () => boolean, what: string) =>
-      waitUntil(() => check() || undefined, (notify) => {
-        const t = setInterval(notify, 10); // re-check on a short tick: partysocket has no event for "seq advanced"
-        return () => clearInterval(t);
-      }, () => what);
-    await changed(() => s.status === "open", "open");
+    await c.until(() => c.sub.status === "open", "open");
     for (let i = 1; i <= 5; i++) await db.sql("select realtime.publish('resume-e2e', 'n', $1::jsonb)", [String(i)]);
-    await changed(() => received.length === 5, "5 events");
+    await c.until(() => c.seen.events.length === 5, "5 events");
     // Cut the connection while events keep flowing; partysocket reconnects with since/epoch.
-    s.socket.reconnect();
+    c.sub.socket.reconnect();
     for (let i = 6; i <= 15; i++) await db.sql("select realtime.publish('resume-e2e', 'n', $1::jsonb)", [String(i)]);
-    await changed(() => received.length >= 15, "15 events");
-    expect(received.map((e) => e.data)).toEqual(Array.from({ length: 15 }, (_, i) => i + 1));
-    expect(received.map((e) => e.seq)).toEqual(Array.from({ length: 15 }, (_, i) => i + 1));
-    expect(statuses.filter((x) => x === "open").length).toBeGreaterThanOrEqual(2);
+    await c.until(() => c.seen.events.length >= 15, "15 events");
+    expect(c.seen.events.map((e) => e.data)).toEqual(Array.from({ length: 15 }, (_, i) => i + 1));
+    expect(c.seen.events.map((e) => e.seq)).toEqual(Array.from({ length: 15 }, (_, i) => i + 1));
+    expect(c.seen.statuses.filter((x) => x === "open").length).toBeGreaterThanOrEqual(2);
   } finally {
-    sub?.close();
+    c.sub.close();
   }
 });

@@ -4,13 +4,11 @@
  * cover the gap, or the channel's history was replaced, it is told to reset, reloads, and goes on.
  */
 import { afterAll, beforeAll, expect, it } from "vitest";
-import WebSocket from "ws";
-import { subscribe, type ChannelEvent, type Subscription } from "../../client/index.ts";
 import type { Relay } from "../../relay/relay.ts";
 import { testDatabase, type TestDatabase } from "../support/db.ts";
 import { startFaultProxy, type FaultProxy } from "../support/fault-proxy.ts";
 import { caughtUp, relayEvent, startRelay } from "../support/relay.ts";
-import { waitUntil } from "../support/subscriber.ts";
+import { recordingClient } from "../support/client.ts";
 import { startTcpProxy, type TcpProxy } from "../support/tcp-proxy.ts";
 import { startTestWorker, type TestWorker } from "../support/worker.ts";
 import { expectExactlyOnceInOrder, writeNumbered } from "./ledger.ts";
@@ -39,32 +37,8 @@ afterAll(async () => {
 
 /** A client through the TCP proxy, recording what it is given. */
 function client(channel: string) {
-  const events: ChannelEvent[] = [];
-  const resets: { reason: string; seq: number }[] = [];
-  const statuses: string[] = [];
-  const listeners = new Set<() => void>();
-  const notify = () => listeners.forEach((l) => l());
-  const sub: Subscription = subscribe({
-    host: net.host,
-    channel,
-    WebSocket,
-    socket: { minReconnectionDelay: 50, maxReconnectionDelay: 200 },
-    onEvents: (e) => {
-      events.push(...e);
-      notify();
-    },
-    onReset: (r) => {
-      resets.push(r);
-      notify();
-    },
-    onStatus: (s) => {
-      statuses.push(s);
-      notify();
-    },
-  });
-  const until = <T>(check: () => T | undefined | null | false, what: string) =>
-    waitUntil(check, (n) => (listeners.add(n), () => listeners.delete(n)), () => `${what} (${events.length} events, resets ${JSON.stringify(resets)})`, 60_000);
-  return { sub, events, resets, statuses, until };
+  const c = recordingClient({ host: net.host, channel });
+  return { ...c, events: c.seen.events, resets: c.seen.resets, statuses: c.seen.statuses };
 }
 
 it("replays exactly the events published while the connection was cut, while events keep flowing", async () => {

@@ -115,6 +115,26 @@ describe("watch()", () => {
     expect(await db.sql("select * from maybe")).toEqual([]);
   });
 
+  it("marks the events of a watch with retain => true, and backfill() writes the existing rows (refusing an unwatched table)", async () => {
+    await db.sql("create table kept (id int primary key, v text); insert into kept values (1, 'old'), (2, 'older')");
+    await expect(db.sql("select realtime.backfill('kept')")).rejects.toThrow(/kept is not watched/);
+    await db.sql("select realtime.watch('kept', retain => true)");
+    expect(await db.sql("select realtime.backfill('kept') as n")).toEqual([{ n: "2" }]);
+    await db.sql("insert into kept values (3, 'new')");
+    const rows = await db.sql<{ event: string; retain: boolean; backfill: boolean | null }>(
+      "select event, retain, (payload->>'backfill')::boolean as backfill from realtime.outbox where channel = 'kept' order by id",
+    );
+    expect(rows).toEqual([
+      { event: "insert", retain: true, backfill: true },
+      { event: "insert", retain: true, backfill: true },
+      { event: "insert", retain: true, backfill: null },
+    ]);
+    // watch() without retain turns it off again.
+    await db.sql("select realtime.watch('kept')");
+    await db.sql("insert into kept values (4, 'plain')");
+    expect((await db.sql<{ retain: boolean }>("select retain from realtime.outbox where channel = 'kept' order by id desc limit 1"))[0]!.retain).toBe(false);
+  });
+
   it("stops capturing after unwatch()", async () => {
     await db.sql("create table brief (id int primary key); select realtime.watch('brief')");
     await db.sql("insert into brief values (1)");

@@ -8,7 +8,8 @@ import { evictDurableObject, listDurableObjectIds } from "cloudflare:test";
 import { sign } from "hono/utils/jwt/jwt";
 import { describe, expect, it } from "vitest";
 import { signBody } from "../../protocol/index.ts";
-import { authorize, AuthError, channelMatches } from "../../worker/auth.ts";
+import { channelMatches } from "../../protocol/index.ts";
+import { authorize, AuthError } from "../../worker/auth.ts";
 import type { AuthConfig } from "../../worker/config.ts";
 import { event, ingest, JWT_SECRET, postIngest, Socket, tokenFor, upgrade } from "./helpers.ts";
 
@@ -85,6 +86,7 @@ describe("authorize() with issuer and audience configured", () => {
     issuer: "https://app.example",
     audience: "realtime",
     channelsClaim: "rooms",
+    publishClaim: "publish",
     publicChannels: [],
     allowedOrigins: null,
   };

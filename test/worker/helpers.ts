@@ -33,6 +33,25 @@ export async function postIngest(body: string, opts: { secret?: string; t?: numb
   return exports.default.fetch("http://edge/ingest", { method: "POST", headers, body });
 }
 
+/** A change event as `realtime.watch` writes it (retained unless told otherwise). */
+export function change(
+  channel: string,
+  op: "INSERT" | "UPDATE" | "DELETE" | "TRUNCATE",
+  row: Record<string, unknown> | null,
+  options: { old?: Record<string, unknown> | null; retain?: boolean; table?: string } = {},
+): IngestEvent {
+  const key = row && "id" in row ? { id: row.id } : options.old && "id" in options.old ? { id: options.old.id } : {};
+  const data = {
+    op,
+    schema: "public",
+    table: options.table ?? "items",
+    key,
+    new: op === "DELETE" || op === "TRUNCATE" ? null : row,
+    old: op === "DELETE" ? row : options.old ?? null,
+  };
+  return event(channel, data, { event: op.toLowerCase(), ...(options.retain === false ? {} : { retain: true }) });
+}
+
 /** POSTs events, signed; returns status and JSON answer. */
 export async function ingest(events: IngestEvent[]): Promise<{ status: number; body: any }> {
   const res = await postIngest(JSON.stringify({ events }));

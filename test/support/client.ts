@@ -1,0 +1,43 @@
+/** The real client (client/ over partysocket, in Node), recording everything it reports. */
+import WebSocket from "ws";
+import { subscribe, type ChannelEvent, type PresenceMember, type SnapshotRow, type SubscribeOptions, type Subscription } from "../../client/index.ts";
+import { waitUntil } from "./subscriber.ts";
+
+/** What a recording client saw. */
+export interface Seen {
+  events: ChannelEvent[];
+  resets: { reason: string; seq: number }[];
+  statuses: string[];
+  snapshots: { rows: SnapshotRow[]; seq: number; overflow: boolean }[];
+  members: PresenceMember[];
+  broadcasts: unknown[];
+}
+
+/** A subscription whose callbacks record into `seen`; `until` waits on it (re-checked on every callback). */
+export function recordingClient(options: Omit<SubscribeOptions, "WebSocket">): {
+  sub: Subscription;
+  seen: Seen;
+  until<T>(check: () => T | undefined | null | false, what: string, timeoutMs?: number): Promise<T>;
+} {
+  const seen: Seen = { events: [], resets: [], statuses: [], snapshots: [], members: [], broadcasts: [] };
+  const listeners = new Set<() => void>();
+  const record = <A extends unknown[]>(f: (...args: A) => void) => (...args: A) => {
+    f(...args);
+    listeners.forEach((l) => l());
+  };
+  const sub = subscribe({
+    WebSocket,
+    // Fast reconnects: the tests cut connections on purpose.
+    socket: { minReconnectionDelay: 50, maxReconnectionDelay: 200 },
+    ...options,
+    onEvents: record((e) => seen.events.push(...e)),
+    onReset: record((r) => seen.resets.push(r)),
+    onStatus: record((s) => seen.statuses.push(s)),
+    onSnapshot: record((s) => seen.snapshots.push(s)),
+    onBroadcast: record((b) => seen.broadcasts.push(b)),
+    presence: options.presence ? { ...options.presence, onChange: record((m) => (seen.members = m)) } : undefined,
+  });
+  const until = <T>(check: () => T | undefined | null | false, what: string, timeoutMs = 60_000) =>
+    waitUntil(check, (n) => (listeners.add(n), () => listeners.delete(n)), () => `${what}: ${JSON.stringify(seen).slice(0, 400)}`, timeoutMs);
+  return { sub, seen, until };
+}

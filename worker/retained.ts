@@ -1,0 +1,154 @@
+/**
+ * Retained state: the latest version of every row of the channel's watches made with
+ * `retain => true`, kept in the channel's SQLite so that a new subscriber is sent the current rows
+ * (a `snapshot` frame) instead of asking the database. Bounded by STATE_MAX_ROWS and
+ * STATE_MAX_BYTES; past either, the channel stops retaining (for good, in this epoch), says so in
+ * its snapshots (`overflow: true`) and logs an error, rather than serve a state with holes.
+ */
+import type { SnapshotRow } from "../protocol/index.ts";
+import { log } from "./log.ts";
+
+/** A change event's data, as `realtime.watch` writes it. */
+interface ChangeData {
+  op?: string;
+  schema?: string;
+  table?: string;
+  key?: Record<string, unknown>;
+  new?: unknown;
+}
+
+/** A retained row as stored: key and row are JSON text. */
+export interface StoredRow {
+  schema: string;
+  tbl: string;
+  key: string;
+  row: string;
+  seq: number;
+}
+
+const utf8 = new TextEncoder();
+
+export const RETAINED_SCHEMA = `
+  create table if not exists state (
+    k text primary key,
+    schema text not null,
+    tbl text not null,
+    key text not null,
+    row text not null,
+    seq integer not null
+  );
+`;
+
+/** The retained rows of one channel. */
+export class RetainedState {
+  constructor(
+    private readonly sql: SqlStorage,
+    private readonly maxRows: number,
+    private readonly maxBytes: number,
+    private readonly meta: { get(key: string): string | undefined; set(key: string, value: string): void },
+  ) {}
+
+  /** True once the channel has received a retained event (it then sends snapshots). */
+  get active(): boolean {
+    return this.meta.get("retains") === "1";
+  }
+
+  get overflowed(): boolean {
+    return this.meta.get("state_overflow") === "1";
+  }
+
+  /**
+   * Applies retained change events, in seq order: INSERT and UPDATE keep the new row, DELETE
+   * drops it, TRUNCATE drops the table's rows. Called inside the publish transaction.
+   */
+  apply(events: { seq: number; data: unknown }[]): void {
+    if (events.length === 0) return;
+    if (!this.active) this.meta.set("retains", "1");
+    if (this.overflowed) return;
+    // Collapse the batch to one write per row, flushing before a TRUNCATE (rare) so order holds.
+    let pending = new Map<string, { schema: string; tbl: string; key: string; row: string | null; seq: number }>();
+    let rows = Number(this.meta.get("state_rows") ?? 0);
+    let bytes = Number(this.meta.get("state_bytes") ?? 0);
+    const flush = () => {
+      if (pending.size === 0) return;
+      const changes = [...pending.entries()];
+      // Sizes of the versions being replaced, for the running totals.
+      const old = new Map(
+        this.sql
+          .exec<{ k: string; n: number }>("select k, length(cast(row as blob)) as n from state where k in (select value from json_each(?))", JSON.stringify(changes.map(([k]) => k)))
+          .toArray()
+          .map((r) => [r.k, r.n]),
+      );
+      const upserts = changes.filter(([, c]) => c.row !== null);
+      const deletes = changes.filter(([, c]) => c.row === null).map(([k]) => k);
+      for (const [k, c] of changes) {
+        const before = old.get(k);
+        if (before !== undefined) {
+          rows--;
+          bytes -= before;
+        }
+        if (c.row !== null) {
+          rows++;
+          bytes += utf8.encode(c.row).byteLength;
+        }
+      }
+      if (upserts.length > 0) {
+        this.sql.exec(
+          `insert into state (k, schema, tbl, key, row, seq)
+           select value ->> '$.k', value ->> '$.s', value ->> '$.t', value ->> '$.key', value ->> '$.row', value ->> '$.seq' from json_each(?) where true
+           on conflict (k) do update set row = excluded.row, seq = excluded.seq`,
+          JSON.stringify(upserts.map(([k, c]) => ({ k, s: c.schema, t: c.tbl, key: c.key, row: c.row, seq: c.seq }))),
+        );
+      }
+      if (deletes.length > 0) this.sql.exec("delete from state where k in (select value from json_each(?))", JSON.stringify(deletes));
+      pending = new Map();
+    };
+    for (const { seq, data } of events) {
+      const d = data as ChangeData;
+      if (typeof d !== "object" || d === null || typeof d.schema !== "string" || typeof d.table !== "string") continue;
+      if (d.op === "TRUNCATE") {
+        flush();
+        const gone = this.sql.exec<{ n: number; b: number | null }>("select count(*) as n, sum(length(cast(row as blob))) as b from state where schema = ? and tbl = ?", d.schema, d.table).one();
+        this.sql.exec("delete from state where schema = ? and tbl = ?", d.schema, d.table);
+        rows -= gone.n;
+        bytes -= gone.b ?? 0;
+        continue;
+      }
+      if (typeof d.key !== "object" || d.key === null) continue;
+      const key = JSON.stringify(d.key);
+      const k = `${d.schema}.${d.table}:${key}`;
+      pending.set(k, { schema: d.schema, tbl: d.table, key, row: d.op === "DELETE" ? null : JSON.stringify(d.new ?? null), seq });
+    }
+    flush();
+    if (rows > this.maxRows || bytes > this.maxBytes) {
+      this.sql.exec("delete from state");
+      this.meta.set("state_overflow", "1");
+      this.meta.set("state_rows", "0");
+      this.meta.set("state_bytes", "0");
+      log("error", "retained state overflow: this channel no longer retains rows", { rows, bytes, maxRows: this.maxRows, maxBytes: this.maxBytes });
+      return;
+    }
+    this.meta.set("state_rows", String(rows));
+    this.meta.set("state_bytes", String(bytes));
+  }
+
+  /** Every retained row, oldest key first. */
+  rows(): StoredRow[] {
+    return this.sql.exec<StoredRow & Record<string, SqlStorageValue>>("select schema, tbl, key, row, seq from state order by k").toArray();
+  }
+
+  /** Counters for stats. */
+  size(): { rows: number; bytes: number; overflow: boolean } {
+    return { rows: Number(this.meta.get("state_rows") ?? 0), bytes: Number(this.meta.get("state_bytes") ?? 0), overflow: this.overflowed };
+  }
+}
+
+/** One snapshot row as JSON text, from stored JSON texts (no re-serialization of the row). */
+export function snapshotRowJson(r: StoredRow): string {
+  return `{"schema":${JSON.stringify(r.schema)},"table":${JSON.stringify(r.tbl)},"key":${r.key},"row":${r.row},"seq":${r.seq}}`;
+}
+
+/** The parsed form, for filtering. */
+export function parseRow(r: StoredRow): SnapshotRow {
+  return { schema: r.schema, table: r.tbl, key: JSON.parse(r.key), row: JSON.parse(r.row), seq: r.seq };
+}
