@@ -40,6 +40,8 @@ Commands:
   install    install or upgrade the realtime schema (idempotent; same as psql -f sql/realtime.sql)
   token      print a browser token: token --sub <user> --channels todos,tenant:42 [--ttl 3600]
              (HS256 with JWT_SECRET, the Worker's secret)
+  backfill   backfill <schema.table>: write a watched table's current rows to the outbox, in
+             pages of 1000, with progress (realtime.backfill_page)
 
 Options (each also read from the environment variable shown; the flag wins):
 ${OPTION_SPECS.map((s) => {
@@ -47,12 +49,33 @@ ${OPTION_SPECS.map((s) => {
   const shown = def === undefined ? "" : ` [default: ${Array.isArray(def) ? "none" : String(def)}]`;
   return `  --${s.flag.padEnd(18)} ${s.env.padEnd(25)} ${s.doc}${shown}`;
 }).join("\n")}
+  --http              RELAY_HTTP                /healthz, /readyz, /metrics on host:port, or off [default: 127.0.0.1:9187]
   --install                                       install the schema before relaying
   -h, --help                                      show this help
 `;
 
+/** Where the relay serves /healthz, /readyz and /metrics; null: nowhere. */
+export interface HttpListen {
+  host: string;
+  port: number;
+}
+
+/** Default of --http. */
+export const DEFAULT_HTTP = "127.0.0.1:9187";
+
+/** Parses `host:port` (or `off`) for --http. */
+export function parseHttp(value: string): HttpListen | null {
+  if (value === "off") return null;
+  const m = /^(\[[^\]]+\]|[^:]+):(\d{1,5})$/.exec(value);
+  if (!m || Number(m[2]) > 65535) throw new RelayConfigError(`--http (RELAY_HTTP) must be host:port or off, got ${JSON.stringify(value)}`);
+  return { host: m[1]!.replace(/^\[|\]$/g, ""), port: Number(m[2]) };
+}
+
 /** Turns argv and the environment into relay options; throws RelayConfigError. */
-export function optionsFromArgs(argv: string[], env: NodeJS.ProcessEnv): { command: string; options: RelayOptions; install: boolean; help: boolean } {
+export function optionsFromArgs(
+  argv: string[],
+  env: NodeJS.ProcessEnv,
+): { command: string; operand: string | undefined; options: RelayOptions; install: boolean; help: boolean; http: HttpListen | null } {
   let parsed;
   try {
     parsed = parseArgs({
@@ -62,6 +85,7 @@ export function optionsFromArgs(argv: string[], env: NodeJS.ProcessEnv): { comma
       options: {
         ...Object.fromEntries(OPTION_SPECS.map((s) => [s.flag, { type: "string" as const }])),
         install: { type: "boolean" },
+        http: { type: "string" },
         help: { type: "boolean", short: "h" },
       },
     });
@@ -69,8 +93,9 @@ export function optionsFromArgs(argv: string[], env: NodeJS.ProcessEnv): { comma
     throw new RelayConfigError(`${(err as Error).message} (see --help)`);
   }
   const command = parsed.positionals[0] ?? "relay";
-  if (!["relay", "install"].includes(command) || parsed.positionals.length > 1) {
-    throw new RelayConfigError(`unknown command ${JSON.stringify(parsed.positionals.join(" "))}: use "relay" or "install" (see --help)`);
+  const operands = command === "backfill" ? 1 : 0;
+  if (!["relay", "install", "backfill"].includes(command) || parsed.positionals.length > 1 + operands) {
+    throw new RelayConfigError(`unknown command ${JSON.stringify(parsed.positionals.join(" "))}: use relay, install, backfill or token (see --help)`);
   }
   const options: Record<string, unknown> = {};
   for (const spec of OPTION_SPECS) {
@@ -86,7 +111,8 @@ export function optionsFromArgs(argv: string[], env: NodeJS.ProcessEnv): { comma
     }
   }
   const install = Boolean(parsed.values.install) || env.RELAY_INSTALL === "1" || env.RELAY_INSTALL === "true";
-  return { command, options: options as unknown as RelayOptions, install, help: Boolean(parsed.values.help) };
+  const http = parseHttp((parsed.values.http as string | undefined) ?? env.RELAY_HTTP ?? DEFAULT_HTTP);
+  return { command, operand: parsed.positionals[1], options: options as unknown as RelayOptions, install, help: Boolean(parsed.values.help), http };
 }
 
 

@@ -13,6 +13,7 @@ import { optionsFromArgs, tokenArgs, USAGE } from "./args.ts";
 import { RelayConfigError, resolveRelayOptions } from "./config.ts";
 import { installSchema } from "./install.ts";
 import { createLogger, redactUrl, type LogLevel } from "./log.ts";
+import { serveObservability, type ObservabilityServer } from "./observe.ts";
 import { Relay } from "./relay.ts";
 
 async function install(databaseUrl: string | undefined): Promise<void> {
@@ -30,17 +31,60 @@ async function install(databaseUrl: string | undefined): Promise<void> {
   }
 }
 
+/**
+ * `backfill <table>`: realtime.backfill_page until done, with a progress line (rewritten in place
+ * on a terminal, one line per 10% otherwise) and a summary.
+ */
+async function backfill(databaseUrl: string | undefined, table: string | undefined, pageSize: number): Promise<void> {
+  if (!table) throw new RelayConfigError("backfill needs a table: pg-edge-realtime backfill <schema.table>");
+  if (!databaseUrl) throw new RelayConfigError("DATABASE_URL is not set: pass --database-url postgres://user:password@host:5432/db or set DATABASE_URL");
+  const db = new pg.Client({ connectionString: databaseUrl });
+  await db.connect().catch((err: Error) => {
+    throw new RelayConfigError(`cannot connect to ${redactUrl(databaseUrl)}: ${err.message}`);
+  });
+  try {
+    const { rows } = await db.query<{ total: string }>(`select count(*) as total from ${table.split(".").map((p) => pg.escapeIdentifier(p)).join(".")}`).catch((err: Error) => {
+      throw new RelayConfigError(`cannot read ${table}: ${err.message}`);
+    });
+    const total = Number(rows[0]!.total);
+    const started = performance.now();
+    const tty = process.stderr.isTTY;
+    let done = 0;
+    let lastDecile = -1;
+    let after: unknown = null;
+    for (;;) {
+      const page = await db.query<{ last: unknown }>("select realtime.backfill_page($1::regclass, $2::json, $3) as last", [table, after === null ? null : JSON.stringify(after), pageSize]);
+      after = page.rows[0]!.last;
+      if (after === null) break;
+      done = Math.min(total, done + pageSize);
+      const pct = total === 0 ? 100 : Math.floor((done / total) * 100);
+      const rate = done / ((performance.now() - started) / 1000);
+      const line = `backfill ${table}: ${done.toLocaleString("en-US")} of ${total.toLocaleString("en-US")} rows (${pct}%), ${Math.round(rate).toLocaleString("en-US")} rows/s`;
+      if (tty) process.stderr.write(`\r${line}`);
+      else if (Math.floor(pct / 10) > lastDecile) {
+        lastDecile = Math.floor(pct / 10);
+        process.stderr.write(`${line}\n`);
+      }
+    }
+    const seconds = (performance.now() - started) / 1000;
+    process.stderr.write(`${tty ? "\r" : ""}backfill ${table}: done, ${total.toLocaleString("en-US")} rows written to the outbox in ${seconds.toFixed(1)} s; the relay delivers them in order with live changes\n`);
+  } finally {
+    await db.end();
+  }
+}
+
 async function main(): Promise<void> {
   if (process.argv[2] === "token") {
     const args = tokenArgs(process.argv.slice(3), process.env);
     process.stdout.write(`${await mintToken({ secret: args.secret, sub: args.sub, channels: args.channels, ttlSeconds: args.ttlSeconds })}\n`);
     return;
   }
-  const { command, options, install: installFirst, help } = optionsFromArgs(process.argv.slice(2), process.env);
+  const { command, operand, options, install: installFirst, help, http } = optionsFromArgs(process.argv.slice(2), process.env);
   if (help) {
     process.stdout.write(USAGE);
     return;
   }
+  if (command === "backfill") return backfill(options.databaseUrl, operand, 1000);
   if (command === "install") {
     await install(options.databaseUrl);
     process.stderr.write(`realtime schema installed in ${redactUrl(options.databaseUrl)}\n`);
@@ -48,12 +92,25 @@ async function main(): Promise<void> {
   }
   const resolved = resolveRelayOptions(options);
   if (installFirst) await install(resolved.databaseUrl);
-  const relay = new Relay(resolved, { logger: createLogger(resolved.logLevel as LogLevel) });
+  const logger = createLogger(resolved.logLevel as LogLevel);
+  const relay = new Relay(resolved, { logger });
+  let observability: ObservabilityServer | null = null;
+  if (http) {
+    try {
+      observability = await serveObservability(relay, http.host, http.port);
+    } catch (err) {
+      throw new RelayConfigError(`cannot serve /metrics on ${http.host}:${http.port} (${(err as Error).message}): choose another --http host:port, or --http off`);
+    }
+    logger.info("observability", { url: observability.url, paths: ["/healthz", "/readyz", "/metrics"] });
+  }
   let signals = 0;
   const shutdown = (signal: string) => {
     if (++signals > 1) process.exit(1);
-    process.stderr.write(`${JSON.stringify({ time: new Date().toISOString(), level: "info", msg: "stopping", signal })}\n`);
-    void relay.stop().then(() => process.exit(0));
+    logger.info("stopping", { signal });
+    void relay
+      .stop()
+      .then(() => observability?.close())
+      .then(() => process.exit(0));
   };
   process.on("SIGTERM", () => shutdown("SIGTERM"));
   process.on("SIGINT", () => shutdown("SIGINT"));

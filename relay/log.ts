@@ -1,9 +1,12 @@
-/** Structured JSON logs, one object per line on stderr. Never given secrets: callers pass redacted values. */
+/**
+ * Structured JSON logs (pino), one object per line: `{"level":"info","time":"…","msg":"…",…}`.
+ * Callers pass only safe values (a URL goes through redactUrl first); the redact list below is a
+ * second line of defence for a field that should never have been logged.
+ */
+import pino from "pino";
 
 /** Log levels, least to most severe. */
 export type LogLevel = "debug" | "info" | "warn" | "error" | "silent";
-
-const ORDER: Record<LogLevel, number> = { debug: 10, info: 20, warn: 30, error: 40, silent: 100 };
 
 /** What the relay writes its logs to. */
 export interface Logger {
@@ -14,12 +17,18 @@ export interface Logger {
 }
 
 /** A logger writing JSON lines at or above `level` to `write` (default: stderr). */
-export function createLogger(level: LogLevel = "info", write: (line: string) => void = (l) => process.stderr.write(l + "\n")): Logger {
-  const min = ORDER[level];
-  const at = (lvl: Exclude<LogLevel, "silent">) => (msg: string, fields?: Record<string, unknown>) => {
-    if (ORDER[lvl] < min) return;
-    write(JSON.stringify({ time: new Date().toISOString(), level: lvl, msg, ...fields }));
-  };
+export function createLogger(level: LogLevel = "info", write?: (line: string) => void): Logger {
+  const logger = pino(
+    {
+      level,
+      base: undefined,
+      timestamp: pino.stdTimeFunctions.isoTime,
+      formatters: { level: (label) => ({ level: label }) },
+      redact: { paths: ["secret", "ingestSecret", "password", "token", "*.secret", "*.ingestSecret", "*.password", "*.token"], censor: "***" },
+    },
+    write ? { write: (line: string) => write(line.trimEnd()) } : pino.destination({ fd: 2, sync: true }),
+  );
+  const at = (lvl: Exclude<LogLevel, "silent">) => (msg: string, fields?: Record<string, unknown>) => logger[lvl](fields ?? {}, msg);
   return { debug: at("debug"), info: at("info"), warn: at("warn"), error: at("error") };
 }
 

@@ -63,6 +63,9 @@ export class Relay extends EventEmitter<RelayEvents> {
   private running: Promise<void> | null = null;
   private session: Session | null = null;
   private notifyQueue: OutgoingEvent[] = [];
+  private connected = false;
+  /** The last cursor loaded or saved (acknowledged), for metrics. */
+  private cursor: Cursor | null = null;
 
   constructor(options: RelayOptions, deps: RelayDeps = {}) {
     super();
@@ -85,6 +88,33 @@ export class Relay extends EventEmitter<RelayEvents> {
   /** True while this relay holds the leader lock. */
   get isLeader(): boolean {
     return this.session?.leader ?? false;
+  }
+
+  /** True while a database session is established (leading or standing by). */
+  get isConnected(): boolean {
+    return this.connected;
+  }
+
+  /** xmin of the last acknowledged snapshot (every transaction below it is delivered), once known. */
+  get cursorXmin(): number | null {
+    return this.cursor ? Number(this.cursor.done.split(":")[0]) : null;
+  }
+
+  /**
+   * Age in seconds of the oldest committed outbox event not yet acknowledged (0 when caught up),
+   * for the leader; null otherwise. Runs on the listener connection, never delaying delivery.
+   */
+  async backlog(): Promise<{ oldestSeconds: number } | null> {
+    const session = this.session;
+    if (!session || !session.leader || !this.cursor || session.closed) return null;
+    const { rows } = await session.listener.query<{ oldest: number | null }>(
+      `select extract(epoch from now() - min(created_at))::float8 as oldest from (
+         select created_at from realtime.outbox
+         where xid >= pg_snapshot_xmax($1::pg_snapshot) or xid in (select pg_snapshot_xip($1::pg_snapshot))
+         order by xid limit 1) oldest`,
+      [this.cursor.done],
+    );
+    return { oldestSeconds: Math.max(0, rows[0]?.oldest ?? 0) };
   }
 
   /** Starts connecting and working in the background. */
@@ -120,6 +150,7 @@ export class Relay extends EventEmitter<RelayEvents> {
       try {
         await session.connect();
         attempt = 0;
+        this.connected = true;
         this.emit("connected");
         await this.lead(session);
       } catch (err) {
@@ -129,6 +160,7 @@ export class Relay extends EventEmitter<RelayEvents> {
         this.emit("disconnected", error);
         await sleep(backoffDelay(Math.max(attempt, 1), this.options.retryBaseMs, this.options.retryMaxMs), this.stopController.signal);
       } finally {
+        this.connected = false;
         await session.close();
         this.session = null;
       }
@@ -162,6 +194,7 @@ export class Relay extends EventEmitter<RelayEvents> {
     const db = session.query;
     const installId = await session.installId();
     let cursor: Cursor = await loadCursor(db, name);
+    this.cursor = cursor;
     // Whether realtime.doorbell says we are idle; unknown after a (re)start.
     let waiting: boolean | null = null;
     // The page after the one in flight, read while the batch travels (the connection is idle
@@ -186,7 +219,10 @@ export class Relay extends EventEmitter<RelayEvents> {
         await quiet;
         cursor = next;
         await saveCursor(db, name, cursor);
-        this.emit("batch", { source: "outbox", events: events.length, ...result, ms: performance.now() - started });
+        this.cursor = cursor;
+        const info: BatchInfo = { source: "outbox", events: events.length, ...result, ms: performance.now() - started };
+        this.log.debug("batch acknowledged", { ...info });
+        this.emit("batch", info);
         continue;
       }
       // Window empty: the cursor can move to its target without a write (re-reading an empty

@@ -1,9 +1,9 @@
 /**
  * `npm run dev`: the whole stack on this machine. Embedded Postgres (data in .data/postgres, or
  * DATABASE_URL), the schema and a watched `todos` table, the Worker under `wrangler dev`, the
- * relay, and the demo page with its write API. Prints `worker:`, `database:`, `demo:` and
- * `token:` lines;
- * Ctrl-C or SIGTERM stops everything. DEV_DATA_DIR moves .data elsewhere.
+ * relay, and the demo page with its write API. Prints `worker:`, `database:`, `demo:`, `token:`
+ * and `relay:` (its /healthz, /readyz, /metrics) lines; Ctrl-C or SIGTERM stops everything.
+ * DEV_DATA_DIR moves .data elsewhere.
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
@@ -12,6 +12,7 @@ import { fileURLToPath } from "node:url";
 import pg from "pg";
 import { installSchema } from "../relay/install.ts";
 import { createLogger } from "../relay/log.ts";
+import { serveObservability } from "../relay/observe.ts";
 import { Relay } from "../relay/relay.ts";
 import { mintToken } from "../token/index.ts";
 import { buildDemo } from "./build.ts";
@@ -119,8 +120,12 @@ async function main(): Promise<void> {
 
   // 3. The relay, in this process, and the demo's write API.
   const relay = new Relay({ databaseUrl, workerUrl, ingestSecret: secret }, { logger: createLogger((process.env.LOG_LEVEL as never) ?? "warn") });
+  const leading = new Promise<void>((resolve) => relay.once("leader", () => resolve()));
   relay.start();
   cleanups.push(() => relay.stop());
+  const observability = await serveObservability(relay, "127.0.0.1", Number(process.env.RELAY_HTTP_PORT ?? 0));
+  cleanups.push(() => observability.close());
+  await leading; // what is printed below is ready to use
   const api: DemoApi = await startDemoApi(databaseUrl, Number(process.env.DEMO_API_PORT ?? 0), { jwtSecret });
   cleanups.push(() => api.close());
 
@@ -130,6 +135,7 @@ async function main(): Promise<void> {
       `database: ${databaseUrl}`,
       `demo: ${workerUrl}/?api=${encodeURIComponent(api.url)}&token=${token}`,
       `token: ${token}`,
+      `relay: ${observability.url}`,
       "",
       `Try: psql "${databaseUrl}" -c "insert into todos (title) values ('hello from psql')"`,
       `Join by hand: ${workerUrl.replace(/^http/, "ws")}/parties/main/todos?token=<the token above> (valid 7 days, channel todos; it may broadcast there)`,

@@ -337,6 +337,51 @@ begin
   return written;
 end $$;
 
+-- One page of a backfill, for callers that want progress (the CLI's `backfill` command): writes
+-- up to `page_size` rows whose key comes after `after` (null: from the start), in key order, and
+-- returns the last key written as json (null when there is nothing left).
+create or replace function realtime.backfill_page(tbl regclass, after json, page_size int)
+returns json
+language plpgsql as $$
+declare
+  w record;
+  rel record;
+  key_new text;
+  key_cols text;
+  key_after text;
+  last_key json;
+begin
+  select * into w from realtime.watches x where x.tbl = backfill_page.tbl;
+  if not found then
+    raise exception 'realtime.backfill_page: % is not watched', tbl
+      using hint = 'Call realtime.watch(' || quote_literal(tbl::text) || ') first', errcode = '55000';
+  end if;
+  select c.relname, n.nspname into rel from pg_class c join pg_namespace n on n.oid = c.relnamespace where c.oid = tbl;
+  select 'json_build_object(' || string_agg(format('%L, n.%I', k, k), ', ') || ')',
+         string_agg(format('n.%I', k), ', '),
+         string_agg(format('($1 ->> %L)::%s', k, format_type(a.atttypid, a.atttypmod)), ', ')
+    into key_new, key_cols, key_after
+    from unnest(w.key_columns) k join pg_attribute a on a.attrelid = tbl and a.attname = k;
+  execute format(
+    $f$with page as (
+         select * from %s n where $1 is null or row(%s) > row(%s) order by %s limit $2
+       ), written as (
+         insert into realtime.outbox (channel, event, payload, retain)
+         select %s, 'insert', json_build_object('op', 'INSERT', 'schema', %L, 'table', %L, 'key', %s, 'new', to_json(n.*), 'old', null, 'backfill', true), %L
+         from page n order by %s
+         returning 1
+       )
+       select (select %s from page n order by %s desc limit 1) where (select count(*) from written) > 0$f$,
+    tbl, key_cols, key_after, key_cols,
+    realtime.channel_expression(tbl, w.channel, 'n'), rel.nspname, rel.relname, key_new, w.retain, key_cols,
+    key_new, replace(key_cols, ', ', ' desc, '))
+    into last_key using after, page_size;
+  if last_key is not null then
+    perform realtime.ring();
+  end if;
+  return last_key;
+end $$;
+
 -- Stops capturing changes of `tbl`. Events already in the outbox are still delivered.
 create or replace function realtime.unwatch(tbl regclass)
 returns void

@@ -70,7 +70,7 @@ export async function startStack(log: (line: string) => void): Promise<Stack> {
   const startRelay = (url: string, env: Record<string, string> = {}) =>
     // Run through its shebang, as `npx pg-edge-realtime relay` does (it sets V8 flags).
     spawn(join(root, "dist/cli.js"), ["relay"], {
-      env: { PATH: process.env.PATH ?? "", DATABASE_URL: databaseUrl, WORKER_URL: url, INGEST_SECRET: SECRET, LOG_LEVEL: "warn", ...env },
+      env: { PATH: process.env.PATH ?? "", DATABASE_URL: databaseUrl, WORKER_URL: url, INGEST_SECRET: SECRET, LOG_LEVEL: "warn", RELAY_HTTP: "off", ...env },
       stdio: ["ignore", "inherit", "inherit"],
     });
   const relay = startRelay(workerUrl);

@@ -10,9 +10,8 @@ import { startDemoApi, TODOS_DDL, type DemoApi } from "../../scripts/demo-api.ts
 import { testDatabase, type TestDatabase } from "../support/db.ts";
 import { relayEvent, startRelay } from "../support/relay.ts";
 import { startTestWorker, TEST_JWT_SECRET, type TestWorker } from "../support/worker.ts";
+import { CHROMIUM, CHROMIUM_ARGS } from "./chromium.ts";
 
-/** Chromium from Debian (`apt-get install chromium`); CHROMIUM_PATH overrides. */
-const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
 
 let db: TestDatabase;
 let worker: TestWorker;
@@ -31,12 +30,7 @@ beforeAll(async () => {
   relay = startRelay({ databaseUrl: db.url, workerUrl: worker.url });
   api = await startDemoApi(db.url, 0, { jwtSecret: TEST_JWT_SECRET });
   await relayEvent(relay, "idle");
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    // Flags from the machine notes: without the background-networking ones Chromium tries
-    // Google's hosts, which this closed network refuses. Playwright gives it a fresh profile.
-    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
-  });
+  browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
 });
 
 afterAll(async () => {

@@ -15,7 +15,7 @@ import { TestSubscriber, upgradeStatus, waitUntil } from "../support/subscriber.
 
 const root = fileURLToPath(new URL("../..", import.meta.url));
 
-it("npm run dev prints worker/database/demo/token, relays a psql insert to the todos channel, and stops cleanly on SIGTERM", async () => {
+it("npm run dev prints worker/database/demo/token/relay, relays a psql insert to the todos channel, and stops cleanly on SIGTERM", async () => {
   const dataDir = mkdtempSync(join(tmpdir(), "dev-stack-"));
   chmodSync(dataDir, 0o755); // as root, Postgres runs as the postgres user and must reach its data
   const port = await freePort();
@@ -35,8 +35,8 @@ it("npm run dev prints worker/database/demo/token, relays a psql insert to the t
     const lines = await waitUntil(
       () => {
         if (child.exitCode !== null) throw new Error(`npm run dev exited ${child.exitCode}: ${out.slice(-800)}`);
-        const m = /worker: (\S+)\ndatabase: (\S+)\ndemo: (\S+)\ntoken: (\S+)\n/.exec(out);
-        return m ? { worker: m[1]!, database: m[2]!, demo: m[3]!, token: m[4]! } : undefined;
+        const m = /worker: (\S+)\ndatabase: (\S+)\ndemo: (\S+)\ntoken: (\S+)\nrelay: (\S+)\n/.exec(out);
+        return m ? { worker: m[1]!, database: m[2]!, demo: m[3]!, token: m[4]!, relay: m[5]! } : undefined;
       },
       (n) => (listeners.add(n), () => listeners.delete(n)),
       () => `the three lines (output: ${out.slice(-800)})`,
@@ -45,6 +45,7 @@ it("npm run dev prints worker/database/demo/token, relays a psql insert to the t
     expect(lines.worker).toBe(`http://127.0.0.1:${port}`);
     expect(lines.demo.startsWith(`${lines.worker}/?api=`)).toBe(true);
 
+    expect(await (await fetch(`${lines.relay}/readyz`)).json()).toEqual({ ready: true, role: "leader" });
     const page = await fetch(lines.demo);
     expect(page.status).toBe(200);
     expect(await page.text()).toContain("Live todos");

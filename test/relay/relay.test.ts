@@ -155,6 +155,37 @@ describe("cursor", () => {
   });
 });
 
+describe("least privilege", () => {
+  it("relays and prunes as realtime_relay, a role with only the grants of sql/relay-role.sql", async () => {
+    const { readFileSync } = await import("node:fs");
+    await db.sql(readFileSync(new URL("../../sql/relay-role.sql", import.meta.url), "utf8"));
+    await db.sql("alter role realtime_relay password 'relay-password-for-tests'");
+    const url = new URL(db.url);
+    url.username = "realtime_relay";
+    url.password = "relay-password-for-tests";
+    // The role cannot touch the application's tables.
+    const { default: pg } = await import("pg");
+    const probe = new pg.Client({ connectionString: url.toString() });
+    await probe.connect();
+    await expect(probe.query("select * from todos")).rejects.toThrow(/permission denied/);
+    await probe.end();
+
+    const relay = startRelay({ databaseUrl: url.toString(), workerUrl: worker.url, name: "least", retentionSeconds: 0, pruneIntervalMs: 50 });
+    const pruned = relayEvent(relay, "pruned", (p) => p.rows > 0); // its first rounds delete what earlier tests delivered
+    const sub = await TestSubscriber.connect(worker.url, "todos");
+    try {
+      await relayEvent(relay, "idle");
+      await db.sql("insert into todos (title) values ('as realtime_relay')");
+      expect((await sub.waitForEvents(1))[0]!.data).toMatchObject({ new: { title: "as realtime_relay" } });
+      await pruned;
+    } finally {
+      sub.close();
+      await relay.stop();
+      await db.sql("delete from realtime.cursors where name = 'least'");
+    }
+  });
+});
+
 describe("CLI", () => {
   const env = (over: Record<string, string> = {}) => ({ DATABASE_URL: db.url, WORKER_URL: worker.url, INGEST_SECRET: TEST_SECRET, ...over });
 
@@ -191,6 +222,20 @@ describe("CLI", () => {
     for (const v of ["DATABASE_URL", "WORKER_URL", "INGEST_SECRET", "RELAY_BATCH_SIZE", "RELAY_POLL_INTERVAL_MS", "RELAY_NOTIFY"]) {
       expect(child.output()).toContain(v);
     }
+  });
+
+  it("backfills a table in pages with a progress line and a summary", async () => {
+    await db.sql("create table many (id int primary key, v text); insert into many select g, 'v' || g from generate_series(1, 2500) g; select realtime.watch('many')");
+    const child = spawnCli(["backfill", "public.many"], env());
+    expect(await child.exited).toBe(0);
+    const lines = child.output().trim().split("\n");
+    expect(lines[0]).toMatch(/^backfill public\.many: 1,000 of 2,500 rows \(40%\), [\d,]+ rows\/s$/);
+    expect(lines.at(-1)).toMatch(/^backfill public\.many: done, 2,500 rows written to the outbox in [\d.]+ s/);
+    const [{ n }] = (await db.sql<{ n: string }>("select count(*) as n from realtime.outbox where channel = 'many' and payload->>'backfill' = 'true'")) as [{ n: string }];
+    expect(Number(n)).toBe(2500);
+    const bad = spawnCli(["backfill", "public.nothere"], env());
+    expect(await bad.exited).toBe(2);
+    expect(bad.output()).toMatch(/cannot read public\.nothere/);
   });
 
   it("has every option and variable in the README's configuration table", async () => {

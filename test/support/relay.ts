@@ -60,7 +60,8 @@ export type CliProcess = ChildProcess & {
 
 /** Runs the built CLI (the package's `bin`) with `env`; stderr and stdout are collected. */
 export function spawnCli(args: string[], env: Record<string, string>): CliProcess {
-  const child = spawn(process.execPath, [CLI, ...args], { env: { PATH: process.env.PATH ?? "", ...env }, stdio: ["ignore", "pipe", "pipe"] });
+  // Several relays run at once in some tests: none takes the default /metrics port unless asked.
+  const child = spawn(process.execPath, [CLI, ...args], { env: { PATH: process.env.PATH ?? "", RELAY_HTTP: "off", ...env }, stdio: ["ignore", "pipe", "pipe"] });
   let out = "";
   const listeners = new Set<() => void>();
   const onData = (d: Buffer) => {

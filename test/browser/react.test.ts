@@ -1,0 +1,79 @@
+/**
+ * client/react's useChannel in real Chromium (React 19, bundled by esbuild): the retained rows
+ * render from the snapshot, then follow inserts, updates and deletes typed into Postgres.
+ */
+import { createServer, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import { build } from "esbuild";
+import { chromium, type Browser } from "playwright-core";
+import { afterAll, beforeAll, expect, it } from "vitest";
+import type { Relay } from "../../relay/relay.ts";
+import { mintToken } from "../../token/index.ts";
+import { testDatabase, type TestDatabase } from "../support/db.ts";
+import { caughtUp, relayEvent, startRelay } from "../support/relay.ts";
+import { startTestWorker, TEST_JWT_SECRET, type TestWorker } from "../support/worker.ts";
+import { CHROMIUM, CHROMIUM_ARGS } from "./chromium.ts";
+
+let db: TestDatabase;
+let worker: TestWorker;
+let relay: Relay;
+let browser: Browser;
+let page: Server;
+let pageUrl: string;
+
+beforeAll(async () => {
+  [db, worker] = await Promise.all([testDatabase("react"), startTestWorker({ PUBLIC_CHANNELS: "" })]);
+  await db.sql("create table items (id int primary key, title text not null); insert into items values (1, 'from the snapshot')");
+  await db.sql("select realtime.watch('items', retain => true); select realtime.backfill('items')");
+  relay = startRelay({ databaseUrl: db.url, workerUrl: worker.url });
+  await relayEvent(relay, "idle");
+  await caughtUp(relay);
+  const bundle = await build({
+    entryPoints: [new URL("./react-app.tsx", import.meta.url).pathname],
+    bundle: true,
+    write: false,
+    format: "esm",
+    jsx: "automatic",
+    define: { "process.env.NODE_ENV": '"production"' },
+    logLevel: "warning",
+  });
+  const js = bundle.outputFiles[0]!.text;
+  page = createServer((req, res) => {
+    if (req.url?.startsWith("/app.js")) return void res.writeHead(200, { "Content-Type": "text/javascript" }).end(js);
+    res.writeHead(200, { "Content-Type": "text/html" }).end('<!doctype html><div id="root"></div><script type="module" src="/app.js"></script>');
+  });
+  await new Promise<void>((resolve) => page.listen(0, "127.0.0.1", resolve));
+  pageUrl = `http://127.0.0.1:${(page.address() as AddressInfo).port}`;
+  browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
+});
+
+afterAll(async () => {
+  await browser?.close();
+  page?.close();
+  await relay?.stop();
+  await Promise.allSettled([worker?.dispose(), db?.drop()]);
+});
+
+it("renders the channel's rows from the snapshot and keeps them current as rows change", async () => {
+  const tab = await browser.newPage();
+  const errors: string[] = [];
+  tab.on("pageerror", (e) => errors.push(e.message));
+  try {
+    const token = await mintToken({ secret: TEST_JWT_SECRET, sub: "react", channels: ["items"] });
+    await tab.goto(`${pageUrl}/?host=${encodeURIComponent(new URL(worker.url).host)}&token=${token}`);
+    await tab.locator("#status", { hasText: "open" }).waitFor();
+    await tab.locator("#rows li", { hasText: "from the snapshot" }).waitFor();
+
+    await db.sql("insert into items values (2, 'inserted'), (3, 'to delete')");
+    await tab.locator("#rows li", { hasText: "inserted" }).waitFor();
+    await db.sql("update items set title = 'updated' where id = 1");
+    await db.sql("delete from items where id = 3");
+    await tab.locator("#rows li", { hasText: "updated" }).waitFor();
+    await tab.locator("#rows li", { hasText: "to delete" }).waitFor({ state: "detached" });
+    expect(await tab.locator("#rows li").allTextContents()).toEqual(["updated", "inserted"]);
+    expect(await tab.locator("#events").textContent()).toBe("4");
+    expect(errors).toEqual([]);
+  } finally {
+    await tab.close();
+  }
+});
