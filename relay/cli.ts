@@ -53,10 +53,14 @@ async function backfill(databaseUrl: string | undefined, table: string | undefin
     let lastDecile = -1;
     let after: unknown = null;
     for (;;) {
-      const page = await db.query<{ last: unknown }>("select realtime.backfill_page($1::regclass, $2::json, $3) as last", [table, after === null ? null : JSON.stringify(after), pageSize]);
-      after = page.rows[0]!.last;
+      const page = await db.query<{ last_key: unknown; written: string }>("select last_key, written from realtime.backfill_page($1::regclass, $2::json, $3)", [
+        table,
+        after === null ? null : JSON.stringify(after),
+        pageSize,
+      ]);
+      after = page.rows[0]!.last_key;
       if (after === null) break;
-      done = Math.min(total, done + pageSize);
+      done += Number(page.rows[0]!.written);
       const pct = total === 0 ? 100 : Math.floor((done / total) * 100);
       const rate = done / ((performance.now() - started) / 1000);
       const line = `backfill ${table}: ${done.toLocaleString("en-US")} of ${total.toLocaleString("en-US")} rows (${pct}%), ${Math.round(rate).toLocaleString("en-US")} rows/s`;
@@ -67,7 +71,7 @@ async function backfill(databaseUrl: string | undefined, table: string | undefin
       }
     }
     const seconds = (performance.now() - started) / 1000;
-    process.stderr.write(`${tty ? "\r" : ""}backfill ${table}: done, ${total.toLocaleString("en-US")} rows written to the outbox in ${seconds.toFixed(1)} s; the relay delivers them in order with live changes\n`);
+    process.stderr.write(`${tty ? "\r" : ""}backfill ${table}: done, ${done.toLocaleString("en-US")} rows written to the outbox in ${seconds.toFixed(1)} s; the relay delivers them in order with live changes\n`);
   } finally {
     await db.end();
   }

@@ -313,35 +313,23 @@ create or replace function realtime.backfill(tbl regclass)
 returns bigint
 language plpgsql as $$
 declare
-  w record;
-  rel record;
-  key_new text;
-  written bigint;
+  after json;
+  page_rows bigint;
+  total bigint := 0;
 begin
-  select * into w from realtime.watches x where x.tbl = backfill.tbl;
-  if not found then
-    raise exception 'realtime.backfill: % is not watched', tbl
-      using hint = 'Call realtime.watch(' || quote_literal(tbl::text) || ') first', errcode = '55000';
-  end if;
-  select c.relname, n.nspname into rel from pg_class c join pg_namespace n on n.oid = c.relnamespace where c.oid = tbl;
-  select 'json_build_object(' || string_agg(format('%L, n.%I', k, k), ', ') || ')' into key_new from unnest(w.key_columns) k;
-  execute format(
-    $f$insert into realtime.outbox (channel, event, payload, retain)
-       select %s, 'insert', json_build_object('op', 'INSERT', 'schema', %L, 'table', %L, 'key', %s, 'new', to_json(n.*), 'old', null, 'backfill', true), %L
-       from %s n$f$,
-    realtime.channel_expression(tbl, w.channel, 'n'), rel.nspname, rel.relname, key_new, w.retain, tbl);
-  get diagnostics written = row_count;
-  if written > 0 then
-    perform realtime.ring();
-  end if;
-  return written;
+  loop
+    select p.last_key, p.written into after, page_rows from realtime.backfill_page(tbl, after, 10000) p;
+    exit when after is null;
+    total := total + page_rows;
+  end loop;
+  return total;
 end $$;
 
 -- One page of a backfill, for callers that want progress (the CLI's `backfill` command): writes
 -- up to `page_size` rows whose key comes after `after` (null: from the start), in key order, and
--- returns the last key written as json (null when there is nothing left).
-create or replace function realtime.backfill_page(tbl regclass, after json, page_size int)
-returns json
+-- returns the last key written as json (null when there is nothing left) and the rows written.
+drop function if exists realtime.backfill_page(regclass, json, int);
+create function realtime.backfill_page(tbl regclass, after json, page_size int, out last_key json, out written bigint)
 language plpgsql as $$
 declare
   w record;
@@ -349,7 +337,6 @@ declare
   key_new text;
   key_cols text;
   key_after text;
-  last_key json;
 begin
   select * into w from realtime.watches x where x.tbl = backfill_page.tbl;
   if not found then
@@ -371,15 +358,15 @@ begin
          from page n order by %s
          returning 1
        )
-       select (select %s from page n order by %s desc limit 1) where (select count(*) from written) > 0$f$,
+       select (select %s from page n order by %s desc limit 1), count(*) from written having count(*) > 0$f$,
     tbl, key_cols, key_after, key_cols,
     realtime.channel_expression(tbl, w.channel, 'n'), rel.nspname, rel.relname, key_new, w.retain, key_cols,
     key_new, replace(key_cols, ', ', ' desc, '))
-    into last_key using after, page_size;
-  if last_key is not null then
+    into last_key, written using after, page_size;
+  written := coalesce(written, 0);
+  if written > 0 then
     perform realtime.ring();
   end if;
-  return last_key;
 end $$;
 
 -- Stops capturing changes of `tbl`. Events already in the outbox are still delivered.
