@@ -20,6 +20,7 @@ export default defineConfig({
                 MAX_SOCKETS_PER_CHANNEL: "20",
                 STATE_MAX_ROWS: "20",
                 CONFLATE: "conf:*=50",
+                SHARDS: "live:*=4",
               },
             },
           }),
@@ -30,7 +31,7 @@ export default defineConfig({
         // Relay, end-to-end and browser tests, in Node against a real Postgres.
         test: {
           name: "node",
-          include: ["test/relay/**/*.test.ts", "test/e2e/**/*.test.ts", "test/faults/**/*.test.ts", "test/browser/**/*.test.ts"],
+          include: ["test/relay/**/*.test.ts", "test/bench/**/*.test.ts", "test/e2e/**/*.test.ts", "test/faults/**/*.test.ts", "test/browser/**/*.test.ts"],
           exclude: ["test/faults/**/*.worker.test.ts"],
           globalSetup: ["test/support/global-setup.ts"],
           testTimeout: 60_000,

@@ -116,7 +116,7 @@ export type ResetReason = "epoch" | "gap";
 
 /** Frames the server sends on a channel's WebSocket, keyed on `type`. */
 export type ServerFrame =
-  | { type: "welcome"; channel: string; epoch: string; seq: number; member?: string }
+  | { type: "welcome"; channel: string; epoch: string; seq: number; member?: string; shard?: number }
   | { type: "events"; events: ChannelEvent[] }
   | SnapshotFrame
   | { type: "reset"; reason: ResetReason; epoch: string; seq: number }

@@ -1,12 +1,12 @@
 /** Command-line and environment parsing for the relay CLI. */
 import { parseArgs } from "node:util";
-import { parseNotifyRoutes, RelayConfigError, RELAY_DEFAULTS, type RelayOptions } from "./config.ts";
+import { parseNotifyRoutes, parsePartition, RelayConfigError, RELAY_DEFAULTS, type RelayOptions } from "./config.ts";
 
 interface OptionSpec {
   flag: string;
   env: string;
   key: keyof RelayOptions;
-  kind: "string" | "int" | "notify";
+  kind: "string" | "int" | "notify" | "partition";
   doc: string;
 }
 
@@ -29,6 +29,7 @@ export const OPTION_SPECS: OptionSpec[] = [
   { flag: "retention", env: "RELAY_RETENTION_SECONDS", key: "retentionSeconds", kind: "int", doc: "delivered outbox rows are kept this many seconds" },
   { flag: "prune-interval", env: "RELAY_PRUNE_INTERVAL_MS", key: "pruneIntervalMs", kind: "int", doc: "ms between prunes of delivered rows" },
   { flag: "prune-batch", env: "RELAY_PRUNE_BATCH", key: "pruneBatch", kind: "int", doc: "most rows deleted per prune statement" },
+  { flag: "partition", env: "RELAY_PARTITION", key: "partition", kind: "partition", doc: "ship only channels whose hash % count = index: 0/4 (one relay per partition)" },
   { flag: "log-level", env: "LOG_LEVEL", key: "logLevel", kind: "string", doc: "debug, info, warn, error or silent" },
 ];
 
@@ -46,7 +47,7 @@ Commands:
 Options (each also read from the environment variable shown; the flag wins):
 ${OPTION_SPECS.map((s) => {
   const def = (RELAY_DEFAULTS as Record<string, unknown>)[s.key];
-  const shown = def === undefined ? "" : ` [default: ${Array.isArray(def) ? "none" : String(def)}]`;
+  const shown = def === undefined ? "" : ` [default: ${Array.isArray(def) || def === null ? "none" : String(def)}]`;
   return `  --${s.flag.padEnd(18)} ${s.env.padEnd(25)} ${s.doc}${shown}`;
 }).join("\n")}
   --http              RELAY_HTTP                /healthz, /readyz, /metrics on host:port, or off [default: 127.0.0.1:9187]
@@ -106,6 +107,8 @@ export function optionsFromArgs(
       options[spec.key] = Number(raw);
     } else if (spec.kind === "notify") {
       options[spec.key] = parseNotifyRoutes(raw);
+    } else if (spec.kind === "partition") {
+      options[spec.key] = parsePartition(raw);
     } else {
       options[spec.key] = raw;
     }

@@ -1,6 +1,7 @@
 /** The relay's options: every field documented with its default, resolved and checked in one place. */
 import { CHANNEL_PATTERN } from "../protocol/index.ts";
 import type { LogLevel } from "./log.ts";
+import type { Partition } from "./outbox.ts";
 
 /** A NOTIFY channel to forward, and the realtime channel its payloads go to. */
 export interface NotifyRoute {
@@ -46,6 +47,8 @@ export interface RelayOptions {
   pruneIntervalMs?: number;
   /** Most rows one prune statement deletes (each is a short transaction). Default 10000. */
   pruneBatch?: number;
+  /** Only this share of the channels (`{index, count}`, by channel hash); several relays ship in parallel. Default: all. */
+  partition?: Partition | null;
   /** Log level. Default `"info"`. */
   logLevel?: LogLevel;
 }
@@ -69,6 +72,7 @@ export const RELAY_DEFAULTS = {
   retentionSeconds: 3600,
   pruneIntervalMs: 10_000,
   pruneBatch: 10_000,
+  partition: null as Partition | null,
   logLevel: "info" as LogLevel,
 } satisfies Omit<ResolvedRelayOptions, "databaseUrl" | "workerUrl" | "ingestSecret">;
 
@@ -119,6 +123,10 @@ export function resolveRelayOptions(options: RelayOptions): ResolvedRelayOptions
   intIn("--retention", o.retentionSeconds, 0, 10 * 365 * 86_400);
   intIn("--prune-interval", o.pruneIntervalMs, 10, 86_400_000);
   intIn("--prune-batch", o.pruneBatch, 1, 1_000_000);
+  if (o.partition) {
+    intIn("--partition count", o.partition.count, 1, 256);
+    intIn("--partition index", o.partition.index, 0, o.partition.count - 1);
+  }
   if (!["debug", "info", "warn", "error", "silent"].includes(o.logLevel)) {
     throw new RelayConfigError(`--log-level must be one of debug, info, warn, error, silent, got ${JSON.stringify(o.logLevel)}`);
   }
@@ -149,4 +157,11 @@ export function parseNotifyRoutes(spec: string): NotifyRoute[] {
 
 function stripUndefined<T extends object>(o: T): Partial<T> {
   return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
+}
+
+/** Parses `--partition 2/8` (index/count). */
+export function parsePartition(spec: string): Partition {
+  const m = /^(\d{1,3})\/(\d{1,3})$/.exec(spec.trim());
+  if (!m) throw new RelayConfigError(`--partition (RELAY_PARTITION) must be <index>/<count>, e.g. 0/4, got ${JSON.stringify(spec)}`);
+  return { index: Number(m[1]), count: Number(m[2]) };
 }

@@ -11,7 +11,7 @@ import type { Relay } from "./relay.ts";
 /** The relay's metrics, fed by its events. One registry per relay (several may share a process). */
 export function relayMetrics(relay: Relay): Registry {
   const registry = new Registry();
-  const labels = { name: relay.options.name };
+  const labels = { name: relay.cursorName };
   registry.setDefaultLabels(labels);
   const read = new Counter({ name: "relay_events_read_total", help: "Events read from the outbox (or NOTIFY) and put in a batch", labelNames: ["source"], registers: [registry] });
   const sent = new Counter({ name: "relay_events_sent_total", help: "Events the Worker accepted as new", labelNames: ["source"], registers: [registry] });

@@ -33,6 +33,15 @@ export interface OutboxRow {
   retain: boolean;
 }
 
+/**
+ * A share of the outbox: the channels whose hash modulo `count` is `index`. A channel always falls
+ * in the same partition, so its events keep their order with one relay per partition.
+ */
+export interface Partition {
+  index: number;
+  count: number;
+}
+
 /** A page of a window. */
 export interface Page {
   /** The window's upper snapshot (taken now if the cursor had none). */
@@ -45,9 +54,68 @@ export interface Page {
 /** A snapshot that sees no transaction: the start of a new cursor, so it delivers the whole outbox. */
 export const EMPTY_SNAPSHOT = "1:1:";
 
-/** Loads (creating if needed) the cursor named `name`. */
-export async function loadCursor(db: pg.ClientBase, name: string): Promise<Cursor> {
-  await db.query("insert into realtime.cursors (name, done) values ($1, $2) on conflict (name) do nothing", [name, EMPTY_SNAPSHOT]);
+/**
+ * A snapshot that sees only what every one of `snapshots` sees (text form `xmin:xmax:xip,...`):
+ * the smaller xmax, and in progress whatever is in progress in any of them. A cursor starting
+ * there re-sends at most what one of them had already shipped, and skips nothing.
+ */
+export function commonSnapshot(snapshots: string[]): string {
+  if (snapshots.length === 0) return EMPTY_SNAPSHOT;
+  const parsed = snapshots.map((s) => {
+    const [xmin, xmax, xip] = s.split(":");
+    return { xmin: BigInt(xmin!), xmax: BigInt(xmax!), xip: xip ? xip.split(",").map(BigInt) : [] };
+  });
+  const min = (a: bigint, b: bigint) => (a < b ? a : b);
+  const xmax = parsed.map((p) => p.xmax).reduce(min);
+  const xip = [...new Set(parsed.flatMap((p) => p.xip).filter((x) => x < xmax))].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+  const xmin = min(parsed.map((p) => p.xmin).reduce(min), xip[0] ?? xmax);
+  return `${xmin}:${xmax}:${xip.join(",")}`;
+}
+
+/**
+ * Where a new cursor starts, given the cursors it replaces: the beginning of the outbox when there
+ * are none; their exact position when they are all in the same window (one cursor, or partitions
+ * that stopped together: the least `afterId`); otherwise the snapshot every one of them had
+ * finished, re-sending at most the window one of them was part-way through (the Worker drops ids
+ * it already stored).
+ */
+export function startOf(previous: Cursor[]): Cursor {
+  if (previous.length === 0) return { done: EMPTY_SNAPSHOT, target: null, afterId: null };
+  const [first] = previous;
+  if (previous.every((c) => c.done === first!.done && c.target === first!.target)) {
+    const ids = previous.map((c) => c.afterId);
+    const afterId = ids.some((id) => id === null) ? null : ids.map((id) => BigInt(id!)).reduce((a, b) => (a < b ? a : b)).toString();
+    return { done: first!.done, target: first!.target, afterId: first!.target === null ? null : afterId };
+  }
+  return { done: commonSnapshot(previous.map((c) => c.done)), target: null, afterId: null };
+}
+
+/**
+ * Loads the cursor named `name` (`<relay name>` or, partitioned, `<relay name>:p<i>of<n>`),
+ * creating it and, partitioned, its sibling partitions' cursors, so that rows of a partition
+ * whose relay has not started yet are never pruned. New cursors of a relay name that already has
+ * cursors under another partitioning (`default` becoming `default:p0of2` and `default:p1of2`, or
+ * back) start where the furthest-behind of those had delivered: changing the partition count
+ * neither skips nor re-sends the outbox. A relay name with no cursor starts at the beginning of
+ * the outbox.
+ */
+export async function loadCursor(db: pg.ClientBase, name: string, partition: Partition | null = null): Promise<Cursor> {
+  const base = name.split(":")[0]!;
+  const generation = partition ? Array.from({ length: partition.count }, (_, i) => `${base}:p${i}of${partition.count}`) : [base];
+  const { rows: existing } = await db.query<{ name: string; done: string; target: string | null; after_id: string | null }>(
+    "select name, done::text as done, target::text as target, after_id::text as after_id from realtime.cursors where name = $1 or starts_with(name, $1 || ':p')",
+    [base],
+  );
+  if (!generation.every((g) => existing.some((c) => c.name === g))) {
+    const previous = existing.filter((c) => !generation.includes(c.name) && (c.name === base || /^[^:]+:p\d+of\d+$/.test(c.name)));
+    const start = startOf(previous.map((c) => ({ done: c.done, target: c.target, afterId: c.after_id })));
+    await db.query("insert into realtime.cursors (name, done, target, after_id) select unnest($1::text[]), $2, $3, $4 on conflict (name) do nothing", [
+      generation,
+      start.done,
+      start.target,
+      start.afterId,
+    ]);
+  }
   const { rows } = await db.query<{ done: string; target: string | null; after_id: string | null }>(
     "select done::text as done, target::text as target, after_id::text as after_id from realtime.cursors where name = $1",
     [name],
@@ -72,7 +140,7 @@ export async function saveCursor(db: pg.ClientBase, name: string, cursor: Cursor
  * never empty while the window has rows). With no target, the current snapshot becomes the
  * target in the same statement, so every row it makes visible is visible to this read.
  */
-export async function readPage(db: pg.ClientBase, cursor: Cursor, limit: number, maxBytes: number): Promise<Page> {
+export async function readPage(db: pg.ClientBase, cursor: Cursor, limit: number, maxBytes: number, partition: Partition | null = null): Promise<Page> {
   const { rows } = await db.query<{
     target: string;
     id: string | null;
@@ -100,6 +168,7 @@ export async function readPage(db: pg.ClientBase, cursor: Cursor, limit: number,
                   or o.xid in (select pg_snapshot_xip(snap.done)))
              and pg_visible_in_snapshot(o.xid, snap.target)
              and o.id > coalesce($3::bigint, 0)
+             and ($6::int is null or mod(abs(hashtext(o.channel)), $6::int) = $7::int)
            order by o.id
            limit $4
          ) w
@@ -108,7 +177,7 @@ export async function readPage(db: pg.ClientBase, cursor: Cursor, limit: number,
        -- sized.id, the bigint: ordering by the text column would put 10 before 2.
        order by sized.id
      ) page on true`,
-    [cursor.done, cursor.target, cursor.afterId, limit, maxBytes],
+    [cursor.done, cursor.target, cursor.afterId, limit, maxBytes, partition?.count ?? null, partition?.index ?? null],
   );
   const target = rows[0]!.target;
   const page = rows.filter((r) => r.id !== null);

@@ -107,12 +107,14 @@ export class Relay extends EventEmitter<RelayEvents> {
   async backlog(): Promise<{ oldestSeconds: number } | null> {
     const session = this.session;
     if (!session || !session.leader || !this.cursor || session.closed) return null;
+    const p = this.options.partition;
     const { rows } = await session.listener.query<{ oldest: number | null }>(
       `select extract(epoch from now() - min(created_at))::float8 as oldest from (
          select created_at from realtime.outbox
-         where xid >= pg_snapshot_xmax($1::pg_snapshot) or xid in (select pg_snapshot_xip($1::pg_snapshot))
+         where (xid >= pg_snapshot_xmax($1::pg_snapshot) or xid in (select pg_snapshot_xip($1::pg_snapshot)))
+           and ($2::int is null or mod(abs(hashtext(channel)), $2::int) = $3::int)
          order by xid limit 1) oldest`,
-      [this.cursor.done],
+      [this.cursor.done, p?.count ?? null, p?.index ?? null],
     );
     return { oldestSeconds: Math.max(0, rows[0]?.oldest ?? 0) };
   }
@@ -170,18 +172,20 @@ export class Relay extends EventEmitter<RelayEvents> {
   /** Waits for the leader lock, then runs the outbox loop and the NOTIFY forwarder. */
   private async lead(session: Session): Promise<void> {
     let announced = false;
-    while (!(await session.tryLock())) {
+    while (!(await session.tryLock(this.cursorName))) {
       if (!announced) {
-        this.log.info("another relay leads; standing by", { name: this.options.name });
+        this.log.info("another relay leads; standing by", { name: this.cursorName });
         this.emit("standby");
         announced = true;
       }
       await session.waitFor(this.options.standbyPollMs, this.stopController.signal);
       if (this.stopping) return;
     }
-    this.log.info("leading", { name: this.options.name });
+    this.log.info("leading", { name: this.cursorName });
     this.emit("leader");
-    await session.listen([...this.options.notify.map((r) => r.pgChannel)], (channel, payload) => this.onNotify(channel, payload));
+    // NOTIFY payloads have no id to deduplicate: of a partitioned set, only partition 0 forwards them.
+    const forwards = !this.options.partition || this.options.partition.index === 0;
+    await session.listen(forwards ? this.options.notify.map((r) => r.pgChannel) : [], (channel, payload) => this.onNotify(channel, payload));
     // Either loop failing ends the session; the other sees the closed session and stops too.
     await Promise.all([this.outboxLoop(session), this.notifyLoop(session), this.pruneLoop(session)]).catch(async (err) => {
       await session.close();
@@ -190,12 +194,13 @@ export class Relay extends EventEmitter<RelayEvents> {
   }
 
   private async outboxLoop(session: Session): Promise<void> {
-    const { name, batchSize, batchBytes, pollIntervalMs } = this.options;
+    const { batchSize, batchBytes, pollIntervalMs, partition } = this.options;
+    const name = this.cursorName;
     const db = session.query;
     const installId = await session.installId();
-    let cursor: Cursor = await loadCursor(db, name);
+    let cursor: Cursor = await loadCursor(db, name, partition);
     this.cursor = cursor;
-    // Whether realtime.doorbell says we are idle; unknown after a (re)start.
+    // Whether our row of realtime.doorbells says we are idle; unknown after a (re)start.
     let waiting: boolean | null = null;
     // The page after the one in flight, read while the batch travels (the connection is idle
     // meanwhile). It depends only on the cursor the in-flight batch leads to, so a retried
@@ -203,15 +208,15 @@ export class Relay extends EventEmitter<RelayEvents> {
     let prefetched: Promise<Page> | null = null;
     while (!this.stopping && !session.closed) {
       session.rung = false;
-      const page = prefetched ? await prefetched : await readPage(db, cursor, batchSize, batchBytes);
+      const page = prefetched ? await prefetched : await readPage(db, cursor, batchSize, batchBytes, partition);
       prefetched = null;
       if (page.rows.length > 0) {
         // Writers may stop ringing; the update runs while the batch is in flight, not before it.
-        const quiet = waiting !== false ? db.query("update realtime.doorbell set waiting = false") : null;
+        const quiet = waiting !== false ? this.setWaiting(db, false) : null;
         quiet?.catch(() => undefined); // a lost connection surfaces through the session
         waiting = false;
         const next = advance(cursor, page);
-        prefetched = readPage(db, next, batchSize, batchBytes);
+        prefetched = readPage(db, next, batchSize, batchBytes, partition);
         prefetched.catch(() => undefined);
         const started = performance.now();
         const events = page.rows.map((r) => ({ id: `${installId}-${r.id}`, channel: r.channel, event: r.event, data: r.data, ts: r.ts, retain: r.retain }));
@@ -231,7 +236,7 @@ export class Relay extends EventEmitter<RelayEvents> {
       if (waiting !== true) {
         // Tell writers to ring, then look once more: a commit between the read above and this
         // update did not ring, but is visible now.
-        await db.query("update realtime.doorbell set waiting = true");
+        await this.setWaiting(db, true);
         waiting = true;
         continue;
       }
@@ -239,7 +244,18 @@ export class Relay extends EventEmitter<RelayEvents> {
       if (!session.rung) await session.waitFor(pollIntervalMs, this.stopController.signal);
     }
     // A stopped relay must not leave writers ringing (each ring costs them the NOTIFY lock).
-    if (waiting !== false && !session.closed) await db.query("update realtime.doorbell set waiting = false").catch(() => undefined);
+    if (waiting !== false && !session.closed) await this.setWaiting(db, false).catch(() => undefined);
+  }
+
+  /** Tells writers to ring (or not) for this relay's cursor. */
+  private setWaiting(db: pg.Client, waiting: boolean): Promise<unknown> {
+    return db.query("insert into realtime.doorbells (name, waiting) values ($1, $2) on conflict (name) do update set waiting = excluded.waiting", [this.cursorName, waiting]);
+  }
+
+  /** The cursor, leader-lock and doorbell name: RELAY_NAME, plus the partition when partitioned. */
+  get cursorName(): string {
+    const p = this.options.partition;
+    return p ? `${this.options.name}:p${p.index}of${p.count}` : this.options.name;
   }
 
   /**
@@ -285,7 +301,7 @@ export class Relay extends EventEmitter<RelayEvents> {
   }
 
   private async notifyLoop(session: Session): Promise<void> {
-    if (this.options.notify.length === 0) return;
+    if (this.options.notify.length === 0 || (this.options.partition && this.options.partition.index !== 0)) return;
     while (!this.stopping && !session.closed) {
       if (this.notifyQueue.length === 0) {
         await session.waitFor(this.options.pollIntervalMs, this.stopController.signal, "notify");
@@ -366,10 +382,10 @@ class Session {
     return rows[0].install_id;
   }
 
-  async tryLock(): Promise<boolean> {
+  async tryLock(name: string): Promise<boolean> {
     const { rows } = await this.query.query<{ locked: boolean }>(
       "select pg_try_advisory_lock(hashtext('pg-edge-realtime'), hashtext($1)) as locked",
-      [this.options.name],
+      [name],
     );
     this.leader = rows[0]!.locked;
     return this.leader;

@@ -9,7 +9,7 @@
 --   watch(table, …)   capture INSERT/UPDATE/DELETE of a table into the outbox
 --   unwatch(table)    stop capturing
 --   publish(…)        write an application event into the outbox
---   cursors, doorbell the relay's own state
+--   cursors, doorbells the relays' own state
 -- Requires PostgreSQL 13 or later (xid8, pg_snapshot).
 
 -- "already exists, skipping" notices would be noise on every re-install.
@@ -69,15 +69,17 @@ create table if not exists realtime.cursors (
 
 -- The doorbell. A NOTIFY at commit takes a cluster-wide lock (PreCommit_Notify in
 -- src/backend/commands/async.c), which serialized 16 writers from 14.7k to 3.5k commits/s here.
--- So writers ring only when the relay says it is idle (`waiting`): an idle relay wakes within a
--- millisecond of a commit, and a busy relay (which loops without sleeping) costs writers one
--- read of this one-row table. A ring can be missed only by a transaction that read `waiting` just
--- before the relay set it; the relay's poll interval bounds that delay.
-create table if not exists realtime.doorbell (
-  singleton boolean primary key default true check (singleton),
-  waiting boolean not null default true
+-- So writers ring only when a relay says it is idle (`waiting`, one row per relay cursor: a
+-- partitioned deployment has several): an idle relay wakes within a millisecond of a commit, and
+-- busy relays (which loop without sleeping) cost writers one read of this small table. A ring can
+-- be missed only by a transaction that read `waiting` just before the relay set it; the relay's
+-- poll interval bounds that delay.
+create table if not exists realtime.doorbells (
+  name text primary key,
+  waiting boolean not null default false
 );
-insert into realtime.doorbell default values on conflict do nothing;
+-- Before 0.2 there was one doorbell for one relay.
+drop table if exists realtime.doorbell;
 
 -- Tables under watch and how their events are routed.
 create table if not exists realtime.watches (
@@ -94,7 +96,7 @@ drop function if exists realtime.watch(regclass, text);
 create or replace function realtime.ring() returns void
 language plpgsql as $$
 begin
-  if (select waiting from realtime.doorbell) then
+  if exists (select from realtime.doorbells where waiting) then
     perform pg_notify('realtime_doorbell', '');
   end if;
 end $$;
@@ -280,7 +282,7 @@ begin
       end if;
       -- realtime.ring(), inlined: a nested function call was a sixth of this trigger's time.
       get diagnostics affected = row_count;
-      if affected > 0 and (select waiting from realtime.doorbell) then
+      if affected > 0 and exists (select from realtime.doorbells where waiting) then
         perform pg_notify('realtime_doorbell', '');
       end if;
       return null;

@@ -8,7 +8,7 @@
 --   read the outbox in commit order, prune delivered rows   select, delete on realtime.outbox
 --   prefix event ids with the installation id              select on realtime.installation
 --   keep its cursor                                        select, insert, update on realtime.cursors
---   tell writers when to ring the doorbell                 select, update on realtime.doorbell
+--   tell writers when to ring the doorbell                 select, insert, update on realtime.doorbells
 --   LISTEN, advisory locks, pg_current_snapshot()          (no grant needed)
 -- It needs CONNECT on the database (PUBLIC has it unless revoked) and nothing on your tables:
 -- changes reach the outbox through the capture triggers, which run as the writer.
@@ -23,4 +23,4 @@ grant usage on schema realtime to realtime_relay;
 grant select, delete on realtime.outbox to realtime_relay;
 grant select on realtime.installation to realtime_relay;
 grant select, insert, update on realtime.cursors to realtime_relay;
-grant select, update on realtime.doorbell to realtime_relay;
+grant select, insert, update on realtime.doorbells to realtime_relay;

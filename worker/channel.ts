@@ -1,36 +1,24 @@
 /**
- * The Channel Durable Object: one per channel. It sequences events, keeps the replay log, dedupe
- * ids and retained rows in its SQLite, and fans frames out to hibernatable WebSockets, each
- * filtered as its subscriber asked; it also keeps presence and relays client broadcasts.
+ * The Channel Durable Object: one per channel, its root. It sequences events, keeps the replay
+ * log, dedupe ids and retained rows in its SQLite, and sends each publish to its sockets (one frame
+ * per filter). A sharded channel (SHARDS) keeps its sockets on shard objects instead
+ * (worker/shard.ts): the root still stores and sequences everything once, fans each publish out
+ * with one RPC per shard, answers the shards' joins (welcome, replay, snapshot) from its log, and
+ * keeps the channel-wide presence list.
  *
  * Hibernation-safe by construction: everything needed after a wake-up is in SQLite (seq, epoch,
- * log, state, filters) or in socket attachments and tags (who, which filter, presence); the only
- * timer is the storage alarm of a conflating channel, and pings are answered by the runtime's
- * auto-response.
+ * log, state, filters, shard members) or in socket attachments and tags; the only timer is the
+ * storage alarm of a conflating channel, and pings are answered by the runtime's auto-response.
  */
-import { DurableObject } from "cloudflare:workers";
 import type { ErrorCode, IngestEvent, IngestResult, PresenceMember, ResetReason, RowFilter, ServerFrame } from "../protocol/index.ts";
-import {
-  channelMatches,
-  EVENT_NAME_PATTERN,
-  MAX_PRESENCE_STATE_BYTES,
-  matchesEvent,
-  matchesRow,
-  parseFilter,
-  PING,
-  PONG,
-  SIGNATURE_TOLERANCE_SECONDS,
-} from "../protocol/index.ts";
-import { resolveWorkerConfig, type WorkerConfig } from "./config.ts";
+import { channelMatches, matchesEvent, matchesRow, parseFilter, SIGNATURE_TOLERANCE_SECONDS } from "../protocol/index.ts";
 import type { Env } from "./env.ts";
+import { CHANNEL_NAME_HEADER, eventJson, eventsFrame, member, send, SocketHub, type Outgoing, type SocketAttachment } from "./hub.ts";
+import { log } from "./log.ts";
 import { parseRow, RETAINED_SCHEMA, RetainedState, snapshotRowJson } from "./retained.ts";
+import type { ChannelShard } from "./shard.ts";
 
-/** Header the Worker sets on a forwarded upgrade: the channel's name. */
-export const CHANNEL_NAME_HEADER = "X-Realtime-Channel";
-/** Header the Worker sets on a forwarded upgrade: the verified token's `sub` (absent: anonymous). */
-export const USER_HEADER = "X-Realtime-User";
-/** Header the Worker sets on a forwarded upgrade when the token may broadcast on this channel. */
-export const CAN_PUBLISH_HEADER = "X-Realtime-Can-Publish";
+export { CAN_PUBLISH_HEADER, CHANNEL_NAME_HEADER, SHARD_HEADER, USER_HEADER } from "./hub.ts";
 
 /** Ids remembered for dedupe beyond the replay log: covers a relay re-sending its last batches. */
 const DEDUPE_MIN_IDS = 10_000;
@@ -54,38 +42,6 @@ const REPLAY_FRAME_EVENTS = 500;
  */
 const LOG_CHUNK_UNITS = 500_000;
 
-/** Socket tags (at most 10 per socket, 256 characters each): fixed at accept time. */
-const TAG_UNFILTERED = "nf";
-const TAG_PRESENCE = "p";
-
-/** Per-socket state that must survive hibernation (attachments are limited to 16 KiB). */
-interface SocketAttachment {
-  /** The connection's id, as presence lists it. */
-  id: string;
-  connectedAt: number;
-  /** The token's subject, or null for an anonymous socket on a public channel. */
-  user: string | null;
-  /** Inbound rate window: its start (ms) and the messages counted in it. */
-  windowStart: number;
-  windowCount: number;
-  /** The socket's row filter, or null. */
-  filter: RowFilter | null;
-  /** Listed in presence (joined with `presence=1`). */
-  presence: boolean;
-  /** Presence state the client set. */
-  state: unknown;
-  /** May send `broadcast` messages (the token's publish claim covers this channel). */
-  canPublish: boolean;
-  /** Its leave was announced (close and error can both fire). */
-  left?: boolean;
-}
-
-/** An event ready to send: its JSON text and its data (for filters). */
-interface Outgoing {
-  json: string;
-  data: unknown;
-}
-
 const SCHEMA = `
   create table if not exists meta (key text primary key, value text not null);
   create table if not exists log (
@@ -100,17 +56,24 @@ const SCHEMA = `
   create table if not exists log_part (seq integer not null, part integer not null, chunk text not null, primary key (seq, part));
   create table if not exists seen (id text primary key, seq integer not null, at integer not null default 0);
   create index if not exists seen_by_seq on seen (seq);
-  create table if not exists filters (tag text primary key, filter text not null);
+  create table if not exists shard_members (id text primary key, shard integer not null, member text not null);
   ${RETAINED_SCHEMA}
 `;
+
+/** What a socket is sent after `welcome` when it joins: replay, or a reset, or a snapshot. */
+export type Join =
+  | { ok: true; channel: string; epoch: string; seq: number; frames: string[] }
+  | { ok: false; code: ErrorCode; message: string };
 
 /** A channel's counters, as `GET /channels/:name/stats` returns them. */
 export interface ChannelStats {
   channel: string | null;
   epoch: string;
   seq: number;
-  /** Open WebSockets (hibernated ones included). */
+  /** Open WebSockets (hibernated ones included), on the root and every shard. */
   sockets: number;
+  /** Shard objects holding this channel's sockets (0: the root holds them). */
+  shards: number;
   /** Sockets listed in presence. */
   presence: number;
   replayLogEvents: number;
@@ -124,25 +87,21 @@ export interface ChannelStats {
   conflateMs: number | null;
 }
 
-export class Channel extends DurableObject<Env> {
-  private readonly sql: SqlStorage;
-  private readonly config: WorkerConfig;
+export class Channel extends SocketHub {
   private readonly epoch: string;
   private readonly meta: Map<string, string>;
   private readonly state: RetainedState;
-  /** Filter tag -> filter, for every filter a socket joined with (kept in SQLite too). */
-  private readonly filters: Map<string, RowFilter>;
   private seq: number;
   private name: string | null;
   /** Seq and time of the last trim (in memory: after a wake-up the first publish trims). */
   private trimmedAt = 0;
   private trimmedTime = 0;
   private alarmPending = false;
+  /** The delivery in flight to each shard (in memory: deliveries to one shard are sequential). */
+  private readonly shardQueues = new Map<number, Promise<unknown>>();
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
-    this.sql = ctx.storage.sql;
-    this.config = resolveWorkerConfig(env);
     this.sql.exec(SCHEMA);
     // Objects created before seen.at existed get the column (every id counts as old).
     if (!this.sql.exec<{ name: string }>("pragma table_info(seen)").toArray().some((c) => c.name === "at")) {
@@ -165,9 +124,6 @@ export class Channel extends DurableObject<Env> {
       get: (k) => this.meta.get(k),
       set: (k, v) => this.setMeta(k, v),
     });
-    this.filters = new Map(this.sql.exec<{ tag: string; filter: string }>("select tag, filter from filters").toArray().map((r) => [r.tag, JSON.parse(r.filter) as RowFilter]));
-    // Heartbeats never wake a hibernated object.
-    ctx.setWebSocketAutoResponse(new WebSocketRequestResponsePair(PING, PONG));
   }
 
   private setMeta(key: string, value: string): void {
@@ -181,12 +137,19 @@ export class Channel extends DurableObject<Env> {
     return this.config.conflate.find((c) => channelMatches(c.pattern, this.name!, null))?.ms ?? null;
   }
 
+  /** The shards holding this channel's sockets (SHARDS, by name pattern); empty when unsharded. */
+  private shards(): DurableObjectStub<ChannelShard>[] {
+    const count = this.name ? shardCount(this.config.shards, this.name) : 0;
+    return Array.from({ length: count }, (_, i) => this.env.SHARD.get(this.env.SHARD.idFromName(shardName(this.name!, i))));
+  }
+
   /**
    * Stores new events (dropping ids already stored), assigns each a seq, updates retained rows,
-   * and sends one frame per socket (or, conflating, at the end of the window). Storage is
-   * committed before this returns, so the Worker's 200 means durable.
+   * and delivers them (or, conflating, at the end of the window). Storage is committed before the
+   * events leave (output gates), so the Worker's 200 means durable and no socket sees an event
+   * this object could lose.
    */
-  publish(channel: string, events: IngestEvent[]): IngestResult {
+  async publish(channel: string, events: IngestEvent[]): Promise<IngestResult> {
     this.remember(channel);
     const fresh: Outgoing[] = [];
     const retained: { seq: number; data: unknown }[] = [];
@@ -216,7 +179,7 @@ export class Channel extends DurableObject<Env> {
           const [head, ...rest] = chunks(data);
           rows.push({ s: seq, i: e.id, e: e.event, d: head ?? "", p: rest.length, t: e.ts });
           rest.forEach((chunk, i) => parts.push([seq, i + 1, chunk]));
-          fresh.push({ json: eventJson(seq, e.id, e.event, data, e.ts), data: e.data });
+          fresh.push({ seq, json: eventJson(seq, e.id, e.event, data, e.ts), data: e.data });
           if (e.retain) retained.push({ seq, data: e.data });
         }
         if (rows.length === 0) return;
@@ -242,7 +205,7 @@ export class Channel extends DurableObject<Env> {
     }
     if (fresh.length > 0) {
       const window = this.conflateMs;
-      if (window === null) this.deliver(fresh);
+      if (window === null) await this.deliver(fresh);
       else if (!this.alarmPending) {
         // Conflating: deliver at the end of the window, from the log (see alarm()).
         this.alarmPending = true;
@@ -269,7 +232,26 @@ export class Channel extends DurableObject<Env> {
       latest.set(rowKey, e);
     }
     this.setMeta("delivered_seq", String(this.seq));
-    this.deliver([...latest.values()]);
+    await this.deliver([...latest.values()].sort((a, b) => a.seq - b.seq));
+  }
+
+  /** To this object's sockets, and to every shard with one RPC each. */
+  private async deliver(events: Outgoing[]): Promise<void> {
+    this.deliverLocal(events);
+    const shards = this.shards();
+    if (shards.length === 0) return;
+    const wire = events.map((e) => ({ seq: e.seq, json: e.json }));
+    // One delivery at a time per shard: a later publish (interleaved while this one awaits) must
+    // not overtake this one on its way to a shard.
+    const results = await Promise.allSettled(
+      shards.map((s, i) => {
+        const sent = (this.shardQueues.get(i) ?? Promise.resolve()).then(() => s.deliver(this.name!, this.epoch, wire));
+        this.shardQueues.set(i, sent.catch(() => undefined));
+        return sent;
+      }),
+    );
+    // A shard that missed a batch asks for the gap with its next one (it checks seq continuity).
+    results.forEach((r, i) => r.status === "rejected" && log("warn", "shard delivery failed", { shard: i, error: String(r.reason) }));
   }
 
   /** Accepts a WebSocket (forwarded by the Worker), greets it, and replays what it missed. */
@@ -279,193 +261,120 @@ export class Channel extends DurableObject<Env> {
     }
     const channel = request.headers.get(CHANNEL_NAME_HEADER);
     if (channel) this.remember(channel);
-    const url = new URL(request.url);
-    const since = url.searchParams.get("since");
-    const epoch = url.searchParams.get("epoch");
-    const filterText = url.searchParams.get("filter");
-    const parsedFilter = filterText ? parseFilter(filterText) : null;
-    const filter = parsedFilter?.ok ? parsedFilter.filter : null;
-    const filterTag = filter ? await tagForFilter(filterText!) : TAG_UNFILTERED;
-    const wantsPresence = url.searchParams.get("presence") === "1";
-    const user = request.headers.get(USER_HEADER);
-    const userTag = user === null ? null : await tagFor(user);
-    const { limits } = this.config;
-
-    const { 0: client, 1: server } = new WebSocketPair();
-    // Tags let getWebSockets(tag) find a user's sockets, a filter's sockets, or presence members
-    // without reading every attachment.
-    this.ctx.acceptWebSocket(server, [filterTag, ...(userTag ? [userTag] : []), ...(wantsPresence ? [TAG_PRESENCE] : [])]);
-    const me: SocketAttachment = {
-      id: crypto.randomUUID(),
-      connectedAt: Date.now(),
-      user,
-      windowStart: 0,
-      windowCount: 0,
-      filter,
-      presence: wantsPresence,
-      state: null,
-      canPublish: request.headers.get(CAN_PUBLISH_HEADER) === "1",
-    };
-    server.serializeAttachment(me);
-    const refused = (code: ErrorCode, message: string) => {
-      me.left = true;
-      server.serializeAttachment(me);
-      this.refuse(server, code, message);
-      return new Response(null, { status: 101, webSocket: client });
-    };
-    // Refusals go out as error frames on an accepted socket: a browser cannot read the body of a
-    // refused upgrade.
-    if (parsedFilter && !parsedFilter.ok) return refused("invalid_filter", parsedFilter.message);
-    if (this.ctx.getWebSockets().length > limits.socketsPerChannel) {
-      return refused("channel_full", `this channel has its maximum of ${limits.socketsPerChannel} connections (MAX_SOCKETS_PER_CHANNEL)`);
-    }
-    if (userTag && this.ctx.getWebSockets(userTag).length > limits.connectionsPerUser) {
-      return refused("too_many_connections", `at most ${limits.connectionsPerUser} connections per user on one channel (MAX_CONNECTIONS_PER_USER)`);
-    }
-    if (filter && !this.filters.has(filterTag)) {
-      this.filters.set(filterTag, filter);
-      this.sql.exec("insert into filters (tag, filter) values (?, ?) on conflict (tag) do nothing", filterTag, JSON.stringify(filter));
-    }
+    const accepted = await this.accept(request);
+    if (accepted.refused) return accepted.response;
+    const { server, me, filter } = accepted;
     // No await from here on: a publish cannot slip in between, so the socket sees welcome, then
     // snapshot or replay, then live events, with no gap and no overlap.
-    send(server, { type: "welcome", channel: this.name ?? "", epoch: this.epoch, seq: this.seq, member: me.id });
-    if (since !== null && since !== "") {
-      const sinceSeq = /^\d{1,15}$/.test(since) ? Number(since) : NaN;
-      if (Number.isNaN(sinceSeq)) {
-        me.left = true;
-        server.serializeAttachment(me);
-        this.refuse(server, "invalid_query", "since must be a non-negative integer: the seq of the last event received");
-        return new Response(null, { status: 101, webSocket: client });
-      }
-      this.replay(server, sinceSeq, epoch ?? "", filter);
-    } else {
-      this.sendSnapshot(server, filter);
+    const url = new URL(request.url);
+    const join = this.join(url.searchParams.get("since"), url.searchParams.get("epoch"), filter);
+    if (!join.ok) {
+      send(server, { type: "welcome", channel: this.name ?? "", epoch: this.epoch, seq: this.seq, member: me.id });
+      this.closeWith(server, me, join.code, join.message);
+      return accepted.response;
     }
-    if (wantsPresence) {
-      send(server, { type: "presence", members: this.members() });
-      this.toPresence({ type: "presence_diff", joins: [member(me)], leaves: [] }, server);
+    send(server, { type: "welcome", channel: join.channel, epoch: join.epoch, seq: join.seq, member: me.id });
+    for (const frame of join.frames) server.send(frame);
+    if (me.presence) {
+      send(server, { type: "presence", members: this.allMembers() });
+      await this.presenceDiff({ type: "presence_diff", joins: [member(me)], leaves: [] }, server);
     }
-    return new Response(null, { status: 101, webSocket: client });
+    return accepted.response;
   }
 
   /**
-   * Inbound messages: size and rate limits first (hibernation-safe: the rate window lives in the
-   * socket's attachment), then `presence` (set this connection's state) and `broadcast` (to the
-   * channel's other sockets, never stored). Pings are answered by the runtime, never counted here.
+   * A shard's new socket: what it is owed after `welcome` (replay, or reset and snapshot, or the
+   * snapshot of a fresh subscriber), with the filter applied. One call, atomic: the seq returned is
+   * the one those frames end at, and the shard sends live events after it.
    */
-  override webSocketMessage(ws: WebSocket, message: string | ArrayBuffer): void {
-    const { limits } = this.config;
-    const size = typeof message === "string" ? new TextEncoder().encode(message).byteLength : message.byteLength;
-    if (size > limits.frameBytes) {
-      return this.refuse(ws, "frame_too_large", `messages are limited to ${limits.frameBytes} bytes (MAX_FRAME_BYTES)`, 1009);
-    }
-    const me = ws.deserializeAttachment() as SocketAttachment;
-    const now = Date.now();
-    if (now - me.windowStart >= 1000) {
-      me.windowStart = now;
-      me.windowCount = 0;
-    }
-    me.windowCount++;
-    ws.serializeAttachment(me);
-    if (me.windowCount > limits.messagesPerSecond) {
-      return this.refuse(ws, "rate_limited", `at most ${limits.messagesPerSecond} messages per second (MAX_MESSAGES_PER_SECOND)`);
-    }
-    let frame: { type?: unknown; state?: unknown; event?: unknown; data?: unknown };
-    try {
-      frame = typeof message === "string" ? JSON.parse(message) : null;
-    } catch {
-      frame = null as never;
-    }
-    if (!frame || typeof frame !== "object") {
-      return send(ws, { type: "error", code: "unsupported_frame", message: `send JSON {"type":"presence"|"broadcast",...}, or "${PING}" for a heartbeat` });
-    }
-    if (frame.type === "presence") {
-      if (!me.presence) return send(ws, { type: "error", code: "invalid_frame", message: "join with presence=1 to set a presence state" });
-      const text = JSON.stringify(frame.state ?? null);
-      if (new TextEncoder().encode(text).byteLength > MAX_PRESENCE_STATE_BYTES) {
-        return send(ws, { type: "error", code: "invalid_frame", message: `presence state is limited to ${MAX_PRESENCE_STATE_BYTES} bytes of JSON` });
-      }
-      me.state = frame.state ?? null;
-      ws.serializeAttachment(me);
-      return this.toPresence({ type: "presence_diff", joins: [member(me)], leaves: [] });
-    }
-    if (frame.type === "broadcast") {
-      if (!me.canPublish) return send(ws, { type: "error", code: "publish_forbidden", message: "the token's publish claim does not include this channel" });
-      if (typeof frame.event !== "string" || !EVENT_NAME_PATTERN.test(frame.event)) {
-        return send(ws, { type: "error", code: "invalid_frame", message: "broadcast needs an event name of 1-64 of A-Z a-z 0-9 _ . : -" });
-      }
-      const out = JSON.stringify({ type: "broadcast", event: frame.event, data: frame.data ?? null, from: { id: me.id, user: me.user } } satisfies ServerFrame);
-      for (const other of this.ctx.getWebSockets()) if (other !== ws) trySend(other, out);
-      return;
-    }
-    send(ws, { type: "error", code: "unsupported_frame", message: `unknown message type ${JSON.stringify(String(frame.type)).slice(0, 40)}; this channel accepts presence and broadcast` });
+  sync(channel: string, since: string | null, epoch: string | null, filterText: string | null): Join {
+    this.remember(channel);
+    const parsed = filterText ? parseFilter(filterText) : null;
+    if (parsed && !parsed.ok) return { ok: false, code: "invalid_filter", message: parsed.message };
+    return this.join(since, epoch, parsed?.ok ? parsed.filter : null);
   }
 
-  override webSocketClose(ws: WebSocket, code: number, reason: string): void {
-    this.leave(ws);
-    // Completes the closing handshake; 1005/1006 are reserved and cannot be sent back.
-    try {
-      ws.close(code === 1005 || code === 1006 ? 1000 : code, reason);
-    } catch {
-      // already closed
-    }
+  /** Events after `after` up to `upTo`, for a shard that missed a batch; null if the log no longer has them. */
+  eventsAfter(after: number, upTo: number): { seq: number; json: string }[] | null {
+    const oldest = this.sql.exec<{ seq: number | null }>("select min(seq) as seq from log").one().seq;
+    if (oldest === null || after < oldest - 1) return null;
+    return this.logFrom(after)
+      .filter((e) => e.seq <= upTo)
+      .map((e) => ({ seq: e.seq, json: e.json }));
   }
 
-  override webSocketError(ws: WebSocket): void {
-    // An abrupt disconnect: the socket is gone, its presence must go too.
-    this.leave(ws);
+  /** Presence of a shard's socket: registered here, announced everywhere; returns the full list. */
+  async presenceJoin(m: PresenceMember, shard: number): Promise<PresenceMember[]> {
+    this.sql.exec("insert into shard_members (id, shard, member) values (?, ?, ?) on conflict (id) do update set member = excluded.member", m.id, shard, JSON.stringify(m));
+    await this.presenceDiff({ type: "presence_diff", joins: [m], leaves: [] });
+    return this.allMembers();
   }
 
-  /** What an operator (or the benchmark) wants to know; served by `GET /channels/:name/stats`. */
-  stats(): ChannelStats {
-    const log = this.sql.exec<{ n: number; oldest: number | null }>("select count(*) as n, min(seq) as oldest from log").one();
-    const lastPublish = this.meta.get("last_publish");
-    return {
-      channel: this.name,
-      epoch: this.epoch,
-      seq: this.seq,
-      sockets: this.ctx.getWebSockets().length,
-      presence: this.members().length,
-      replayLogEvents: log.n,
-      replayLogOldestSeq: log.oldest,
-      lastPublishAt: lastPublish ? new Date(Number(lastPublish)).toISOString() : null,
-      wakes: Number(this.meta.get("wakes") ?? 0),
-      retained: this.state.size(),
-      conflateMs: this.conflateMs,
-    };
+  async presenceUpdate(m: PresenceMember): Promise<void> {
+    this.sql.exec("update shard_members set member = ? where id = ?", JSON.stringify(m), m.id);
+    await this.presenceDiff({ type: "presence_diff", joins: [m], leaves: [] });
   }
 
-  /** Sends events to every socket: one frame per filter, computed once and sent to its sockets. */
-  private deliver(events: Outgoing[]): void {
-    if (events.length === 0) return;
-    const all = eventsFrame(events.map((e) => e.json));
-    for (const ws of this.ctx.getWebSockets(TAG_UNFILTERED)) trySend(ws, all);
-    for (const [tag, filter] of this.filters) {
-      const sockets = this.ctx.getWebSockets(tag);
-      if (sockets.length === 0) continue;
-      const matching = events.filter((e) => matchesEvent(filter, e.data));
-      if (matching.length === 0) continue;
-      const frame = eventsFrame(matching.map((e) => e.json));
-      for (const ws of sockets) trySend(ws, frame);
-    }
+  async presenceLeave(m: PresenceMember): Promise<void> {
+    this.sql.exec("delete from shard_members where id = ?", m.id);
+    await this.presenceDiff({ type: "presence_diff", joins: [], leaves: [m] });
   }
 
-  private replay(ws: WebSocket, since: number, epoch: string, filter: RowFilter | null): void {
-    if (epoch !== this.epoch || since > this.seq) return this.reset(ws, "epoch", filter);
-    if (since === this.seq) return;
+  /** A client broadcast on shard `from` (which already sent it to its own sockets). */
+  async broadcastFromShard(frame: string, from: number): Promise<void> {
+    this.toAll(frame);
+    await Promise.allSettled(this.shards().map((s, i) => (i === from ? null : s.broadcast(frame))));
+  }
+
+  protected override presenceChanged(ws: WebSocket, me: SocketAttachment): void {
+    void this.presenceDiff({ type: "presence_diff", joins: [member(me)], leaves: [] });
+  }
+
+  protected override memberLeft(ws: WebSocket, me: SocketAttachment): void {
+    void this.presenceDiff({ type: "presence_diff", joins: [], leaves: [member(me)] }, ws);
+  }
+
+  protected override broadcastFrom(ws: WebSocket, _me: SocketAttachment, frame: string): void {
+    this.toAll(frame, ws);
+    void Promise.allSettled(this.shards().map((s) => s.broadcast(frame)));
+  }
+
+  /** Members on this object's sockets and on every shard's. */
+  private allMembers(): PresenceMember[] {
+    const remote = this.sql.exec<{ member: string }>("select member from shard_members order by rowid").toArray().map((r) => JSON.parse(r.member) as PresenceMember);
+    return [...this.localMembers(), ...remote];
+  }
+
+  /** A presence change, to this object's presence members (but `except`) and to every shard's. */
+  private async presenceDiff(frame: ServerFrame, except?: WebSocket): Promise<void> {
+    const text = JSON.stringify(frame);
+    this.toLocalPresence(text, except);
+    await Promise.allSettled(this.shards().map((s) => s.presence(text)));
+  }
+
+  /** What a socket joining with `since`/`epoch` (or neither) is sent after its welcome. */
+  private join(since: string | null, epoch: string | null, filter: RowFilter | null): Join {
+    const base = { ok: true as const, channel: this.name ?? "", epoch: this.epoch, seq: this.seq };
+    if (since === null || since === "") return { ...base, frames: this.snapshotFrames(filter) };
+    if (!/^\d{1,15}$/.test(since)) return { ok: false, code: "invalid_query", message: "since must be a non-negative integer: the seq of the last event received" };
+    const sinceSeq = Number(since);
+    if (epoch !== this.epoch || sinceSeq > this.seq) return { ...base, frames: this.resetFrames("epoch", filter) };
+    if (sinceSeq === this.seq) return { ...base, frames: [] };
     this.trim(Date.now());
     const oldest = this.sql.exec<{ seq: number | null }>("select min(seq) as seq from log").one().seq;
-    if (oldest === null || since < oldest - 1) return this.reset(ws, "gap", filter);
+    if (oldest === null || sinceSeq < oldest - 1) return { ...base, frames: this.resetFrames("gap", filter) };
+    const frames: string[] = [];
     let batch: string[] = [];
-    for (const e of this.logFrom(since)) {
+    for (const e of this.logFrom(sinceSeq)) {
       if (filter && !matchesEvent(filter, e.data)) continue;
       batch.push(e.json);
       if (batch.length === REPLAY_FRAME_EVENTS) {
-        ws.send(eventsFrame(batch));
+        frames.push(eventsFrame(batch));
         batch = [];
       }
     }
-    if (batch.length > 0) ws.send(eventsFrame(batch));
+    if (batch.length > 0) frames.push(eventsFrame(batch));
+    return { ...base, frames };
   }
 
   /** Events after `seq` from the log, in order, with their data parsed. */
@@ -478,61 +387,43 @@ export class Channel extends DurableObject<Env> {
           row.parts === 0
             ? row.data
             : row.data + this.sql.exec<{ chunk: string }>("select chunk from log_part where seq = ? order by part", row.seq).toArray().map((r) => r.chunk).join("");
-        return { json: eventJson(row.seq, row.id, row.event, data, row.ts), data: JSON.parse(data) };
+        return { seq: row.seq, json: eventJson(row.seq, row.id, row.event, data, row.ts), data: JSON.parse(data) };
       });
   }
 
-  private reset(ws: WebSocket, reason: ResetReason, filter: RowFilter | null): void {
-    send(ws, { type: "reset", reason, epoch: this.epoch, seq: this.seq });
-    // A retaining channel hands the state over with the reset: the client reloads from it.
-    this.sendSnapshot(ws, filter);
+  /** A reset, and on a retaining channel the state that goes with it (the client reloads from it). */
+  private resetFrames(reason: ResetReason, filter: RowFilter | null): string[] {
+    return [JSON.stringify({ type: "reset", reason, epoch: this.epoch, seq: this.seq } satisfies ServerFrame), ...this.snapshotFrames(filter)];
   }
 
-  /** The retained rows (as the socket's filter allows), if this channel retains any. */
-  private sendSnapshot(ws: WebSocket, filter: RowFilter | null): void {
-    if (!this.state.active) return;
-    if (this.state.overflowed) return send(ws, { type: "snapshot", seq: this.seq, rows: [], overflow: true });
+  /** The retained rows (as the filter allows), if this channel retains any. */
+  private snapshotFrames(filter: RowFilter | null): string[] {
+    if (!this.state.active) return [];
+    if (this.state.overflowed) return [JSON.stringify({ type: "snapshot", seq: this.seq, rows: [], overflow: true } satisfies ServerFrame)];
     const rows = this.state.rows().filter((r) => !filter || matchesRow(filter, parseRow(r).row));
-    ws.send(`{"type":"snapshot","seq":${this.seq},"rows":[${rows.map(snapshotRowJson).join(",")}]}`);
+    return [`{"type":"snapshot","seq":${this.seq},"rows":[${rows.map(snapshotRowJson).join(",")}]}`];
   }
 
-  /** Presence members: listed sockets that have not left. */
-  private members(except?: WebSocket): PresenceMember[] {
-    return this.ctx
-      .getWebSockets(TAG_PRESENCE)
-      .filter((ws) => ws !== except)
-      .map((ws) => ws.deserializeAttachment() as SocketAttachment)
-      .filter((a) => a && !a.left)
-      .map(member);
-  }
-
-  /** Sends a frame to every presence member (but `except`). */
-  private toPresence(frame: ServerFrame, except?: WebSocket): void {
-    const text = JSON.stringify(frame);
-    for (const ws of this.ctx.getWebSockets(TAG_PRESENCE)) if (ws !== except) trySend(ws, text);
-  }
-
-  /** A socket went away: announce its leave once. */
-  private leave(ws: WebSocket): void {
-    let me: SocketAttachment | null = null;
-    try {
-      me = ws.deserializeAttachment() as SocketAttachment;
-    } catch {
-      return;
-    }
-    if (!me || me.left) return;
-    me.left = true;
-    try {
-      ws.serializeAttachment(me);
-    } catch {
-      // the socket is closed; its attachment no longer matters
-    }
-    if (me.presence) this.toPresence({ type: "presence_diff", joins: [], leaves: [member(me)] }, ws);
-  }
-
-  private refuse(ws: WebSocket, code: ErrorCode, message: string, closeCode = 1008): void {
-    send(ws, { type: "error", code, message });
-    ws.close(closeCode, code);
+  /** What an operator (or the benchmark) wants to know; served by `GET /channels/:name/stats`. */
+  async stats(): Promise<ChannelStats> {
+    const log = this.sql.exec<{ n: number; oldest: number | null }>("select count(*) as n, min(seq) as oldest from log").one();
+    const lastPublish = this.meta.get("last_publish");
+    const shards = this.shards();
+    const shardSockets = await Promise.all(shards.map((s) => s.sockets()));
+    return {
+      channel: this.name,
+      epoch: this.epoch,
+      seq: this.seq,
+      sockets: this.ctx.getWebSockets().length + shardSockets.reduce((a, b) => a + b, 0),
+      shards: shards.length,
+      presence: this.allMembers().length,
+      replayLogEvents: log.n,
+      replayLogOldestSeq: log.oldest,
+      lastPublishAt: lastPublish ? new Date(Number(lastPublish)).toISOString() : null,
+      wakes: Number(this.meta.get("wakes") ?? 0),
+      retained: this.state.size(),
+      conflateMs: this.conflateMs,
+    };
   }
 
   /** Drops log entries past the count or age bound (never one a conflation window has yet to send), and dedupe ids past both of theirs. */
@@ -553,44 +444,14 @@ export class Channel extends DurableObject<Env> {
   }
 }
 
-function member(a: SocketAttachment): PresenceMember {
-  return { id: a.id, user: a.user, state: a.state ?? null };
+/** Shards of a channel per SHARDS (first matching pattern), or 0. */
+export function shardCount(shards: { pattern: string; count: number }[], channel: string): number {
+  return shards.find((s) => channelMatches(s.pattern, channel, null))?.count ?? 0;
 }
 
-/** A WebSocket tag for a user (tags are limited to 256 characters: long subjects are hashed). */
-async function tagFor(user: string): Promise<string> {
-  if (user.length <= 200) return `u:${user}`;
-  return `u#${await sha256(user)}`;
-}
-
-/** The tag of the sockets sharing one filter: a hash of its JSON. */
-async function tagForFilter(filter: string): Promise<string> {
-  return `f:${(await sha256(filter)).slice(0, 32)}`;
-}
-
-async function sha256(text: string): Promise<string> {
-  const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text));
-  return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
-}
-
-function send(ws: WebSocket, frame: ServerFrame): void {
-  ws.send(JSON.stringify(frame));
-}
-
-function trySend(ws: WebSocket, text: string): void {
-  try {
-    ws.send(text);
-  } catch {
-    // A socket closing right now; its close handler will run.
-  }
-}
-
-/**
- * One event of an `events` frame, built from its already-serialized data: the data is
- * stringified once per publish, not once per socket or once for the log and again for the frame.
- */
-function eventJson(seq: number, id: string, event: string, data: string, ts: number): string {
-  return `{"seq":${seq},"id":${JSON.stringify(id)},"event":${JSON.stringify(event)},"data":${data},"ts":${ts}}`;
+/** The name of a channel's shard object `index`. */
+export function shardName(channel: string, index: number): string {
+  return `${channel}#shard${index}`;
 }
 
 /** Splits `text` into pieces of at most LOG_CHUNK_UNITS, never between the halves of a surrogate pair. */
@@ -604,8 +465,4 @@ function chunks(text: string): string[] {
     start = end;
   }
   return out;
-}
-
-function eventsFrame(events: string[]): string {
-  return `{"type":"events","events":[${events.join(",")}]}`;
 }

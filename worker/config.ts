@@ -25,6 +25,8 @@ export interface WorkerConfig {
   stateMaxBytes: number;
   /** Channel patterns whose updates are conflated, with their window in ms (first match wins). */
   conflate: { pattern: string; ms: number }[];
+  /** Channel patterns whose sockets live on shard objects, with their count (first match wins). */
+  shards: { pattern: string; count: number }[];
 }
 
 /** How browser tokens are verified and which channels need none. */
@@ -147,6 +149,11 @@ export function resolveWorkerConfig(env: Env): WorkerConfig {
       const m = /^([^=]+)=(\d{1,6})$/.exec(entry);
       if (!m || Number(m[2]) < 1) throw new WorkerConfigError(`CONFLATE entries are <channel pattern>=<milliseconds>, e.g. "dashboard:*=250"; got ${JSON.stringify(entry)}`);
       return { pattern: m[1]!, ms: Number(m[2]) };
+    }),
+    shards: list(env.SHARDS).map((entry) => {
+      const m = /^([^=]+)=(\d{1,3})$/.exec(entry);
+      if (!m || Number(m[2]) < 2 || Number(m[2]) > 256) throw new WorkerConfigError(`SHARDS entries are <channel pattern>=<2-256 shards>, e.g. "live:*=8"; got ${JSON.stringify(entry)}`);
+      return { pattern: m[1]!, count: Number(m[2]) };
     }),
   };
   cache.set(env, config);

@@ -1,10 +1,13 @@
 /** Bindings and variables the Worker reads (wrangler.toml, `wrangler secret put`, `.dev.vars`). */
 import type { Channel } from "./channel.ts";
+import type { ChannelShard } from "./shard.ts";
 
 /** The Worker's environment. Every variable is a string; `resolveWorkerConfig` parses them. */
 export interface Env {
-  /** One Durable Object per channel. */
+  /** One Durable Object per channel (its root). */
   CHANNEL: DurableObjectNamespace<Channel>;
+  /** The shards of sharded channels (SHARDS). */
+  SHARD: DurableObjectNamespace<ChannelShard>;
   /** Static assets (the demo page). */
   ASSETS?: Fetcher;
   /** Secret shared with the relay; signs `POST /ingest`. Required. */
@@ -39,6 +42,8 @@ export interface Env {
   STATE_MAX_ROWS?: string;
   /** Bytes of retained rows a channel keeps at most. Default 4194304 (4 MiB). */
   STATE_MAX_BYTES?: string;
+  /** Channels whose sockets are spread over shard objects: comma-separated `<pattern>=<shards>`. Default none. */
+  SHARDS?: string;
   /** Channels whose updates are conflated: comma-separated `<pattern>=<ms>`. Default none. */
   CONFLATE?: string;
   /** Comma-separated channel patterns anyone may join without a token. Default none. */

@@ -4,7 +4,7 @@
 import { Hono } from "hono";
 import { CHANNEL_PATH_PREFIX, isValidChannel, SIGNATURE_HEADER, SIGNATURE_TOLERANCE_SECONDS, verifySignature } from "../protocol/index.ts";
 import { AuthError, authorize } from "./auth.ts";
-import { CAN_PUBLISH_HEADER, CHANNEL_NAME_HEADER, USER_HEADER } from "./channel.ts";
+import { CAN_PUBLISH_HEADER, CHANNEL_NAME_HEADER, SHARD_HEADER, shardCount, shardName, USER_HEADER } from "./channel.ts";
 import { resolveWorkerConfig, WorkerConfigError } from "./config.ts";
 import { log } from "./log.ts";
 import type { Env } from "./env.ts";
@@ -12,6 +12,7 @@ import { jsonError } from "./errors.ts";
 import { ingest } from "./ingest.ts";
 
 export { Channel } from "./channel.ts";
+export { ChannelShard } from "./shard.ts";
 export type { Env } from "./env.ts";
 
 const app = new Hono<{ Bindings: Env }>();
@@ -47,6 +48,13 @@ app.get(`${CHANNEL_PATH_PREFIX}:channel`, async (c) => {
   else headers.delete(USER_HEADER);
   if (identity.canPublish) headers.set(CAN_PUBLISH_HEADER, "1");
   else headers.delete(CAN_PUBLISH_HEADER);
+  const shards = shardCount(config.shards, channel);
+  if (shards > 0) {
+    // A sharded channel: any shard will do, the channel looks the same from each.
+    const index = crypto.getRandomValues(new Uint32Array(1))[0]! % shards;
+    headers.set(SHARD_HEADER, String(index));
+    return c.env.SHARD.get(c.env.SHARD.idFromName(shardName(channel, index))).fetch(new Request(url, { headers }));
+  }
   const stub = c.env.CHANNEL.get(c.env.CHANNEL.idFromName(channel));
   return stub.fetch(new Request(url, { headers }));
 });

@@ -143,7 +143,7 @@ describe("cursor", () => {
     const sub = await TestSubscriber.connect(worker.url, "todos");
     try {
       await relayEvent(relay, "idle");
-      expect((await db.sql("select waiting from realtime.doorbell"))[0]).toEqual({ waiting: true });
+      expect(await db.sql("select waiting from realtime.doorbells where name = 'default'")).toEqual([{ waiting: true }]);
       // With a one-minute poll, only the doorbell can deliver this within the test's timeout.
       await db.sql("insert into todos (title) values ('rung')");
       await sub.waitForEvents(1, 10_000);
@@ -151,7 +151,7 @@ describe("cursor", () => {
       sub.close();
       await relay.stop();
     }
-    expect((await db.sql("select waiting from realtime.doorbell"))[0]).toEqual({ waiting: false });
+    expect(await db.sql("select waiting from realtime.doorbells where name = 'default'")).toEqual([{ waiting: false }]);
   });
 });
 

@@ -1,0 +1,103 @@
+/**
+ * Sharded channels (SHARDS=live:*=4 here), inside workerd: sockets spread over shard objects see
+ * the channel exactly as on its root (seq, ids, epoch, resume, snapshot, filters, presence,
+ * broadcast), and a shard that missed a delivery fills the gap from the root.
+ */
+import { env } from "cloudflare:workers";
+import { runInDurableObject } from "cloudflare:test";
+import { describe, expect, it } from "vitest";
+import type { ChannelEvent, PresenceMember, ServerFrame } from "../../protocol/index.ts";
+import { shardName } from "../../worker/channel.ts";
+import { CHANNEL_NAME_HEADER, SHARD_HEADER, USER_HEADER, CAN_PUBLISH_HEADER } from "../../worker/hub.ts";
+import { change, event, ingest, Socket } from "./helpers.ts";
+
+const root = (channel: string) => env.CHANNEL.get(env.CHANNEL.idFromName(channel));
+const shard = (channel: string, i: number) => env.SHARD.get(env.SHARD.idFromName(shardName(channel, i)));
+
+/** A socket placed on shard `i` (the Worker picks one at random; tests pick it). */
+async function onShard(channel: string, i: number, query = "", headers: Record<string, string> = {}): Promise<Socket> {
+  const res = await shard(channel, i).fetch(`http://edge/parties/main/${channel}${query}`, {
+    headers: { Upgrade: "websocket", [CHANNEL_NAME_HEADER]: channel, [SHARD_HEADER]: String(i), ...headers },
+  });
+  if (!res.webSocket) throw new Error(`upgrade failed: ${res.status}`);
+  return new Socket(res.webSocket);
+}
+
+const seqIds = (events: ChannelEvent[]) => events.map((e) => `${e.seq}:${e.id}`);
+const framesOf = <T extends ServerFrame["type"]>(s: Socket, type: T) => s.frames.filter((f): f is Extract<ServerFrame, { type: T }> => f.type === type);
+
+describe("sharded channels", () => {
+  it("gives sockets on every shard the same events, seqs, ids and epoch", async () => {
+    const sockets = await Promise.all([0, 1, 2, 3].map((i) => onShard("live:one", i)));
+    const viaWorker = await Socket.open("live:one"); // placed by the Worker
+    const all = [...sockets, viaWorker];
+    for (const s of all) await s.frameCount(1);
+    for (let b = 0; b < 5; b++) await ingest(Array.from({ length: 7 }, (_, i) => event("live:one", b * 7 + i)));
+    const expected = seqIds(await sockets[0]!.eventCount(35));
+    expect(expected.map((x) => Number(x.split(":")[0]))).toEqual(Array.from({ length: 35 }, (_, i) => i + 1));
+    for (const s of all) expect(seqIds(await s.eventCount(35))).toEqual(expected);
+    const { epoch } = await runInDurableObject(root("live:one"), (o: { stats(): Promise<{ epoch: string }> }) => o.stats());
+    for (const s of all) expect(s.frames[0]).toMatchObject({ type: "welcome", epoch });
+    const stats = await runInDurableObject(root("live:one"), (o: { stats(): Promise<{ shards: number; sockets: number }> }) => o.stats());
+    expect(stats).toMatchObject({ shards: 4, sockets: 5 });
+  });
+
+  it("resumes a client that comes back on another shard with exactly what it missed", async () => {
+    const first = await onShard("live:resume", 0);
+    const [w] = await first.frameCount(1);
+    await ingest(Array.from({ length: 5 }, (_, i) => event("live:resume", i + 1)));
+    await first.eventCount(5);
+    first.ws.close();
+    await ingest(Array.from({ length: 5 }, (_, i) => event("live:resume", i + 6)));
+    const back = await onShard("live:resume", 2, `?since=5&epoch=${(w as { epoch: string }).epoch}`);
+    await ingest([event("live:resume", 11)]);
+    expect((await back.eventCount(6)).map((e) => [e.seq, e.data])).toEqual([6, 7, 8, 9, 10, 11].map((n) => [n, n]));
+    expect(back.frames[0]).toMatchObject({ type: "welcome", seq: 10 });
+  });
+
+  it("sends the root's snapshot, filtered, to a socket on a shard", async () => {
+    await ingest([change("live:state", "INSERT", { id: 1, done: false }), change("live:state", "INSERT", { id: 2, done: true })]);
+    const filtered = await onShard("live:state", 1, `?filter=${encodeURIComponent(JSON.stringify({ done: { eq: false } }))}`);
+    const [, snapshot] = await filtered.frameCount(2);
+    expect(snapshot).toMatchObject({ type: "snapshot", seq: 2, rows: [{ key: { id: 1 } }] });
+    await ingest([change("live:state", "INSERT", { id: 3, done: true }), change("live:state", "INSERT", { id: 4, done: false })]);
+    expect((await filtered.eventCount(1)).map((e) => e.seq)).toEqual([4]);
+  });
+
+  it("keeps one presence list across shards, and relays broadcasts between them", async () => {
+    const alice = await onShard("live:room", 0, "?presence=1", { [USER_HEADER]: "alice", [CAN_PUBLISH_HEADER]: "1" });
+    await alice.until(() => framesOf(alice, "presence").length > 0);
+    const bob = await onShard("live:room", 3, "?presence=1", { [USER_HEADER]: "bob" });
+    await bob.until(() => framesOf(bob, "presence").length > 0);
+    const users = (members: PresenceMember[]) => members.map((m) => m.user).sort();
+    expect(users(framesOf(bob, "presence")[0]!.members)).toEqual(["alice", "bob"]);
+    await alice.until(() => framesOf(alice, "presence_diff").some((d) => d.joins.some((m) => m.user === "bob")));
+
+    alice.ws.send(JSON.stringify({ type: "broadcast", event: "wave", data: 1 }));
+    await bob.until(() => framesOf(bob, "broadcast").length > 0);
+    expect(framesOf(bob, "broadcast")[0]).toMatchObject({ event: "wave", from: { user: "alice" } });
+    expect(framesOf(alice, "broadcast")).toEqual([]);
+
+    bob.ws.send(JSON.stringify({ type: "presence", state: { typing: true } }));
+    await alice.until(() => framesOf(alice, "presence_diff").some((d) => d.joins.some((m) => m.user === "bob" && m.state)));
+    bob.ws.close(1000, "bye");
+    await alice.until(() => framesOf(alice, "presence_diff").some((d) => d.leaves.some((m) => m.user === "bob")));
+  });
+
+  it("fills a gap from the root when a delivery to a shard was lost", async () => {
+    const sock = await onShard("live:gap", 2);
+    await sock.frameCount(1);
+    await ingest([event("live:gap", 1), event("live:gap", 2)]);
+    await sock.eventCount(2);
+    // Events 3 and 4 reach the root's log but their delivery to the shards is lost.
+    await runInDurableObject(root("live:gap"), (o: { seq: number }, state) => {
+      for (const n of [3, 4]) {
+        state.storage.sql.exec("insert into log (seq, id, event, data, parts, ts, stored_at) values (?, ?, 'test', ?, 0, 1, ?)", n, `lost-${n}`, String(n), Date.now());
+      }
+      o.seq = 4;
+      state.storage.sql.exec("update meta set value = '4' where key = 'seq'");
+    });
+    await ingest([event("live:gap", 5)]);
+    expect((await sock.eventCount(5)).map((e) => [e.seq, e.data])).toEqual([1, 2, 3, 4, 5].map((n) => [n, n]));
+  });
+});

@@ -1,0 +1,316 @@
+/**
+ * What every object holding browser sockets does, whether it is a channel's root (worker/channel.ts)
+ * or one of its shards (worker/shard.ts): accept a socket with its limits, filter and presence
+ * tags; send each batch of events once per distinct filter; enforce inbound size and rate limits;
+ * keep presence from attachments. Subclasses decide what presence changes, broadcasts and leaves
+ * mean beyond their own sockets.
+ */
+import { DurableObject } from "cloudflare:workers";
+import type { ErrorCode, PresenceMember, RowFilter, ServerFrame } from "../protocol/index.ts";
+import { EVENT_NAME_PATTERN, MAX_PRESENCE_STATE_BYTES, matchesEvent, parseFilter, PING, PONG } from "../protocol/index.ts";
+import { resolveWorkerConfig, type WorkerConfig } from "./config.ts";
+import type { Env } from "./env.ts";
+
+/** Header the Worker sets on a forwarded upgrade: the channel's name. */
+export const CHANNEL_NAME_HEADER = "X-Realtime-Channel";
+/** Header the Worker sets on a forwarded upgrade: the verified token's `sub` (absent: anonymous). */
+export const USER_HEADER = "X-Realtime-User";
+/** Header the Worker sets on a forwarded upgrade when the token may broadcast on this channel. */
+export const CAN_PUBLISH_HEADER = "X-Realtime-Can-Publish";
+/** Header the Worker sets on an upgrade forwarded to a shard: its index. */
+export const SHARD_HEADER = "X-Realtime-Shard";
+
+/** Socket tags (at most 10 per socket, 256 characters each): fixed at accept time. */
+export const TAG_UNFILTERED = "nf";
+export const TAG_PRESENCE = "p";
+
+/** Per-socket state that must survive hibernation (attachments are limited to 16 KiB). */
+export interface SocketAttachment {
+  /** The connection's id, as presence lists it. */
+  id: string;
+  connectedAt: number;
+  /** The token's subject, or null for an anonymous socket on a public channel. */
+  user: string | null;
+  /** Inbound rate window: its start (ms) and the messages counted in it. */
+  windowStart: number;
+  windowCount: number;
+  /** The socket's row filter, or null. */
+  filter: RowFilter | null;
+  /** Listed in presence (joined with `presence=1`). */
+  presence: boolean;
+  /** Presence state the client set. */
+  state: unknown;
+  /** May send `broadcast` messages (the token's publish claim covers this channel). */
+  canPublish: boolean;
+  /** Its leave was announced (close and error can both fire). */
+  left?: boolean;
+}
+
+/** An event ready to send: its JSON text, its seq, and its data (parsed lazily, for filters). */
+export interface Outgoing {
+  seq: number;
+  json: string;
+  data: unknown;
+}
+
+/** A socket just accepted by {@link SocketHub.accept}, or the refusal already sent on it. */
+export interface Accepted {
+  server: WebSocket;
+  response: Response;
+  me: SocketAttachment;
+  filter: RowFilter | null;
+  /** The filter as the client sent it (for a shard to pass to the root), or null. */
+  filterText: string | null;
+  /** True when the socket was refused (an error frame and a close were sent). */
+  refused: boolean;
+}
+
+export abstract class SocketHub extends DurableObject<Env> {
+  protected readonly sql: SqlStorage;
+  protected readonly config: WorkerConfig;
+  /** Filter tag -> filter, for every filter a socket joined with (kept in SQLite too). */
+  protected readonly filters: Map<string, RowFilter>;
+
+  constructor(ctx: DurableObjectState, env: Env) {
+    super(ctx, env);
+    this.sql = ctx.storage.sql;
+    this.config = resolveWorkerConfig(env);
+    this.sql.exec("create table if not exists filters (tag text primary key, filter text not null)");
+    this.filters = new Map(this.sql.exec<{ tag: string; filter: string }>("select tag, filter from filters").toArray().map((r) => [r.tag, JSON.parse(r.filter) as RowFilter]));
+    // Heartbeats never wake a hibernated object.
+    ctx.setWebSocketAutoResponse(new WebSocketRequestResponsePair(PING, PONG));
+  }
+
+  /** A member changed its presence state (already saved in its attachment). */
+  protected abstract presenceChanged(ws: WebSocket, me: SocketAttachment): void;
+  /** A member left (its leave not yet announced anywhere). */
+  protected abstract memberLeft(ws: WebSocket, me: SocketAttachment): void;
+  /** A client broadcast, already checked; `frame` is the text to send to the others. */
+  protected abstract broadcastFrom(ws: WebSocket, me: SocketAttachment, frame: string): void;
+
+  /**
+   * Accepts an upgrade: tags and attachment, then the limits. Refusals go out as an error frame on
+   * the accepted socket before it is closed: a browser cannot read the body of a refused upgrade.
+   */
+  protected async accept(request: Request): Promise<Accepted> {
+    const url = new URL(request.url);
+    const filterText = url.searchParams.get("filter");
+    const parsedFilter = filterText ? parseFilter(filterText) : null;
+    const filter = parsedFilter?.ok ? parsedFilter.filter : null;
+    const filterTag = filter ? await tagForFilter(filterText!) : TAG_UNFILTERED;
+    const wantsPresence = url.searchParams.get("presence") === "1";
+    const user = request.headers.get(USER_HEADER);
+    const userTag = user === null ? null : await tagFor(user);
+    const { limits } = this.config;
+
+    const { 0: client, 1: server } = new WebSocketPair();
+    // Tags let getWebSockets(tag) find a user's sockets, a filter's sockets, or presence members
+    // without reading every attachment.
+    this.ctx.acceptWebSocket(server, [filterTag, ...(userTag ? [userTag] : []), ...(wantsPresence ? [TAG_PRESENCE] : [])]);
+    const me: SocketAttachment = {
+      id: crypto.randomUUID(),
+      connectedAt: Date.now(),
+      user,
+      windowStart: 0,
+      windowCount: 0,
+      filter,
+      presence: wantsPresence,
+      state: null,
+      canPublish: request.headers.get(CAN_PUBLISH_HEADER) === "1",
+    };
+    server.serializeAttachment(me);
+    const accepted: Accepted = { server, response: new Response(null, { status: 101, webSocket: client }), me, filter, filterText: filter ? filterText : null, refused: false };
+    const refuse = (code: ErrorCode, message: string) => {
+      this.closeWith(server, me, code, message);
+      return { ...accepted, refused: true };
+    };
+    if (parsedFilter && !parsedFilter.ok) return refuse("invalid_filter", parsedFilter.message);
+    if (this.ctx.getWebSockets().length > limits.socketsPerChannel) {
+      return refuse("channel_full", `this channel has its maximum of ${limits.socketsPerChannel} connections (MAX_SOCKETS_PER_CHANNEL)`);
+    }
+    if (userTag && this.ctx.getWebSockets(userTag).length > limits.connectionsPerUser) {
+      return refuse("too_many_connections", `at most ${limits.connectionsPerUser} connections per user on one channel (MAX_CONNECTIONS_PER_USER)`);
+    }
+    if (filter && !this.filters.has(filterTag)) {
+      this.filters.set(filterTag, filter);
+      this.sql.exec("insert into filters (tag, filter) values (?, ?) on conflict (tag) do nothing", filterTag, JSON.stringify(filter));
+    }
+    return accepted;
+  }
+
+  /** Marks the socket as gone (no leave to announce), sends the error frame, closes. */
+  protected closeWith(ws: WebSocket, me: SocketAttachment, code: ErrorCode, message: string): void {
+    me.left = true;
+    ws.serializeAttachment(me);
+    this.refuse(ws, code, message);
+  }
+
+  /** Sends events to this object's sockets: one frame per filter, computed once; `skip` sockets get none. */
+  protected deliverLocal(events: Outgoing[], skip?: (ws: WebSocket) => boolean): void {
+    if (events.length === 0) return;
+    const all = eventsFrame(events.map((e) => e.json));
+    for (const ws of this.ctx.getWebSockets(TAG_UNFILTERED)) if (!skip?.(ws)) trySend(ws, all);
+    for (const [tag, filter] of this.filters) {
+      const sockets = this.ctx.getWebSockets(tag).filter((ws) => !skip?.(ws));
+      if (sockets.length === 0) continue;
+      const matching = events.filter((e) => matchesEvent(filter, e.data));
+      if (matching.length === 0) continue;
+      const frame = eventsFrame(matching.map((e) => e.json));
+      for (const ws of sockets) trySend(ws, frame);
+    }
+  }
+
+  /** Presence members among this object's sockets. */
+  protected localMembers(except?: WebSocket): PresenceMember[] {
+    return this.ctx
+      .getWebSockets(TAG_PRESENCE)
+      .filter((ws) => ws !== except)
+      .map((ws) => ws.deserializeAttachment() as SocketAttachment)
+      .filter((a) => a && !a.left)
+      .map(member);
+  }
+
+  /** Sends a frame to this object's presence members (but `except`). */
+  protected toLocalPresence(frame: string, except?: WebSocket): void {
+    for (const ws of this.ctx.getWebSockets(TAG_PRESENCE)) if (ws !== except) trySend(ws, frame);
+  }
+
+  /** Sends a frame to every socket of this object (but `except`). */
+  protected toAll(frame: string, except?: WebSocket): void {
+    for (const ws of this.ctx.getWebSockets()) if (ws !== except) trySend(ws, frame);
+  }
+
+  /**
+   * Inbound messages: size and rate limits first (hibernation-safe: the rate window lives in the
+   * socket's attachment), then `presence` (set this connection's state) and `broadcast` (to the
+   * channel's other sockets, never stored). Pings are answered by the runtime, never counted here.
+   */
+  override webSocketMessage(ws: WebSocket, message: string | ArrayBuffer): void {
+    const { limits } = this.config;
+    const size = typeof message === "string" ? new TextEncoder().encode(message).byteLength : message.byteLength;
+    if (size > limits.frameBytes) {
+      return this.refuse(ws, "frame_too_large", `messages are limited to ${limits.frameBytes} bytes (MAX_FRAME_BYTES)`, 1009);
+    }
+    const me = ws.deserializeAttachment() as SocketAttachment;
+    const now = Date.now();
+    if (now - me.windowStart >= 1000) {
+      me.windowStart = now;
+      me.windowCount = 0;
+    }
+    me.windowCount++;
+    ws.serializeAttachment(me);
+    if (me.windowCount > limits.messagesPerSecond) {
+      return this.refuse(ws, "rate_limited", `at most ${limits.messagesPerSecond} messages per second (MAX_MESSAGES_PER_SECOND)`);
+    }
+    let frame: { type?: unknown; state?: unknown; event?: unknown; data?: unknown } | null = null;
+    try {
+      frame = typeof message === "string" ? JSON.parse(message) : null;
+    } catch {
+      frame = null;
+    }
+    if (!frame || typeof frame !== "object") {
+      return send(ws, { type: "error", code: "unsupported_frame", message: `send JSON {"type":"presence"|"broadcast",...}, or "${PING}" for a heartbeat` });
+    }
+    if (frame.type === "presence") {
+      if (!me.presence) return send(ws, { type: "error", code: "invalid_frame", message: "join with presence=1 to set a presence state" });
+      const text = JSON.stringify(frame.state ?? null);
+      if (new TextEncoder().encode(text).byteLength > MAX_PRESENCE_STATE_BYTES) {
+        return send(ws, { type: "error", code: "invalid_frame", message: `presence state is limited to ${MAX_PRESENCE_STATE_BYTES} bytes of JSON` });
+      }
+      me.state = frame.state ?? null;
+      ws.serializeAttachment(me);
+      return this.presenceChanged(ws, me);
+    }
+    if (frame.type === "broadcast") {
+      if (!me.canPublish) return send(ws, { type: "error", code: "publish_forbidden", message: "the token's publish claim does not include this channel" });
+      if (typeof frame.event !== "string" || !EVENT_NAME_PATTERN.test(frame.event)) {
+        return send(ws, { type: "error", code: "invalid_frame", message: "broadcast needs an event name of 1-64 of A-Z a-z 0-9 _ . : -" });
+      }
+      const out = JSON.stringify({ type: "broadcast", event: frame.event, data: frame.data ?? null, from: { id: me.id, user: me.user } } satisfies ServerFrame);
+      return this.broadcastFrom(ws, me, out);
+    }
+    send(ws, { type: "error", code: "unsupported_frame", message: `unknown message type ${JSON.stringify(String(frame.type)).slice(0, 40)}; this channel accepts presence and broadcast` });
+  }
+
+  override webSocketClose(ws: WebSocket, code: number, reason: string): void {
+    this.leave(ws);
+    // Completes the closing handshake; 1005/1006 are reserved and cannot be sent back.
+    try {
+      ws.close(code === 1005 || code === 1006 ? 1000 : code, reason);
+    } catch {
+      // already closed
+    }
+  }
+
+  override webSocketError(ws: WebSocket): void {
+    // An abrupt disconnect: the socket is gone, its presence must go too.
+    this.leave(ws);
+  }
+
+  /** A socket went away: announce its leave once. */
+  private leave(ws: WebSocket): void {
+    let me: SocketAttachment | null = null;
+    try {
+      me = ws.deserializeAttachment() as SocketAttachment;
+    } catch {
+      return;
+    }
+    if (!me || me.left) return;
+    me.left = true;
+    try {
+      ws.serializeAttachment(me);
+    } catch {
+      // the socket is closed; its attachment no longer matters
+    }
+    if (me.presence) this.memberLeft(ws, me);
+  }
+
+  protected refuse(ws: WebSocket, code: ErrorCode, message: string, closeCode = 1008): void {
+    send(ws, { type: "error", code, message });
+    ws.close(closeCode, code);
+  }
+}
+
+export function member(a: SocketAttachment): PresenceMember {
+  return { id: a.id, user: a.user, state: a.state ?? null };
+}
+
+/** A WebSocket tag for a user (tags are limited to 256 characters: long subjects are hashed). */
+async function tagFor(user: string): Promise<string> {
+  if (user.length <= 200) return `u:${user}`;
+  return `u#${await sha256(user)}`;
+}
+
+/** The tag of the sockets sharing one filter: a hash of its JSON. */
+async function tagForFilter(filter: string): Promise<string> {
+  return `f:${(await sha256(filter)).slice(0, 32)}`;
+}
+
+async function sha256(text: string): Promise<string> {
+  const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text));
+  return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+export function send(ws: WebSocket, frame: ServerFrame): void {
+  ws.send(JSON.stringify(frame));
+}
+
+export function trySend(ws: WebSocket, text: string): void {
+  try {
+    ws.send(text);
+  } catch {
+    // A socket closing right now; its close handler will run.
+  }
+}
+
+/**
+ * One event of an `events` frame, built from its already-serialized data: the data is
+ * stringified once per publish, not once per socket or once for the log and again for the frame.
+ */
+export function eventJson(seq: number, id: string, event: string, data: string, ts: number): string {
+  return `{"seq":${seq},"id":${JSON.stringify(id)},"event":${JSON.stringify(event)},"data":${data},"ts":${ts}}`;
+}
+
+export function eventsFrame(events: string[]): string {
+  return `{"type":"events","events":[${events.join(",")}]}`;
+}

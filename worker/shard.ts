@@ -1,0 +1,193 @@
+/**
+ * A shard of a sharded channel (SHARDS): it holds a share of the channel's sockets and nothing
+ * else of its own. The root (worker/channel.ts) sequences and stores every event once and calls
+ * each shard's `deliver` with every batch; a shard sends it to its sockets, one frame per filter.
+ * A socket joining a shard is welcomed with what the root says it is owed (`sync`: replay, reset,
+ * snapshot), so seq, epoch, resume, filters and presence are the channel's, whichever shard a
+ * client lands on.
+ *
+ * Order: batches from the root carry consecutive seqs; a shard that sees a gap (a failed delivery)
+ * asks the root for the missing events before going on, and drops anything it already has. A
+ * socket whose join is under way gets nothing live until its sync answer is in; then it is caught
+ * up from the events the shard received meanwhile, and later batches skip what that answer
+ * already covered.
+ */
+import type { PresenceMember } from "../protocol/index.ts";
+import { matchesEvent } from "../protocol/index.ts";
+import type { Channel } from "./channel.ts";
+import type { Env } from "./env.ts";
+import { CHANNEL_NAME_HEADER, eventsFrame, member, send, SHARD_HEADER, SocketHub, trySend, type Outgoing, type SocketAttachment } from "./hub.ts";
+import { log } from "./log.ts";
+
+/** Recent events kept in memory to catch up sockets whose join overlapped a delivery. */
+const RECENT_EVENTS = 2000;
+
+export class ChannelShard extends SocketHub {
+  private channel: string | null;
+  private index: number;
+  private epoch: string | null;
+  private lastSeq: number;
+  /** lastSeq is meaningful (a socket joined, or a batch was applied): gaps after it are filled. */
+  private synced: boolean;
+  private recent: Outgoing[] = [];
+  /** Sockets whose sync answer is not in yet: they receive nothing live. */
+  private readonly pending = new Set<WebSocket>();
+  /** Sockets joined at seq N while this shard had seen less than N: they skip events up to N. */
+  private readonly joinedAt = new Map<WebSocket, number>();
+  /** Deliveries run one after another (a gap fill awaits the root). */
+  private queue: Promise<void> = Promise.resolve();
+
+  constructor(ctx: DurableObjectState, env: Env) {
+    super(ctx, env);
+    this.sql.exec("create table if not exists meta (key text primary key, value text not null)");
+    const meta = new Map(this.sql.exec<{ key: string; value: string }>("select key, value from meta").toArray().map((r) => [r.key, r.value]));
+    this.channel = meta.get("channel") ?? null;
+    this.index = Number(meta.get("index") ?? 0);
+    this.epoch = meta.get("epoch") ?? null;
+    this.lastSeq = Number(meta.get("last_seq") ?? 0);
+    this.synced = meta.has("last_seq");
+  }
+
+  private setLastSeq(seq: number): void {
+    this.lastSeq = seq;
+    this.synced = true;
+    this.setMeta("last_seq", String(seq));
+  }
+
+  private setMeta(key: string, value: string): void {
+    this.sql.exec("insert into meta (key, value) values (?, ?) on conflict (key) do update set value = excluded.value", key, value);
+  }
+
+  private root(): DurableObjectStub<Channel> {
+    return this.env.CHANNEL.get(this.env.CHANNEL.idFromName(this.channel!));
+  }
+
+  /** Accepts a socket, asks the root what it is owed, sends that, then catches it up. */
+  override async fetch(request: Request): Promise<Response> {
+    if (request.headers.get("Upgrade")?.toLowerCase() !== "websocket") {
+      return Response.json({ error: { code: "upgrade_required", message: "expected a WebSocket upgrade" } }, { status: 426 });
+    }
+    const channel = request.headers.get(CHANNEL_NAME_HEADER)!;
+    if (this.channel !== channel) {
+      this.channel = channel;
+      this.setMeta("channel", channel);
+    }
+    this.index = Number(request.headers.get(SHARD_HEADER) ?? 0);
+    this.setMeta("index", String(this.index));
+    const accepted = await this.accept(request);
+    if (accepted.refused) return accepted.response;
+    const { server, me, filter } = accepted;
+    const url = new URL(request.url);
+    this.pending.add(server);
+    try {
+      const join = await this.root().sync(channel, url.searchParams.get("since"), url.searchParams.get("epoch"), accepted.filterText);
+      if (!join.ok) {
+        send(server, { type: "welcome", channel, epoch: this.epoch ?? "", seq: this.lastSeq, member: me.id });
+        this.closeWith(server, me, join.code, join.message);
+        return accepted.response;
+      }
+      send(server, { type: "welcome", channel: join.channel, epoch: join.epoch, seq: join.seq, member: me.id, shard: this.index });
+      for (const frame of join.frames) server.send(frame);
+      // Events this shard received while the root answered, after the seq the answer ends at.
+      const missed = this.recent.filter((e) => e.seq > join.seq && (!filter || matchesEvent(filter, this.dataOf(e))));
+      if (missed.length > 0) server.send(eventsFrame(missed.map((e) => e.json)));
+      if (!this.synced) {
+        // A shard's first socket: deliveries are owed from here on (checked for gaps from here).
+        this.setLastSeq(join.seq);
+      } else if (this.lastSeq < join.seq) {
+        this.joinedAt.set(server, join.seq);
+      }
+    } catch (err) {
+      log("warn", "shard could not sync a socket with its root", { error: String(err) });
+      this.closeWith(server, me, "channel_unavailable", "the channel is unavailable; reconnect");
+      return accepted.response;
+    } finally {
+      this.pending.delete(server);
+    }
+    if (me.presence) {
+      const members = await this.root().presenceJoin(member(me), this.index);
+      send(server, { type: "presence", members });
+    }
+    return accepted.response;
+  }
+
+  /** A batch from the root: in seq order, gaps filled from the root, duplicates dropped. */
+  deliver(channel: string, epoch: string, events: { seq: number; json: string }[]): Promise<void> {
+    this.channel ??= channel;
+    const run = this.queue.then(() => this.apply(epoch, events));
+    this.queue = run.catch(() => undefined);
+    return run;
+  }
+
+  private async apply(epoch: string, batch: { seq: number; json: string }[]): Promise<void> {
+    if (batch.length === 0) return;
+    if (this.epoch !== null && epoch !== this.epoch) {
+      // The root's history was replaced: every client must resume (and be told to reset).
+      for (const ws of this.ctx.getWebSockets()) ws.close(1012, "channel restarted");
+      this.lastSeq = 0;
+      this.synced = false;
+      this.recent = [];
+    }
+    if (this.epoch !== epoch) {
+      this.epoch = epoch;
+      this.setMeta("epoch", epoch);
+    }
+    let events = batch;
+    if (this.synced && batch[0]!.seq > this.lastSeq + 1) {
+      const gap = await this.root().eventsAfter(this.lastSeq, batch[0]!.seq - 1);
+      if (gap === null) {
+        // Older than the root's log: the sockets resume from the root, which resets them.
+        for (const ws of this.ctx.getWebSockets()) ws.close(1012, "missed events");
+      } else {
+        events = [...gap, ...batch];
+      }
+    }
+    const fresh: Outgoing[] = events.filter((e) => e.seq > this.lastSeq).map((e) => ({ seq: e.seq, json: e.json, data: undefined }));
+    if (fresh.length === 0) return;
+    for (const e of fresh) if (this.filters.size > 0) e.data = this.dataOf(e);
+    this.recent.push(...fresh);
+    if (this.recent.length > RECENT_EVENTS) this.recent.splice(0, this.recent.length - RECENT_EVENTS);
+    this.deliverLocal(fresh, (ws) => this.pending.has(ws) || this.joinedAt.has(ws));
+    for (const [ws, seq] of this.joinedAt) {
+      const filter = (ws.deserializeAttachment() as SocketAttachment).filter;
+      const owed = fresh.filter((e) => e.seq > seq && (!filter || matchesEvent(filter, this.dataOf(e))));
+      if (owed.length > 0) trySend(ws, eventsFrame(owed.map((e) => e.json)));
+      if (fresh.at(-1)!.seq >= seq) this.joinedAt.delete(ws);
+    }
+    this.setLastSeq(fresh.at(-1)!.seq);
+  }
+
+  /** An event's data, parsed from its JSON once. */
+  private dataOf(e: Outgoing): unknown {
+    if (e.data === undefined) e.data = (JSON.parse(e.json) as { data: unknown }).data;
+    return e.data;
+  }
+
+  /** A presence frame from the root, for this shard's presence members. */
+  presence(frame: string): void {
+    this.toLocalPresence(frame);
+  }
+
+  /** A client broadcast from elsewhere in the channel. */
+  broadcast(frame: string): void {
+    this.toAll(frame);
+  }
+
+  /** Open sockets on this shard. */
+  sockets(): number {
+    return this.ctx.getWebSockets().length;
+  }
+
+  protected override presenceChanged(_ws: WebSocket, me: SocketAttachment): void {
+    void this.root().presenceUpdate(member(me) satisfies PresenceMember);
+  }
+
+  protected override memberLeft(_ws: WebSocket, me: SocketAttachment): void {
+    if (this.channel) void this.root().presenceLeave(member(me));
+  }
+
+  protected override broadcastFrom(ws: WebSocket, _me: SocketAttachment, frame: string): void {
+    this.toAll(frame, ws);
+    void this.root().broadcastFromShard(frame, this.index);
+  }
+}
