@@ -85,6 +85,8 @@ export interface ChannelStats {
   retained: { rows: number; bytes: number; overflow: boolean };
   /** Conflation window in ms, or null. */
   conflateMs: number | null;
+  /** RPCs sent to shards since this object last woke (fewer than publishes x shards under load: coalesced). */
+  shardDeliveries: number;
 }
 
 export class Channel extends SocketHub {
@@ -97,8 +99,10 @@ export class Channel extends SocketHub {
   private trimmedAt = 0;
   private trimmedTime = 0;
   private alarmPending = false;
-  /** The delivery in flight to each shard (in memory: deliveries to one shard are sequential). */
-  private readonly shardQueues = new Map<number, Promise<unknown>>();
+  /** Each shard's lane: one delivery in flight, the next one collecting (in memory). */
+  private readonly lanes = new Map<number, ShardLane>();
+  /** Deliveries (RPCs) sent to shards since this object last woke. */
+  private shardDeliveries = 0;
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
@@ -238,20 +242,54 @@ export class Channel extends SocketHub {
   /** To this object's sockets, and to every shard with one RPC each. */
   private async deliver(events: Outgoing[]): Promise<void> {
     this.deliverLocal(events);
-    const shards = this.shards();
-    if (shards.length === 0) return;
+    const count = this.name ? shardCount(this.config.shards, this.name) : 0;
+    if (count === 0) return;
     const wire = events.map((e) => ({ seq: e.seq, json: e.json }));
-    // One delivery at a time per shard: a later publish (interleaved while this one awaits) must
-    // not overtake this one on its way to a shard.
-    const results = await Promise.allSettled(
-      shards.map((s, i) => {
-        const sent = (this.shardQueues.get(i) ?? Promise.resolve()).then(() => s.deliver(this.name!, this.epoch, wire));
-        this.shardQueues.set(i, sent.catch(() => undefined));
-        return sent;
-      }),
-    );
+    const results = await Promise.allSettled(Array.from({ length: count }, (_, i) => this.toShard(i, wire)));
     // A shard that missed a batch asks for the gap with its next one (it checks seq continuity).
     results.forEach((r, i) => r.status === "rejected" && log("warn", "shard delivery failed", { shard: i, error: String(r.reason) }));
+  }
+
+  /**
+   * Queues `events` for shard `i`. One delivery per shard is in flight at a time, so a later
+   * publish never overtakes an earlier one on its way to a shard; publishes that arrive while one
+   * is in flight are coalesced into the next delivery (up to SHARD_BATCH_BYTES), so a shard busy
+   * sending to its sockets gets one RPC, and each socket one frame, for all of them. Under load
+   * the root's RPCs per shard fall to one per shard round trip, whatever the publish rate.
+   * Resolves once the delivery carrying these events is done.
+   */
+  private toShard(i: number, wire: WireEvent[]): Promise<void> {
+    let lane = this.lanes.get(i);
+    if (!lane) this.lanes.set(i, (lane = { busy: false, queue: [] }));
+    const bytes = wire.reduce((n, e) => n + e.json.length, 0);
+    let batch = lane.queue.at(-1);
+    if (!batch || batch.bytes + bytes > SHARD_BATCH_BYTES) {
+      let resolve!: () => void;
+      let reject!: (e: unknown) => void;
+      const done = new Promise<void>((res, rej) => ((resolve = res), (reject = rej)));
+      batch = { events: [], bytes: 0, done, resolve, reject };
+      lane.queue.push(batch);
+    }
+    batch.events.push(...wire);
+    batch.bytes += bytes;
+    if (!lane.busy) this.pump(i, lane);
+    return batch.done;
+  }
+
+  /** Sends shard `i` its next collected delivery, then the one after, until the lane is empty. */
+  private pump(i: number, lane: ShardLane): void {
+    const batch = lane.queue.shift();
+    if (!batch) {
+      lane.busy = false;
+      return;
+    }
+    lane.busy = true;
+    this.shardDeliveries++;
+    const stub = this.env.SHARD.get(this.env.SHARD.idFromName(shardName(this.name!, i)));
+    stub
+      .deliver(this.name!, this.epoch, batch.events)
+      .then(batch.resolve, batch.reject)
+      .finally(() => this.pump(i, lane));
   }
 
   /** Accepts a WebSocket (forwarded by the Worker), greets it, and replays what it missed. */
@@ -423,6 +461,7 @@ export class Channel extends SocketHub {
       wakes: Number(this.meta.get("wakes") ?? 0),
       retained: this.state.size(),
       conflateMs: this.conflateMs,
+      shardDeliveries: this.shardDeliveries,
     };
   }
 
@@ -466,3 +505,15 @@ function chunks(text: string): string[] {
   }
   return out;
 }
+
+/** An event on its way to a shard: its seq and its serialized JSON. */
+type WireEvent = { seq: number; json: string };
+
+/** A shard's deliveries: one in flight (busy), the next ones collecting publishes. */
+interface ShardLane {
+  busy: boolean;
+  queue: { events: WireEvent[]; bytes: number; done: Promise<void>; resolve: () => void; reject: (e: unknown) => void }[];
+}
+
+/** The most event JSON one coalesced shard delivery carries (an RPC argument may be 32 MiB). */
+const SHARD_BATCH_BYTES = 4 * 1024 * 1024;

@@ -3,25 +3,32 @@
  * (measured by bench/scale-model.ts) and Cloudflare's published limits and prices. Pure
  * functions, no I/O: test/bench/scale.test.ts checks them.
  *
- * The fan-out tree: one root object per channel stores and sequences each publish (one ingest
- * request, or part of one), then sends one RPC per shard; each shard sends one frame per socket.
- * Every object is a single-threaded FIFO server. An unsharded channel is a root with its sockets
- * and no shards.
+ * The path of an event: the relay partition that owns its channel ships it in its next batch
+ * (one ingest request carries every channel's events of that batch); the Worker hands each
+ * channel its share (one publish per channel per request); the channel's root object stores and
+ * sequences it, sends it to its own sockets (unsharded) or queues it for every shard; each shard
+ * gets one delivery at a time, and publishes that arrive while one is in flight are coalesced
+ * into the next (worker/channel.ts), so a shard's sockets get one frame for all of them. Every
+ * object is a single-threaded server.
  */
 
 /** Per-hop costs, in the units they are measured in. */
 export interface Costs {
-  /** One ingest request carrying one event, Worker and channel object together (no sockets). */
+  /** Round trip of one ingest request carrying one event (relay to Worker to object and back). */
   ingestMs: number;
-  /** What each further event of the same request adds (the batch's marginal cost). */
+  /** What each further event of the same channel in one request adds. */
   perEventMs: number;
+  /** What each further channel in one request adds: one more publish at a root object. */
+  perChannelMs: number;
   /** One WebSocket send (one frame to one socket) inside an object. */
   sendUs: number;
-  /** What one shard adds to a publish: the RPC issued by the root and handled by the shard. */
+  /** What each further event in that frame adds to the send. */
+  sendPerEventUs: number;
+  /** One root-to-shard delivery with no sockets: the RPC, issued by the root and handled by the shard. */
   rpcMs: number;
   /** Network time of one root-to-shard RPC (0 locally; shards placed in other locations add it). */
   networkMs: number;
-  /** Events one relay ships per second (its drain rate). */
+  /** Events one relay partition ships per second, in full batches (its drain rate). */
   relayEventsPerSecond: number;
   /** What the capture trigger costs a writer per row. */
   triggerUs: number;
@@ -43,7 +50,6 @@ export const PRICES = {
   doGbSecondsIncluded: 400_000,
   doPerMillionGbSeconds: 12.5,
   doMemoryGb: 0.128, // duration is billed at 128 MB per active object
-  wsIncomingPerRequest: 20, // 20 incoming WebSocket messages bill as one request
   workerRequestsIncluded: 10_000_000,
   workerPerMillionRequests: 0.3,
   workerCpuMsIncluded: 30_000_000,
@@ -53,94 +59,211 @@ export const PRICES = {
 
 const SECONDS_PER_MONTH = 30 * 24 * 3600;
 
-/** A workload: channels alike, each with its subscribers and publish rate. */
+/** A workload: channels alike, each with its subscribers and event rate. */
 export interface Workload {
   label: string;
   channels: number;
   subscribersPerChannel: number;
-  /** Publishes (ingest deliveries, one frame per socket each) per second, per channel. */
-  publishesPerSecond: number;
-  /** Events per publish (a relay batch groups a channel's events into one publish). */
-  eventsPerPublish: number;
+  /** Events written per second, per channel. */
+  eventsPerSecond: number;
   /** Socket (re)connections per subscriber per day: each is a Worker request and an object request. */
   connectsPerSubscriberPerDay: number;
 }
 
+/** Events per ingest request when the relay is busy (its --batch-size default). */
+export const RELAY_BATCH = 1000;
+/** How much of its measured drain rate a relay partition is planned to use. */
+export const RELAY_HEADROOM = 0.7;
 /** How busy an object may be kept (utilization), so queues stay short. */
 export const TARGET_UTILIZATION = 0.5;
+/** The longest a shard's delivery (its sends to all its sockets) is planned to take. */
+export const DELIVERY_BUDGET_MS = 250;
+/**
+ * Of a shard delivery's measured cost, the share the root pays (issuing the RPC) rather than the
+ * shard (handling it). Measured locally only as a sum, on one thread; the model splits it evenly.
+ */
+export const ROOT_SHARE_OF_RPC = 0.5;
+
+/** How the relay partitions ship a workload's events. */
+export interface RelayPlan {
+  partitions: number;
+  /** Round trip of one batch at this load (fixed cost plus each event's), ms. */
+  batchIntervalMs: number;
+  /** Ingest requests per second, all partitions together. */
+  requestsPerSecond: number;
+  eventsPerRequest: number;
+  /** Writer CPU the capture trigger takes, in cores. */
+  triggerCores: number;
+  /** One channel's events all go through one partition (order): its ceiling, events/s. */
+  perChannelCeiling: number;
+}
+
+/**
+ * Partitions for `w`'s events, and how they batch. A batch's round trip grows with its size
+ * (T = ingestMs + b x c, where c is a full batch's time per event beyond the fixed cost); while one
+ * batch is in flight the next collects, so at load L a batch holds b = L x T events, giving
+ * T = ingestMs / (1 - L x c).
+ */
+export function planRelays(costs: Costs, w: Workload): RelayPlan {
+  const total = w.channels * w.eventsPerSecond;
+  const capacity = costs.relayEventsPerSecond * RELAY_HEADROOM;
+  // Partitions split channels, never one channel: one channel's events keep one partition's order.
+  const partitions = Math.max(1, Math.min(w.channels, Math.ceil(total / capacity)));
+  const perEventMs = Math.max(0, (RELAY_BATCH * 1000) / costs.relayEventsPerSecond - costs.ingestMs) / RELAY_BATCH;
+  const load = Math.min(total / partitions, costs.relayEventsPerSecond) / 1000; // events per ms, per partition
+  const busy = Math.min(0.99, load * perEventMs);
+  const batchIntervalMs = costs.ingestMs / (1 - busy);
+  // A quiet partition sends each event on its own; a loaded one a request per round trip.
+  const perPartition = Math.min(load * 1000, 1000 / batchIntervalMs);
+  const requestsPerSecond = perPartition * partitions;
+  return {
+    partitions,
+    batchIntervalMs,
+    requestsPerSecond,
+    eventsPerRequest: (load * 1000 * partitions) / requestsPerSecond,
+    triggerCores: (total * costs.triggerUs) / 1e6,
+    perChannelCeiling: costs.relayEventsPerSecond,
+  };
+}
+
+/** Publishes per second a channel receives (one per request carrying any of its events), and events in each. */
+export function channelPublishes(w: Workload, relays: RelayPlan): { publishesPerSecond: number; eventsPerPublish: number } {
+  // A partition's batch windows come one per round trip; Poisson arrivals: the chance a window
+  // holds at least one of this channel's events. (A quiet partition's windows are mostly empty:
+  // each event then goes on its own, one publish each.)
+  const windows = 1000 / relays.batchIntervalMs;
+  const r = Math.min(w.eventsPerSecond, relays.perChannelCeiling);
+  const publishesPerSecond = Number.isFinite(windows) ? windows * (1 - Math.exp(-r / windows)) : r;
+  return { publishesPerSecond, eventsPerPublish: r / publishesPerSecond };
+}
 
 /** The tree one channel of a workload needs, and what each object of it does. */
 export interface ChannelPlan {
   shards: number;
   socketsPerShard: number;
-  /** Busy time per publish, ms. */
-  rootServiceMs: number;
-  shardServiceMs: number;
+  publishesPerSecond: number;
+  eventsPerPublish: number;
+  /** The root's busy time per publish (store, and for an unsharded channel its sends), ms. */
+  rootPublishMs: number;
+  /** The root's share of one shard delivery, ms. */
+  rootRpcMs: number;
+  /** A shard's delivery of one publish (RPC and sends), ms. */
+  deliveryMs: number;
+  /** Deliveries per second each shard receives (publishes coalesce once a shard is busy). */
+  deliveriesPerSecond: number;
+  /** Events per delivery. */
+  eventsPerDelivery: number;
   rootUtilization: number;
+  /** Share of time a shard is busy (1 when it is coalescing: back to back, yet keeping up). */
   shardUtilization: number;
-  /** Requests per second each object receives (the soft limit is 1,000). */
+  /** Whether every object keeps up (the queues stay bounded). */
+  stable: boolean;
+  /** Requests per second the root receives (the soft limit is 1,000). */
   rootRequestsPerSecond: number;
-  shardRequestsPerSecond: number;
-  /** Subrequests one ingest invocation makes at the root (one RPC per shard). */
-  rootSubrequests: number;
   /** Publish to the last socket's frame, no queueing, shards in parallel (ms). */
   unloadedLatencyMs: number;
   /** What does not fit, in words; empty when the plan holds. */
   problems: string[];
 }
 
-/** Sockets one shard can serve at `publishesPerSecond` while staying under TARGET_UTILIZATION. */
-export function socketsPerShardAt(costs: Costs, publishesPerSecond: number): number {
-  const budgetMs = TARGET_UTILIZATION / publishesPerSecond * 1000 - costs.rpcMs;
-  return Math.max(0, Math.floor((budgetMs * 1000) / costs.sendUs));
+interface ShardLoad {
+  deliveryMs: number;
+  deliveriesPerSecond: number;
+  eventsPerDelivery: number;
+  utilization: number;
+  stable: boolean;
 }
 
-/** Plans one channel of `w`: unsharded if one object can hold it, else the fewest shards that can. */
-export function planChannel(costs: Costs, w: Workload): ChannelPlan {
-  const publishMs = costs.ingestMs + (w.eventsPerPublish - 1) * costs.perEventMs;
-  const sendMs = costs.sendUs / 1000;
-  const perObject = Math.min(LIMITS.socketsPerObject, LIMITS.defaultSocketsPerChannel, socketsPerShardAt(costs, w.publishesPerSecond));
+/** One shard of `sockets` under `publishesPerSecond` publishes of `events` events each, coalescing when busy. */
+export function shardLoad(costs: Costs, sockets: number, publishesPerSecond: number, events: number): ShardLoad {
+  const fixed = costs.rpcMs * (1 - ROOT_SHARE_OF_RPC) + (sockets * costs.sendUs) / 1000; // ms per delivery
+  const perEvent = (sockets * costs.sendPerEventUs) / 1000; // ms per further event in it
+  const single = fixed + (events - 1) * perEvent;
+  if ((publishesPerSecond * single) / 1000 <= 1) {
+    return { deliveryMs: single, deliveriesPerSecond: publishesPerSecond, eventsPerDelivery: events, utilization: (publishesPerSecond * single) / 1000, stable: true };
+  }
+  // Back to back: each delivery carries what arrived during the previous one, k = rate x D, and
+  // D = fixed + (k - 1) x perEvent, so D = (fixed - perEvent) / (1 - rate x perEvent).
+  const rate = (publishesPerSecond * events) / 1000; // events per ms
+  if (rate * perEvent >= 1) return { deliveryMs: Infinity, deliveriesPerSecond: 0, eventsPerDelivery: Infinity, utilization: rate * perEvent, stable: false };
+  const d = Math.max(single, (fixed - perEvent) / (1 - rate * perEvent));
+  return { deliveryMs: d, deliveriesPerSecond: 1000 / d, eventsPerDelivery: rate * d, utilization: 1, stable: true };
+}
+
+/** Plans one channel of `w`: unsharded if one object can hold it, else the fewest shards whose deliveries fit DELIVERY_BUDGET_MS. */
+export function planChannel(costs: Costs, w: Workload, relays = planRelays(costs, w)): ChannelPlan {
+  const { publishesPerSecond, eventsPerPublish } = channelPublishes(w, relays);
+  const n = w.subscribersPerChannel;
+  const storeMs = costs.perChannelMs + (eventsPerPublish - 1) * costs.perEventMs;
+  const sendMs = (sockets: number) => (sockets * (costs.sendUs + (eventsPerPublish - 1) * costs.sendPerEventUs)) / 1000;
+  const cap = Math.min(LIMITS.socketsPerObject, LIMITS.defaultSocketsPerChannel);
   const problems: string[] = [];
-  const unshardedMs = publishMs + w.subscribersPerChannel * sendMs;
+  const rootRpcMs = costs.rpcMs * ROOT_SHARE_OF_RPC;
+  const unshardedUtil = (publishesPerSecond * (storeMs + sendMs(n))) / 1000;
+  const rootOf = (shards: number, load: ShardLoad) => (publishesPerSecond * storeMs + shards * load.deliveriesPerSecond * rootRpcMs) / 1000;
+
   let shards = 0;
-  if (w.subscribersPerChannel > Math.min(LIMITS.socketsPerObject, LIMITS.defaultSocketsPerChannel) || (unshardedMs * w.publishesPerSecond) / 1000 > TARGET_UTILIZATION) {
-    shards = perObject > 0 ? Math.max(2, Math.ceil(w.subscribersPerChannel / perObject)) : Infinity;
+  let load: ShardLoad = { deliveryMs: 0, deliveriesPerSecond: 0, eventsPerDelivery: 0, utilization: 0, stable: true };
+  if (n > cap || unshardedUtil > TARGET_UTILIZATION) {
+    // The fewest shards whose delivery fits the budget while the root stays under its target;
+    // failing that, the tree with the quickest deliveries among those that keep up.
+    const least = Math.max(2, Math.ceil(n / cap));
+    if (least > LIMITS.maxShards) {
+      shards = least;
+      problems.push(`needs ${least} shards of ${cap} sockets; SHARDS allows ${LIMITS.maxShards} (a second tree level would be needed)`);
+    } else {
+      let best: { s: number; ms: number } | null = null;
+      for (let s = least; s <= LIMITS.maxShards; s++) {
+        const l = shardLoad(costs, Math.ceil(n / s), publishesPerSecond, eventsPerPublish);
+        const root = rootOf(s, l);
+        if (l.stable && l.deliveryMs <= DELIVERY_BUDGET_MS && root <= TARGET_UTILIZATION) {
+          best = { s, ms: l.deliveryMs };
+          break;
+        }
+        if (l.stable && root < 0.8 && (!best || l.deliveryMs < best.ms)) best = { s, ms: l.deliveryMs };
+      }
+      shards = best?.s ?? least;
+      if (best && best.ms > DELIVERY_BUDGET_MS) {
+        problems.push(
+          `a shard's delivery takes ${Math.round(best.ms)} ms, over the ${DELIVERY_BUDGET_MS} ms budget: more shards would cost the root more RPCs than it can issue (cheaper sends or RPCs, or a second tree level, would bring it down)`,
+        );
+      }
+    }
+    load = shardLoad(costs, Math.ceil(n / shards), publishesPerSecond, eventsPerPublish);
   }
-  if (!Number.isFinite(shards)) {
-    problems.push(`at ${w.publishesPerSecond} publishes/s a shard's RPC alone uses its time budget`);
-    shards = LIMITS.maxShards;
-  }
-  if (shards > LIMITS.maxShards) problems.push(`needs ${shards} shards; SHARDS allows ${LIMITS.maxShards} (a second tree level would be needed)`);
-  const socketsPerShard = shards > 0 ? Math.ceil(w.subscribersPerChannel / shards) : 0;
-  const rootServiceMs = shards > 0 ? publishMs + shards * costs.rpcMs * ROOT_SHARE_OF_RPC : unshardedMs;
-  const shardServiceMs = shards > 0 ? costs.rpcMs * (1 - ROOT_SHARE_OF_RPC) + socketsPerShard * sendMs : 0;
-  const rootUtilization = rootServiceMs * w.publishesPerSecond / 1000;
-  const shardUtilization = shardServiceMs * w.publishesPerSecond / 1000;
-  if (rootUtilization > 1) problems.push(`root busy ${(rootUtilization * 100).toFixed(0)}% of the time: it cannot keep up`);
-  if (shardUtilization > 1) problems.push(`shards busy ${(shardUtilization * 100).toFixed(0)}% of the time: they cannot keep up`);
-  const rootRequestsPerSecond = w.publishesPerSecond;
-  if (rootRequestsPerSecond > LIMITS.requestsPerSecondPerObject) problems.push(`root receives ${rootRequestsPerSecond} requests/s, past the soft limit of ${LIMITS.requestsPerSecondPerObject}`);
-  if (shards > LIMITS.subrequestsPerInvocation) problems.push(`${shards} RPCs per ingest invocation, past ${LIMITS.subrequestsPerInvocation} subrequests`);
+  const socketsPerShard = shards > 0 ? Math.ceil(n / shards) : 0;
+  const rootUtilization = shards > 0 ? rootOf(shards, load) : unshardedUtil;
+  const rootPublishMs = shards > 0 ? storeMs : storeMs + sendMs(n);
+  const stable = rootUtilization < 1 && load.stable;
+  if (rootUtilization >= 1) problems.push(`root busy ${(rootUtilization * 100).toFixed(0)}% of the time: it cannot keep up`);
+  if (!load.stable) problems.push("each shard's sends grow faster than it can coalesce: it cannot keep up");
+  if (publishesPerSecond > LIMITS.requestsPerSecondPerObject) problems.push(`root receives ${Math.round(publishesPerSecond)} requests/s, past the soft limit of ${LIMITS.requestsPerSecondPerObject}`);
+  if (w.eventsPerSecond > relays.perChannelCeiling) problems.push(`one channel's events go through one relay partition: at most ${Math.round(relays.perChannelCeiling)} events/s`);
+  if (shards > LIMITS.subrequestsPerInvocation) problems.push(`${shards} RPCs per publish, past ${LIMITS.subrequestsPerInvocation} subrequests`);
+  const single = shards > 0 ? shardLoad(costs, socketsPerShard, 0, eventsPerPublish).deliveryMs : 0;
   return {
     shards,
     socketsPerShard,
-    rootServiceMs,
-    shardServiceMs,
+    publishesPerSecond,
+    eventsPerPublish,
+    rootPublishMs,
+    rootRpcMs,
+    deliveryMs: single,
+    deliveriesPerSecond: load.deliveriesPerSecond,
+    eventsPerDelivery: load.eventsPerDelivery,
     rootUtilization,
-    shardUtilization,
-    rootRequestsPerSecond,
-    shardRequestsPerSecond: shards > 0 ? w.publishesPerSecond : 0,
-    rootSubrequests: shards,
-    unloadedLatencyMs: shards > 0 ? rootServiceMs + costs.networkMs + shardServiceMs : rootServiceMs,
+    shardUtilization: load.utilization,
+    stable,
+    rootRequestsPerSecond: publishesPerSecond,
+    unloadedLatencyMs: relays.batchIntervalMs / 2 + workerHopMs(costs) + rootPublishMs + shards * rootRpcMs + (shards > 0 ? costs.networkMs + single : 0),
     problems,
   };
 }
 
-/**
- * Of a shard RPC's measured cost, the share the root pays (issuing it) rather than the shard
- * (handling it). Measured locally only as a sum; the model splits it evenly.
- */
-export const ROOT_SHARE_OF_RPC = 0.5;
+/** The part of an ingest round trip outside the root object (relay to Worker, Worker to object). */
+function workerHopMs(costs: Costs): number {
+  return Math.max(0, costs.ingestMs - costs.perChannelMs);
+}
 
 /** What a workload costs per month at Cloudflare's prices (USD), and the counts behind it. */
 export interface MonthlyCost {
@@ -151,27 +274,24 @@ export interface MonthlyCost {
   usd: number;
 }
 
-/** Events per ingest request when the relay is busy (its --batch-size default). */
-export const RELAY_BATCH = 1000;
-
-/** How much of its measured drain rate a relay partition is planned to use. */
-export const RELAY_HEADROOM = 0.7;
-
-export function monthlyCost(costs: Costs, w: Workload, plan: ChannelPlan): MonthlyCost {
+/**
+ * Requests: every ingest request and socket connect reaches the Worker; every publish (one per
+ * channel per request), every shard delivery and every connect reaches an object. Duration: an
+ * object is billed while it runs or waits on its own outgoing calls; idle with hibernatable
+ * sockets it is not. `activeMs` is a root's wall time per publish (to its last shard's frame).
+ */
+export function monthlyCost(costs: Costs, w: Workload, plan: ChannelPlan, relays: RelayPlan, activeMs = plan.unloadedLatencyMs): MonthlyCost {
   const connectsPerSecond = (w.channels * w.subscribersPerChannel * w.connectsPerSubscriberPerDay) / 86_400;
-  const publishesPerSecond = w.channels * w.publishesPerSecond;
-  // A busy relay's request carries up to RELAY_BATCH events of many channels; an idle one sends
-  // each publish on its own.
-  const ingestRequestsPerSecond = Math.min(publishesPerSecond, Math.max(1, (publishesPerSecond * w.eventsPerPublish) / RELAY_BATCH));
-  const workerRequests = (ingestRequestsPerSecond + connectsPerSecond) * SECONDS_PER_MONTH;
-  // Object requests: one per channel per publish at the root, one RPC per shard, one per connect.
-  const objectRequests = (publishesPerSecond * (1 + plan.shards) + connectsPerSecond) * SECONDS_PER_MONTH;
-  // Duration: objects hibernate between publishes, so only busy time is billed.
-  const busySecondsPerSecond = (publishesPerSecond * (plan.rootServiceMs + plan.shards * plan.shardServiceMs)) / 1000;
-  const gbSeconds = busySecondsPerSecond * PRICES.doMemoryGb * SECONDS_PER_MONTH;
-  // Worker CPU: bounded by the whole measured ingest cost (which includes the object's share).
-  const eventsPerRequest = (publishesPerSecond * w.eventsPerPublish) / ingestRequestsPerSecond;
-  const workerCpuMs = ingestRequestsPerSecond * (costs.ingestMs + (eventsPerRequest - 1) * costs.perEventMs) * SECONDS_PER_MONTH;
+  const workerRequests = (relays.requestsPerSecond + connectsPerSecond) * SECONDS_PER_MONTH;
+  const objectRequestsPerSecond = w.channels * (plan.publishesPerSecond + plan.shards * plan.deliveriesPerSecond) + connectsPerSecond;
+  const objectRequests = objectRequestsPerSecond * SECONDS_PER_MONTH;
+  // Share of wall time each object is active: Poisson coverage of its busy periods.
+  const covered = (ratePerSecond: number, ms: number) => 1 - Math.exp(-(ratePerSecond * ms) / 1000);
+  const rootActive = covered(plan.publishesPerSecond, plan.shards > 0 ? activeMs : plan.rootPublishMs);
+  const shardActive = plan.shards > 0 ? Math.min(1, plan.shardUtilization) : 0;
+  const gbSeconds = w.channels * (rootActive + plan.shards * shardActive) * PRICES.doMemoryGb * SECONDS_PER_MONTH;
+  // Worker CPU: bounded by the whole measured round trip of each request (an upper bound).
+  const workerCpuMs = (relays.requestsPerSecond * costs.ingestMs + w.channels * w.eventsPerSecond * costs.perEventMs) * SECONDS_PER_MONTH;
   const usd =
     PRICES.monthlyMinimum +
     (Math.max(0, workerRequests - PRICES.workerRequestsIncluded) / 1e6) * PRICES.workerPerMillionRequests +
@@ -181,23 +301,17 @@ export function monthlyCost(costs: Costs, w: Workload, plan: ChannelPlan): Month
   return { workerRequests, workerCpuMs, objectRequests, gbSeconds, usd };
 }
 
-/** Relay partitions and Postgres capture cost for `eventsPerSecond` written events. */
-export function planRelays(costs: Costs, eventsPerSecond: number): { partitions: number; triggerCores: number } {
-  return {
-    partitions: Math.max(1, Math.ceil(eventsPerSecond / (costs.relayEventsPerSecond * RELAY_HEADROOM))),
-    triggerCores: (eventsPerSecond * costs.triggerUs) / 1e6,
-  };
-}
-
 /** Latency percentiles (ms) of a simulated run, and whether the queues stayed bounded. */
 export interface Simulated {
   publishes: number;
   p50: number;
   p99: number;
   max: number;
-  /** The backlog (publishes not yet at every socket) when the run ended. */
-  backlogAtEnd: number;
-  stable: boolean;
+  mean: number;
+  /** Shard deliveries per publish per shard (below 1 once publishes coalesce). */
+  deliveriesPerPublish: number;
+  /** Work (ms) still queued when the run ended, past the end of the run. */
+  backlogMs: number;
 }
 
 /** A small deterministic PRNG (mulberry32), so a simulation is repeatable. */
@@ -213,16 +327,15 @@ export function prng(seed: number): () => number {
 }
 
 /**
- * Simulates one channel's fan-out tree: publishes arrive as a Poisson stream; the root, then each
- * shard, serves them one at a time in arrival order (an object is single-threaded); a shard's
- * share of sockets comes from random placement (the Worker picks a random shard per socket), so
- * the busiest shard sets the tail. The latency of a publish is from its arrival at the root to the
- * frame sent to the last socket.
+ * Simulates one channel's tree, event by event: publishes arrive as a Poisson stream, each after
+ * waiting for its relay batch (uniform over one batch interval) and the Worker hop; the root
+ * serves them one at a time in arrival order; each shard has one delivery in flight and collects
+ * the publishes that arrive meanwhile into the next, exactly as worker/channel.ts does. Sockets
+ * are placed at random (the Worker picks a shard per socket), so the busiest shard sets the tail.
+ * Latency: from the commit (the event's arrival at the relay) to the frame sent to the last socket.
  */
-export function simulate(costs: Costs, w: Workload, plan: ChannelPlan, seconds: number, seed = 1): Simulated {
+export function simulate(costs: Costs, w: Workload, plan: ChannelPlan, relays: RelayPlan, seconds: number, seed = 1): Simulated {
   const random = prng(seed);
-  const sendMs = costs.sendUs / 1000;
-  // Random placement: each socket picks a shard; count per shard.
   const perShard = new Array<number>(plan.shards).fill(0);
   if (plan.shards > 0) {
     // Normal approximation of the multinomial, for millions of sockets.
@@ -232,31 +345,62 @@ export function simulate(costs: Costs, w: Workload, plan: ChannelPlan, seconds: 
       perShard[i] = Math.max(0, Math.round(mean + z * Math.sqrt(mean * (1 - 1 / plan.shards))));
     }
   }
-  const shardService = perShard.map((s) => costs.rpcMs * (1 - ROOT_SHARE_OF_RPC) + s * sendMs);
-  const shardFree = new Array<number>(plan.shards).fill(0);
+  const k = plan.eventsPerPublish;
+  const delivery = (i: number, events: number) =>
+    costs.rpcMs * (1 - ROOT_SHARE_OF_RPC) + (perShard[i]! * (costs.sendUs + (events - 1) * costs.sendPerEventUs)) / 1000;
+  type Lane = { busyUntil: number; pending: { start: number; events: number; members: number[] } | null; deliveries: number };
+  const lanes: Lane[] = perShard.map(() => ({ busyUntil: 0, pending: null, deliveries: 0 }));
+  const arrivals: number[] = [];
+  const done: number[] = [];
+  const close = (i: number, lane: Lane) => {
+    const p = lane.pending!;
+    const end = p.start + delivery(i, p.events);
+    for (const m of p.members) done[m] = Math.max(done[m]!, end);
+    lane.busyUntil = end;
+    lane.pending = null;
+    lane.deliveries++;
+  };
   let rootFree = 0;
   let t = 0;
-  const latencies: number[] = [];
   const end = seconds * 1000;
-  let lastDone = 0;
-  for (;;) {
-    t += (-Math.log(1 - random()) / w.publishesPerSecond) * 1000;
+  const hop = workerHopMs(costs);
+  for (let p = 0; ; p++) {
+    t += (-Math.log(1 - random()) / plan.publishesPerSecond) * 1000;
     if (t > end) break;
-    const rootDone = Math.max(t, rootFree) + plan.rootServiceMs;
-    rootFree = rootDone;
-    let done = rootDone;
+    const atRoot = t + random() * relays.batchIntervalMs + hop;
+    arrivals.push(t);
+    // Root: store (and for an unsharded channel, send); then one RPC issue per delivery it opens.
+    // The root issues the RPCs one after another (a delivery collecting behind a busy one is
+    // charged here too, though the root issues it when the lane frees).
+    let cursor = Math.max(atRoot, rootFree) + plan.rootPublishMs;
+    done.push(cursor);
     for (let i = 0; i < plan.shards; i++) {
-      const finish = Math.max(rootDone + costs.networkMs, shardFree[i]!) + shardService[i]!;
-      shardFree[i] = finish;
-      if (finish > done) done = finish;
+      const lane = lanes[i]!;
+      const r = cursor + costs.networkMs;
+      if (lane.pending && r >= lane.pending.start) close(i, lane);
+      if (lane.pending) {
+        lane.pending.events += k;
+        lane.pending.members.push(p);
+      } else {
+        cursor += plan.rootRpcMs;
+        lane.pending = { start: Math.max(r + plan.rootRpcMs, lane.busyUntil), events: k, members: [p] };
+        if (r + plan.rootRpcMs >= lane.busyUntil) close(i, lane); // the lane was idle: it goes out now
+      }
     }
-    latencies.push(done - t);
-    lastDone = Math.max(lastDone, done);
+    rootFree = cursor;
   }
-  latencies.sort((a, b) => a - b);
-  const at = (p: number) => latencies[Math.min(latencies.length - 1, Math.max(0, Math.ceil((p / 100) * latencies.length) - 1))] ?? NaN;
-  const backlogMs = Math.max(0, lastDone - end);
-  // Stable: the work left at the end is a few publishes' worth, not a queue growing with time.
-  const stable = plan.rootUtilization < 1 && Math.max(0, ...shardService.map((s) => (s * w.publishesPerSecond) / 1000)) < 1;
-  return { publishes: latencies.length, p50: at(50), p99: at(99), max: at(100), backlogAtEnd: Math.round((backlogMs / 1000) * w.publishesPerSecond), stable };
+  lanes.forEach((lane, i) => lane.pending && close(i, lane));
+  const latencies = done.map((d, i) => d - arrivals[i]!).sort((a, b) => a - b);
+  const at = (q: number) => latencies[Math.min(latencies.length - 1, Math.max(0, Math.ceil((q / 100) * latencies.length) - 1))] ?? NaN;
+  const last = done.reduce((a, b) => Math.max(a, b), 0);
+  const deliveries = lanes.reduce((a, l) => a + l.deliveries, 0);
+  return {
+    publishes: latencies.length,
+    p50: at(50),
+    p99: at(99),
+    max: at(100),
+    mean: latencies.reduce((a, b) => a + b, 0) / Math.max(1, latencies.length),
+    deliveriesPerPublish: plan.shards > 0 ? deliveries / plan.shards / Math.max(1, latencies.length) : 0,
+    backlogMs: Math.max(0, last - end),
+  };
 }

@@ -18,7 +18,8 @@ const bindings = Object.fromEntries(
 const worker = await unstable_startWorker({
   config: fileURLToPath(new URL("../../wrangler.toml", import.meta.url)),
   bindings,
-  dev: { server: { hostname: "127.0.0.1", port: 0 }, inspector: false, persist: false, logLevel: "warn" } as never,
+  // No file watcher: a benchmark measures one build (and esbuild's watcher has crashed on dispose).
+  dev: { server: { hostname: "127.0.0.1", port: 0 }, inspector: false, persist: false, logLevel: "warn", watch: false } as never,
 });
 await worker.ready;
 // The direct URL is only announced on a reload: ask for one (same bindings) and listen.

@@ -100,4 +100,21 @@ describe("sharded channels", () => {
     await ingest([event("live:gap", 5)]);
     expect((await sock.eventCount(5)).map((e) => [e.seq, e.data])).toEqual([1, 2, 3, 4, 5].map((n) => [n, n]));
   });
+
+  it("coalesces publishes that arrive while a shard delivery is in flight, keeping order", async () => {
+    const sockets = await Promise.all([0, 1, 2, 3].map((i) => onShard("live:burst", i)));
+    for (const s of sockets) await s.frameCount(1);
+    // 60 ingests at once: each is its own publish at the root (seq 1..60, in arrival order).
+    const answers = await Promise.all(Array.from({ length: 60 }, (_, n) => ingest([event("live:burst", n)])));
+    expect(answers.every((a) => a.status === 200 && a.body.accepted === 1)).toBe(true);
+    const expected = seqIds(await sockets[0]!.eventCount(60));
+    expect(expected.map((x) => Number(x.split(":")[0]))).toEqual(Array.from({ length: 60 }, (_, i) => i + 1));
+    for (const s of sockets) expect(seqIds(await s.eventCount(60))).toEqual(expected);
+    const stats = await runInDurableObject(root("live:burst"), (o: { stats(): Promise<{ shardDeliveries: number }> }) => o.stats());
+    // Without coalescing: 60 publishes x 4 shards = 240 RPCs.
+    expect(stats.shardDeliveries).toBeLessThan(240);
+    expect(stats.shardDeliveries).toBeGreaterThanOrEqual(4);
+    // Fewer frames than events reached a socket: several events shared one frame.
+    expect(sockets[0]!.frames.filter((f) => f.type === "events").length).toBeLessThan(60);
+  });
 });
