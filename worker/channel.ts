@@ -13,7 +13,7 @@
 import type { ErrorCode, IngestEvent, IngestResult, PresenceMember, ResetReason, RowFilter, ServerFrame } from "../protocol/index.ts";
 import { channelMatches, matchesEvent, matchesRow, parseFilter, SIGNATURE_TOLERANCE_SECONDS } from "../protocol/index.ts";
 import type { Env } from "./env.ts";
-import { CHANNEL_NAME_HEADER, eventJson, eventsFrame, member, send, SocketHub, type Outgoing, type SocketAttachment } from "./hub.ts";
+import { CHANNEL_NAME_HEADER, eventJson, eventsFrame, member, send, SHARD_HEADER, SHARD_SOCKETS_HEADER, SocketHub, type Outgoing, type SocketAttachment } from "./hub.ts";
 import { log } from "./log.ts";
 import { parseRow, RETAINED_SCHEMA, RetainedState, snapshotRowJson } from "./retained.ts";
 import type { ChannelShard } from "./shard.ts";
@@ -103,6 +103,8 @@ export class Channel extends SocketHub {
   private readonly lanes = new Map<number, ShardLane>();
   /** Deliveries (RPCs) sent to shards since this object last woke. */
   private shardDeliveries = 0;
+  /** Sockets each automatic shard last reported (in memory; a woken root learns them again). */
+  private readonly shardSockets = new Map<number, number>();
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
@@ -141,10 +143,49 @@ export class Channel extends SocketHub {
     return this.config.conflate.find((c) => channelMatches(c.pattern, this.name!, null))?.ms ?? null;
   }
 
-  /** The shards holding this channel's sockets (SHARDS, by name pattern); empty when unsharded. */
+  /** How many shards hold this channel's sockets: SHARDS by name pattern, else those added automatically. */
+  private shardTotal(): number {
+    if (!this.name) return 0;
+    return shardCount(this.config.shards, this.name) || Number(this.meta.get("auto_shards") ?? 0);
+  }
+
+  private shardStub(i: number): DurableObjectStub<ChannelShard> {
+    return this.env.SHARD.get(this.env.SHARD.idFromName(shardName(this.name!, i)));
+  }
+
+  /** The shards holding this channel's sockets; empty when unsharded. */
   private shards(): DurableObjectStub<ChannelShard>[] {
-    const count = this.name ? shardCount(this.config.shards, this.name) : 0;
-    return Array.from({ length: count }, (_, i) => this.env.SHARD.get(this.env.SHARD.idFromName(shardName(this.name!, i))));
+    return Array.from({ length: this.shardTotal() }, (_, i) => this.shardStub(i));
+  }
+
+  /**
+   * AUTO_SHARD_SOCKETS: a socket for a root already holding that many goes to the shard with the
+   * fewest sockets (as each last reported); when even that one is full, the channel adds a shard
+   * (persisted: a channel never loses a shard, and deliveries reach every shard from the moment it
+   * is added, before its first socket asks the root what it is owed).
+   */
+  private async toAutoShard(request: Request): Promise<Response> {
+    const limit = this.config.autoShardSockets;
+    let active = Number(this.meta.get("auto_shards") ?? 0);
+    let pick = -1;
+    let least = Infinity;
+    for (let i = 0; i < active; i++) {
+      const n = this.shardSockets.get(i) ?? 0;
+      if (n < least) [pick, least] = [i, n];
+    }
+    if (pick < 0 || (least >= limit && active < MAX_AUTO_SHARDS)) {
+      pick = active++;
+      this.setMeta("auto_shards", String(active));
+      log("info", "channel added a shard", { channel: this.name, shards: active, socketsPerObject: limit });
+    }
+    this.shardSockets.set(pick, (this.shardSockets.get(pick) ?? 0) + 1);
+    const headers = new Headers(request.headers);
+    headers.set(SHARD_HEADER, String(pick));
+    headers.set(SHARD_SOCKETS_HEADER, "?");
+    const res = await this.shardStub(pick).fetch(new Request(request.url, { headers }));
+    const reported = Number(res.headers.get(SHARD_SOCKETS_HEADER) ?? NaN);
+    if (Number.isFinite(reported)) this.shardSockets.set(pick, reported);
+    return new Response(res.body, { status: res.status, webSocket: res.webSocket, headers: publicHeaders(res.headers) });
   }
 
   /**
@@ -242,7 +283,7 @@ export class Channel extends SocketHub {
   /** To this object's sockets, and to every shard with one RPC each. */
   private async deliver(events: Outgoing[]): Promise<void> {
     this.deliverLocal(events);
-    const count = this.name ? shardCount(this.config.shards, this.name) : 0;
+    const count = this.shardTotal();
     if (count === 0) return;
     const wire = events.map((e) => ({ seq: e.seq, json: e.json }));
     const results = await Promise.allSettled(Array.from({ length: count }, (_, i) => this.toShard(i, wire)));
@@ -285,8 +326,7 @@ export class Channel extends SocketHub {
     }
     lane.busy = true;
     this.shardDeliveries++;
-    const stub = this.env.SHARD.get(this.env.SHARD.idFromName(shardName(this.name!, i)));
-    stub
+    this.shardStub(i)
       .deliver(this.name!, this.epoch, batch.events)
       .then(batch.resolve, batch.reject)
       .finally(() => this.pump(i, lane));
@@ -299,6 +339,10 @@ export class Channel extends SocketHub {
     }
     const channel = request.headers.get(CHANNEL_NAME_HEADER);
     if (channel) this.remember(channel);
+    const auto = this.config.autoShardSockets;
+    if (auto > 0 && this.name && shardCount(this.config.shards, this.name) === 0 && this.ctx.getWebSockets().length >= auto) {
+      return this.toAutoShard(request);
+    }
     const accepted = await this.accept(request);
     if (accepted.refused) return accepted.response;
     const { server, me, filter } = accepted;
@@ -448,6 +492,7 @@ export class Channel extends SocketHub {
     const lastPublish = this.meta.get("last_publish");
     const shards = this.shards();
     const shardSockets = await Promise.all(shards.map((s) => s.sockets()));
+    shardSockets.forEach((n, i) => this.shardSockets.set(i, n));
     return {
       channel: this.name,
       epoch: this.epoch,
@@ -513,6 +558,16 @@ type WireEvent = { seq: number; json: string };
 interface ShardLane {
   busy: boolean;
   queue: { events: WireEvent[]; bytes: number; done: Promise<void>; resolve: () => void; reject: (e: unknown) => void }[];
+}
+
+/** Shards a channel adds at most under AUTO_SHARD_SOCKETS (as many as SHARDS allows). */
+const MAX_AUTO_SHARDS = 256;
+
+/** A shard's upgrade response headers, without the ones meant for the root. */
+function publicHeaders(headers: Headers): Headers {
+  const out = new Headers(headers);
+  out.delete(SHARD_SOCKETS_HEADER);
+  return out;
 }
 
 /** The most event JSON one coalesced shard delivery carries (an RPC argument may be 32 MiB). */

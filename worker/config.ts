@@ -27,6 +27,8 @@ export interface WorkerConfig {
   conflate: { pattern: string; ms: number }[];
   /** Channel patterns whose sockets live on shard objects, with their count (first match wins). */
   shards: { pattern: string; count: number }[];
+  /** Sockets on a channel's root past which new ones go to shards it adds as needed (0: never). */
+  autoShardSockets: number;
 }
 
 /** How browser tokens are verified and which channels need none. */
@@ -77,6 +79,7 @@ export const WORKER_DEFAULTS = {
   JWT_JWKS_REFRESH_SECONDS: 60,
   STATE_MAX_ROWS: 10_000,
   STATE_MAX_BYTES: 4 * 1024 * 1024,
+  AUTO_SHARD_SOCKETS: 0,
 } as const;
 
 /** A variable in the Worker's environment has a value it cannot use. */
@@ -155,7 +158,13 @@ export function resolveWorkerConfig(env: Env): WorkerConfig {
       if (!m || Number(m[2]) < 2 || Number(m[2]) > 256) throw new WorkerConfigError(`SHARDS entries are <channel pattern>=<2-256 shards>, e.g. "live:*=8"; got ${JSON.stringify(entry)}`);
       return { pattern: m[1]!, count: Number(m[2]) };
     }),
+    autoShardSockets: positiveInt(env, "AUTO_SHARD_SOCKETS", 32_768, 0),
   };
+  if (config.autoShardSockets > config.limits.socketsPerChannel) {
+    throw new WorkerConfigError(
+      `AUTO_SHARD_SOCKETS (${config.autoShardSockets}) must not exceed MAX_SOCKETS_PER_CHANNEL (${config.limits.socketsPerChannel}): a root would refuse sockets before it started adding shards`,
+    );
+  }
   cache.set(env, config);
   return config;
 }

@@ -44,6 +44,8 @@ export interface Env {
   STATE_MAX_BYTES?: string;
   /** Channels whose sockets are spread over shard objects: comma-separated `<pattern>=<shards>`. Default none. */
   SHARDS?: string;
+  /** Sockets on a channel's root past which new sockets go to shards added as needed. Default 0 (never). */
+  AUTO_SHARD_SOCKETS?: string;
   /** Channels whose updates are conflated: comma-separated `<pattern>=<ms>`. Default none. */
   CONFLATE?: string;
   /** Comma-separated channel patterns anyone may join without a token. Default none. */

@@ -19,6 +19,8 @@ export const USER_HEADER = "X-Realtime-User";
 export const CAN_PUBLISH_HEADER = "X-Realtime-Can-Publish";
 /** Header the Worker sets on an upgrade forwarded to a shard: its index. */
 export const SHARD_HEADER = "X-Realtime-Shard";
+/** Header on a shard's upgrade response: its open sockets (read and removed by the root). */
+export const SHARD_SOCKETS_HEADER = "X-Realtime-Shard-Sockets";
 
 /** Socket tags (at most 10 per socket, 256 characters each): fixed at accept time. */
 export const TAG_UNFILTERED = "nf";

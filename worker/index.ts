@@ -43,6 +43,8 @@ app.get(`${CHANNEL_PATH_PREFIX}:channel`, async (c) => {
   url.searchParams.delete("token");
   const headers = new Headers(c.req.raw.headers);
   headers.delete("Authorization");
+  // Only this Worker (and the channel's root) set the objects' own headers.
+  for (const name of [...headers.keys()]) if (name.startsWith("x-realtime-")) headers.delete(name);
   headers.set(CHANNEL_NAME_HEADER, channel);
   if (identity.sub) headers.set(USER_HEADER, identity.sub);
   else headers.delete(USER_HEADER);

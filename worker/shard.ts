@@ -16,7 +16,7 @@ import type { PresenceMember } from "../protocol/index.ts";
 import { matchesEvent } from "../protocol/index.ts";
 import type { Channel } from "./channel.ts";
 import type { Env } from "./env.ts";
-import { CHANNEL_NAME_HEADER, eventsFrame, member, send, SHARD_HEADER, SocketHub, trySend, type Outgoing, type SocketAttachment } from "./hub.ts";
+import { CHANNEL_NAME_HEADER, eventsFrame, member, send, SHARD_HEADER, SHARD_SOCKETS_HEADER, SocketHub, trySend, type Outgoing, type SocketAttachment } from "./hub.ts";
 import { log } from "./log.ts";
 
 /** Recent events kept in memory to catch up sockets whose join overlapped a delivery. */
@@ -108,6 +108,8 @@ export class ChannelShard extends SocketHub {
       const members = await this.root().presenceJoin(member(me), this.index);
       send(server, { type: "presence", members });
     }
+    // The root placing sockets (AUTO_SHARD_SOCKETS) asks how many this shard now holds.
+    if (request.headers.has(SHARD_SOCKETS_HEADER)) accepted.response.headers.set(SHARD_SOCKETS_HEADER, String(this.ctx.getWebSockets().length));
     return accepted.response;
   }
 

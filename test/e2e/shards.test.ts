@@ -1,7 +1,8 @@
 /**
  * A sharded channel through the whole stack: 4 shards x 500 sockets on one channel behind the real
- * Worker, fed by the relay: every socket gets the same sequence, nothing lost; and a client that
- * reconnects onto another shard resumes exactly.
+ * Worker, fed by the relay: every socket gets the same sequence, nothing lost; a client that
+ * reconnects onto another shard resumes exactly; and a channel configured with no shards grows
+ * onto shards by itself past AUTO_SHARD_SOCKETS (100 here).
  */
 import { afterAll, beforeAll, expect, it } from "vitest";
 import type { Relay } from "../../relay/relay.ts";
@@ -20,7 +21,7 @@ let relay: Relay;
 let net: TcpProxy;
 
 beforeAll(async () => {
-  [db, worker] = await Promise.all([testDatabase("shards"), startTestWorker({ SHARDS: "live:*=4", MAX_SOCKETS_PER_CHANNEL: "1000" })]);
+  [db, worker] = await Promise.all([testDatabase("shards"), startTestWorker({ SHARDS: "live:*=4", MAX_SOCKETS_PER_CHANNEL: "1000", AUTO_SHARD_SOCKETS: "100" })]);
   net = await startTcpProxy(worker.url);
   relay = startRelay({ databaseUrl: db.url, workerUrl: worker.url });
   await relayEvent(relay, "idle");
@@ -87,3 +88,33 @@ it("resumes a client exactly when its reconnect lands on another shard", async (
     c.sub.close();
   }
 });
+
+it("grows a channel onto shards by itself past AUTO_SHARD_SOCKETS, filling each before the next", async () => {
+  const sockets: TestSubscriber[] = [];
+  try {
+    for (let i = 0; i < 350; i += 50) sockets.push(...(await Promise.all(Array.from({ length: 50 }, () => TestSubscriber.connect(worker.url, "crowd")))));
+    const on = (shard: number | undefined) => sockets.filter((s) => (s.welcome as { shard?: number }).shard === shard).length;
+    // The root keeps 100, then shard 0 fills to 100, shard 1 to 100, and shard 2 takes the rest.
+    expect([on(undefined), on(0), on(1), on(2)]).toEqual([100, 100, 100, 50]);
+    expect(await stats("crowd")).toMatchObject({ shards: 3, sockets: 350 });
+
+    await writeNumbered(db, "crowd", 1, 200, 10);
+    const reference = (await sockets[0]!.waitForEvents(200, 60_000)).map((e) => `${e.seq}:${e.id}`);
+    expect(reference.map((r) => Number(r.split(":")[0]))).toEqual(Array.from({ length: 200 }, (_, i) => i + 1));
+    for (const s of sockets) expect((await s.waitForEvents(200, 60_000)).map((e) => `${e.seq}:${e.id}`)).toEqual(reference);
+
+    // A client of shard 2 leaves, events go on, and it comes back (on shard 2 again, the least
+    // full): it gets exactly what it missed.
+    const leaver = sockets.find((s) => (s.welcome as { shard?: number }).shard === 2)!;
+    const { epoch } = leaver.welcome;
+    leaver.close();
+    await writeNumbered(db, "crowd", 201, 220, 10);
+    await sockets[0]!.waitForEvents(220, 60_000);
+    const back = await TestSubscriber.connect(worker.url, "crowd", { since: "200", epoch });
+    sockets.push(back);
+    expect((back.welcome as { shard?: number }).shard).toBe(2);
+    expect((await back.waitForEvents(20, 60_000)).map((e) => e.seq)).toEqual(Array.from({ length: 20 }, (_, i) => 201 + i));
+  } finally {
+    for (const s of sockets) s.close();
+  }
+}, 180_000);

@@ -8,6 +8,8 @@ import { runInDurableObject } from "cloudflare:test";
 import { describe, expect, it } from "vitest";
 import type { ChannelEvent, PresenceMember, ServerFrame } from "../../protocol/index.ts";
 import { shardName } from "../../worker/channel.ts";
+import { resolveWorkerConfig } from "../../worker/config.ts";
+import type { Env } from "../../worker/env.ts";
 import { CHANNEL_NAME_HEADER, SHARD_HEADER, USER_HEADER, CAN_PUBLISH_HEADER } from "../../worker/hub.ts";
 import { change, event, ingest, Socket } from "./helpers.ts";
 
@@ -116,5 +118,22 @@ describe("sharded channels", () => {
     expect(stats.shardDeliveries).toBeGreaterThanOrEqual(4);
     // Fewer frames than events reached a socket: several events shared one frame.
     expect(sockets[0]!.frames.filter((f) => f.type === "events").length).toBeLessThan(60);
+  });
+});
+
+describe("shard configuration", () => {
+  const config = (vars: Record<string, string>) => () => resolveWorkerConfig({ ...vars } as unknown as Env);
+
+  it("reads SHARDS patterns and AUTO_SHARD_SOCKETS, off by default", () => {
+    expect(config({ SHARDS: "live:*=8, feed:{sub}=2" })()).toMatchObject({ shards: [{ pattern: "live:*", count: 8 }, { pattern: "feed:{sub}", count: 2 }], autoShardSockets: 0 });
+    expect(config({ AUTO_SHARD_SOCKETS: "5000" })().autoShardSockets).toBe(5000);
+  });
+
+  it("refuses settings it cannot honour, saying how to fix them", () => {
+    expect(config({ SHARDS: "live:*=1" })).toThrow(/SHARDS entries are <channel pattern>=<2-256 shards>, e.g. "live:\*=8"; got "live:\*=1"/);
+    expect(config({ SHARDS: "live:*=300" })).toThrow(/2-256 shards/);
+    expect(config({ AUTO_SHARD_SOCKETS: "-1" })).toThrow(/AUTO_SHARD_SOCKETS must be an integer from 0 to 32768/);
+    expect(config({ AUTO_SHARD_SOCKETS: "20000" })).toThrow(/must not exceed MAX_SOCKETS_PER_CHANNEL \(10000\)/);
+    expect(config({ AUTO_SHARD_SOCKETS: "20000", MAX_SOCKETS_PER_CHANNEL: "30000" })().autoShardSockets).toBe(20000);
   });
 });
