@@ -280,15 +280,20 @@ export class Channel extends SocketHub {
     await this.deliver([...latest.values()].sort((a, b) => a.seq - b.seq));
   }
 
-  /** To this object's sockets, and to every shard with one RPC each. */
+  /**
+   * To this object's sockets, and to every shard with one RPC each. The publish does not wait for
+   * the shards (its events are stored: a shard that misses them fills the gap from this log), so
+   * a hot sharded channel does not hold up the relay's batch, and with it every other channel of
+   * the batch; it waits only when a shard is falling behind (more queued than one coalesced
+   * delivery), which slows the relay down instead of letting the queue grow.
+   */
   private async deliver(events: Outgoing[]): Promise<void> {
     this.deliverLocal(events);
     const count = this.shardTotal();
     if (count === 0) return;
     const wire = events.map((e) => ({ seq: e.seq, json: e.json }));
-    const results = await Promise.allSettled(Array.from({ length: count }, (_, i) => this.toShard(i, wire)));
-    // A shard that missed a batch asks for the gap with its next one (it checks seq continuity).
-    results.forEach((r, i) => r.status === "rejected" && log("warn", "shard delivery failed", { shard: i, error: String(r.reason) }));
+    const sent = Array.from({ length: count }, (_, i) => this.toShard(i, wire));
+    if ([...this.lanes.values()].some((lane) => lane.queue.length > 1)) await Promise.all(sent);
   }
 
   /**
@@ -297,7 +302,7 @@ export class Channel extends SocketHub {
    * is in flight are coalesced into the next delivery (up to SHARD_BATCH_BYTES), so a shard busy
    * sending to its sockets gets one RPC, and each socket one frame, for all of them. Under load
    * the root's RPCs per shard fall to one per shard round trip, whatever the publish rate.
-   * Resolves once the delivery carrying these events is done.
+   * Resolves (never rejects) once the delivery carrying these events is done or given up.
    */
   private toShard(i: number, wire: WireEvent[]): Promise<void> {
     let lane = this.lanes.get(i);
@@ -306,9 +311,8 @@ export class Channel extends SocketHub {
     let batch = lane.queue.at(-1);
     if (!batch || batch.bytes + bytes > SHARD_BATCH_BYTES) {
       let resolve!: () => void;
-      let reject!: (e: unknown) => void;
-      const done = new Promise<void>((res, rej) => ((resolve = res), (reject = rej)));
-      batch = { events: [], bytes: 0, done, resolve, reject };
+      const done = new Promise<void>((res) => (resolve = res));
+      batch = { events: [], bytes: 0, done, resolve };
       lane.queue.push(batch);
     }
     batch.events.push(...wire);
@@ -325,11 +329,30 @@ export class Channel extends SocketHub {
       return;
     }
     lane.busy = true;
-    this.shardDeliveries++;
-    this.shardStub(i)
-      .deliver(this.name!, this.epoch, batch.events)
-      .then(batch.resolve, batch.reject)
-      .finally(() => this.pump(i, lane));
+    void this.sendToShard(i, batch.events).finally(() => {
+      batch.resolve();
+      this.pump(i, lane);
+    });
+  }
+
+  /**
+   * One delivery, retried a few times (a shard drops seqs it already has, so a retry is safe);
+   * past that, the shard fills the gap from this log with its next delivery.
+   */
+  private async sendToShard(i: number, events: WireEvent[]): Promise<void> {
+    for (let attempt = 0; ; attempt++) {
+      this.shardDeliveries++;
+      try {
+        await this.shardStub(i).deliver(this.name!, this.epoch, events);
+        return;
+      } catch (err) {
+        if (attempt >= SHARD_RETRY_MS.length) {
+          log("warn", "shard delivery failed; the shard fills the gap with its next delivery", { shard: i, error: String(err) });
+          return;
+        }
+        await new Promise((resolve) => setTimeout(resolve, SHARD_RETRY_MS[attempt]));
+      }
+    }
   }
 
   /** Accepts a WebSocket (forwarded by the Worker), greets it, and replays what it missed. */
@@ -557,7 +580,7 @@ type WireEvent = { seq: number; json: string };
 /** A shard's deliveries: one in flight (busy), the next ones collecting publishes. */
 interface ShardLane {
   busy: boolean;
-  queue: { events: WireEvent[]; bytes: number; done: Promise<void>; resolve: () => void; reject: (e: unknown) => void }[];
+  queue: { events: WireEvent[]; bytes: number; done: Promise<void>; resolve: () => void }[];
 }
 
 /** Shards a channel adds at most under AUTO_SHARD_SOCKETS (as many as SHARDS allows). */
@@ -569,6 +592,9 @@ function publicHeaders(headers: Headers): Headers {
   out.delete(SHARD_SOCKETS_HEADER);
   return out;
 }
+
+/** Waits before each retry of a failed shard delivery, ms. */
+const SHARD_RETRY_MS = [50, 250, 1000];
 
 /** The most event JSON one coalesced shard delivery carries (an RPC argument may be 32 MiB). */
 const SHARD_BATCH_BYTES = 4 * 1024 * 1024;

@@ -24,8 +24,10 @@ export interface Costs {
   sendUs: number;
   /** What each further event in that frame adds to the send. */
   sendPerEventUs: number;
-  /** One root-to-shard delivery with no sockets: the RPC, issued by the root and handled by the shard. */
+  /** One root-to-shard delivery: the RPC, issued by the root and handled by the shard (sends aside). */
   rpcMs: number;
+  /** The root's share of `rpcMs`: its time to issue one RPC (the shard's share is the rest). */
+  rpcRootMs: number;
   /** Network time of one root-to-shard RPC (0 locally; shards placed in other locations add it). */
   networkMs: number;
   /** Events one relay partition ships per second, in full batches (its drain rate). */
@@ -78,11 +80,6 @@ export const RELAY_HEADROOM = 0.7;
 export const TARGET_UTILIZATION = 0.5;
 /** The longest a shard's delivery (its sends to all its sockets) is planned to take. */
 export const DELIVERY_BUDGET_MS = 250;
-/**
- * Of a shard delivery's measured cost, the share the root pays (issuing the RPC) rather than the
- * shard (handling it). Measured locally only as a sum, on one thread; the model splits it evenly.
- */
-export const ROOT_SHARE_OF_RPC = 0.5;
 
 /** How the relay partitions ship a workload's events. */
 export interface RelayPlan {
@@ -176,7 +173,7 @@ interface ShardLoad {
 
 /** One shard of `sockets` under `publishesPerSecond` publishes of `events` events each, coalescing when busy. */
 export function shardLoad(costs: Costs, sockets: number, publishesPerSecond: number, events: number): ShardLoad {
-  const fixed = costs.rpcMs * (1 - ROOT_SHARE_OF_RPC) + (sockets * costs.sendUs) / 1000; // ms per delivery
+  const fixed = shardRpcMs(costs) + (sockets * costs.sendUs) / 1000; // ms per delivery
   const perEvent = (sockets * costs.sendPerEventUs) / 1000; // ms per further event in it
   const single = fixed + (events - 1) * perEvent;
   if ((publishesPerSecond * single) / 1000 <= 1) {
@@ -198,7 +195,7 @@ export function planChannel(costs: Costs, w: Workload, relays = planRelays(costs
   const sendMs = (sockets: number) => (sockets * (costs.sendUs + (eventsPerPublish - 1) * costs.sendPerEventUs)) / 1000;
   const cap = Math.min(LIMITS.socketsPerObject, LIMITS.defaultSocketsPerChannel);
   const problems: string[] = [];
-  const rootRpcMs = costs.rpcMs * ROOT_SHARE_OF_RPC;
+  const rootRpcMs = Math.min(costs.rpcRootMs, costs.rpcMs);
   const unshardedUtil = (publishesPerSecond * (storeMs + sendMs(n))) / 1000;
   const rootOf = (shards: number, load: ShardLoad) => (publishesPerSecond * storeMs + shards * load.deliveriesPerSecond * rootRpcMs) / 1000;
 
@@ -234,7 +231,8 @@ export function planChannel(costs: Costs, w: Workload, relays = planRelays(costs
   const socketsPerShard = shards > 0 ? Math.ceil(n / shards) : 0;
   const rootUtilization = shards > 0 ? rootOf(shards, load) : unshardedUtil;
   const rootPublishMs = shards > 0 ? storeMs : storeMs + sendMs(n);
-  const stable = rootUtilization < 1 && load.stable;
+  // Past one partition's drain rate, the channel's backlog grows at the relay, whatever the tree.
+  const stable = rootUtilization < 1 && load.stable && w.eventsPerSecond <= relays.perChannelCeiling;
   if (rootUtilization >= 1) problems.push(`root busy ${(rootUtilization * 100).toFixed(0)}% of the time: it cannot keep up`);
   if (!load.stable) problems.push("each shard's sends grow faster than it can coalesce: it cannot keep up");
   if (publishesPerSecond > LIMITS.requestsPerSecondPerObject) problems.push(`root receives ${Math.round(publishesPerSecond)} requests/s, past the soft limit of ${LIMITS.requestsPerSecondPerObject}`);
@@ -258,6 +256,11 @@ export function planChannel(costs: Costs, w: Workload, relays = planRelays(costs
     unloadedLatencyMs: relays.batchIntervalMs / 2 + workerHopMs(costs) + rootPublishMs + shards * rootRpcMs + (shards > 0 ? costs.networkMs + single : 0),
     problems,
   };
+}
+
+/** The shard's share of one delivery RPC. */
+function shardRpcMs(costs: Costs): number {
+  return Math.max(0, costs.rpcMs - costs.rpcRootMs);
 }
 
 /** The part of an ingest round trip outside the root object (relay to Worker, Worker to object). */
@@ -347,7 +350,7 @@ export function simulate(costs: Costs, w: Workload, plan: ChannelPlan, relays: R
   }
   const k = plan.eventsPerPublish;
   const delivery = (i: number, events: number) =>
-    costs.rpcMs * (1 - ROOT_SHARE_OF_RPC) + (perShard[i]! * (costs.sendUs + (events - 1) * costs.sendPerEventUs)) / 1000;
+    shardRpcMs(costs) + (perShard[i]! * (costs.sendUs + (events - 1) * costs.sendPerEventUs)) / 1000;
   type Lane = { busyUntil: number; pending: { start: number; events: number; members: number[] } | null; deliveries: number };
   const lanes: Lane[] = perShard.map(() => ({ busyUntil: 0, pending: null, deliveries: 0 }));
   const arrivals: number[] = [];

@@ -25,6 +25,7 @@ const costs: Costs = {
   sendUs: 50,
   sendPerEventUs: 1,
   rpcMs: 2,
+  rpcRootMs: 1,
   networkMs: 0,
   relayEventsPerSecond: 10_000,
   triggerUs: 40,
@@ -112,7 +113,7 @@ describe("planChannel", () => {
   it("keeps up with a hot channel by coalescing, not by more shards", () => {
     // Each further event in a frame costs 0.2 us a socket (a delivery of many events costs little
     // more than one), and issuing an RPC 0.1 ms of the root's time.
-    const c = { ...costs, sendPerEventUs: 0.2, rpcMs: 0.2 };
+    const c = { ...costs, sendPerEventUs: 0.2, rpcMs: 0.2, rpcRootMs: 0.1 };
     const slow = planChannel(c, workload({ subscribersPerChannel: 1_000_000, eventsPerSecond: 1 }));
     const hot = planChannel(c, workload({ subscribersPerChannel: 1_000_000, eventsPerSecond: 100 }));
     expect(hot.stable).toBe(true);
@@ -126,6 +127,7 @@ describe("planChannel", () => {
     expect(tooBig.problems.join("; ")).toMatch(/second tree level/);
     const oneChannel = planChannel(costs, workload({ subscribersPerChannel: 10, eventsPerSecond: 100_000 }));
     expect(oneChannel.problems.join("; ")).toMatch(/one relay partition: at most 10000 events\/s/);
+    expect(oneChannel.stable).toBe(false);
   });
 });
 
