@@ -234,6 +234,7 @@ export function planChannel(costs: Costs, w: Workload, relays = planRelays(costs
   // Past one partition's drain rate, the channel's backlog grows at the relay, whatever the tree.
   const stable = rootUtilization < 1 && load.stable && w.eventsPerSecond <= relays.perChannelCeiling;
   if (rootUtilization >= 1) problems.push(`root busy ${(rootUtilization * 100).toFixed(0)}% of the time: it cannot keep up`);
+  else if (rootUtilization > TARGET_UTILIZATION) problems.push(`root busy ${(rootUtilization * 100).toFixed(0)}% of the time, over the ${TARGET_UTILIZATION * 100}% target: it keeps up, with a longer tail`);
   if (!load.stable) problems.push("each shard's sends grow faster than it can coalesce: it cannot keep up");
   if (publishesPerSecond > LIMITS.requestsPerSecondPerObject) problems.push(`root receives ${Math.round(publishesPerSecond)} requests/s, past the soft limit of ${LIMITS.requestsPerSecondPerObject}`);
   if (w.eventsPerSecond > relays.perChannelCeiling) problems.push(`one channel's events go through one relay partition: at most ${Math.round(relays.perChannelCeiling)} events/s`);
