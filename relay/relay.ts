@@ -203,8 +203,13 @@ export class Relay extends EventEmitter<RelayEvents> {
     // Whether our row of realtime.doorbells says we are idle; unknown after a (re)start.
     let waiting: boolean | null = null;
     // The page after the one in flight, read while the batch travels (the connection is idle
-    // meanwhile). It depends only on the cursor the in-flight batch leads to, so a retried
-    // batch leaves it valid.
+    // meanwhile), when the window has more rows than the page: draining a backlog, it saves a
+    // read per batch. It depends only on the cursor the in-flight batch leads to, so a retried
+    // batch leaves it valid. A page that finishes its window is not followed by a prefetch: the
+    // next window is read after the acknowledgement, so it holds everything committed during the
+    // flight (a prefetch would have been taken at the flight's start, and rows committed during
+    // the flight would wait for one more round trip: about 2.5 round trips of latency instead
+    // of 1.5 under a steady load).
     let prefetched: Promise<Page> | null = null;
     while (!this.stopping && !session.closed) {
       session.rung = false;
@@ -216,8 +221,10 @@ export class Relay extends EventEmitter<RelayEvents> {
         quiet?.catch(() => undefined); // a lost connection surfaces through the session
         waiting = false;
         const next = advance(cursor, page);
-        prefetched = readPage(db, next, batchSize, batchBytes, partition);
-        prefetched.catch(() => undefined);
+        if (!page.complete) {
+          prefetched = readPage(db, next, batchSize, batchBytes, partition);
+          prefetched.catch(() => undefined);
+        }
         const started = performance.now();
         const events = page.rows.map((r) => ({ id: `${installId}-${r.id}`, channel: r.channel, event: r.event, data: r.data, ts: r.ts, retain: r.retain }));
         const result = await this.ingest.postUntilAccepted(events, this.stopController.signal);
