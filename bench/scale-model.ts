@@ -11,7 +11,6 @@
  *                                            rpc-root-ms, network-ms, relay-events-per-second, trigger-us),
  *                                            e.g. with figures from production
  */
-import { spawn } from "node:child_process";
 import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -29,7 +28,7 @@ import {
   type Costs,
   type Workload,
 } from "./lib/scale.ts";
-import { Receivers, SECRET } from "./lib/stack.ts";
+import { Receivers, SECRET, startWorkerProcess } from "./lib/stack.ts";
 import { fmt, percentile, table } from "./lib/stats.ts";
 
 const root = fileURLToPath(new URL("..", import.meta.url));
@@ -62,21 +61,11 @@ async function post(base: string, channels: string | string[], n: number, seq: {
 }
 
 async function measure(): Promise<Measured> {
-  const worker = spawn(process.execPath, [join(root, "node_modules/tsx/dist/cli.mjs"), join(root, "bench/lib/worker-process.ts")], {
-    env: {
-      ...process.env,
-      BINDINGS: JSON.stringify({ INGEST_SECRET: SECRET, PUBLIC_CHANNELS: "*", MAX_SOCKETS_PER_CHANNEL: "32768", SHARDS: "s2:*=2,s4:*=4,s8:*=8" }),
-    },
-    stdio: ["ignore", "pipe", "inherit"],
-  });
-  const base = await new Promise<string>((resolve, reject) => {
-    let out = "";
-    worker.stdout!.on("data", (d: Buffer) => {
-      out += d;
-      const m = /ready (\S+) (\S+)/.exec(out);
-      if (m) resolve(m[2]!);
-    });
-    worker.once("exit", (code) => reject(new Error(`worker process exited ${code}`)));
+  const { process: worker, url: base } = await startWorkerProcess({
+    INGEST_SECRET: SECRET,
+    PUBLIC_CHANNELS: "*",
+    MAX_SOCKETS_PER_CHANNEL: "32768",
+    SHARDS: "s2:*=2,s4:*=4,s8:*=8",
   });
   const receivers = new Receivers();
   const seq = { i: 0 };

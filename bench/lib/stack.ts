@@ -19,6 +19,27 @@ export const SECRET = "bench-ingest-secret-0123456789";
 /** Columns shared by the three write targets: channel, writer, sequence, send time, padding. */
 const TABLE = `(id bigint generated always as identity primary key, channel text not null, w int not null, n int not null, t0 float8 not null, pad text not null)`;
 
+/**
+ * Our Worker in a process of its own (bench/lib/worker-process.ts) with these plain-text
+ * bindings; resolves with the process and the Worker's direct URL once it serves.
+ */
+export async function startWorkerProcess(bindings: Record<string, string>): Promise<{ process: ChildProcess; url: string }> {
+  const child = spawn(process.execPath, [join(root, "node_modules/tsx/dist/cli.mjs"), join(root, "bench/lib/worker-process.ts")], {
+    env: { ...process.env, BINDINGS: JSON.stringify(bindings) },
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  const url = await new Promise<string>((resolve, reject) => {
+    let out = "";
+    child.stdout!.on("data", (d: Buffer) => {
+      out += d;
+      const m = /ready (\S+) (\S+)/.exec(out);
+      if (m) resolve(m[2]!);
+    });
+    child.once("exit", (code) => reject(new Error(`worker process exited ${code}`)));
+  });
+  return { process: child, url };
+}
+
 /** Everything a scenario needs. */
 export interface Stack {
   postgres: PostgresHandle;
@@ -52,19 +73,7 @@ export async function startStack(log: (line: string) => void): Promise<Stack> {
   await db.end();
   log(`postgres ready (${databaseUrl.replace(/:[^:@/]+@/, ":***@")})`);
 
-  const workerProcess = spawn(process.execPath, [join(root, "node_modules/tsx/dist/cli.mjs"), join(root, "bench/lib/worker-process.ts")], {
-    env: { ...process.env, BINDINGS: JSON.stringify({ INGEST_SECRET: SECRET, PUBLIC_CHANNELS: "*", MAX_SOCKETS_PER_CHANNEL: "32768"}) },
-    stdio: ["ignore", "pipe", "inherit"],
-  });
-  const workerUrl = await new Promise<string>((resolve, reject) => {
-    let out = "";
-    workerProcess.stdout!.on("data", (d: Buffer) => {
-      out += d;
-      const m = /ready (\S+) (\S+)/.exec(out);
-      if (m) resolve(m[2]!);
-    });
-    workerProcess.once("exit", (code) => reject(new Error(`worker process exited ${code}`)));
-  });
+  const { process: workerProcess, url: workerUrl } = await startWorkerProcess({ INGEST_SECRET: SECRET, PUBLIC_CHANNELS: "*", MAX_SOCKETS_PER_CHANNEL: "32768" });
   log(`worker ready (${workerUrl}, direct)`);
 
   const startRelay = (url: string, env: Record<string, string> = {}) =>
