@@ -458,7 +458,8 @@ ${sections.join("\n")}
   ms and each WebSocket send ~30-50 us inside local workerd, against ~5-10 us for a \`ws.send\`
   in Node; and channels with many sockets queue behind the sends when writers go flat out. The
   baseline's tail varies a lot between runs on this shared machine (its p99 at the paced rate
-  has ranged from 36 to 176 ms), so read the ratio with it. In production each Durable Object
+  has ranged from 36 to 247 ms over this machine's runs), so read the ratio with the absolute
+  figures. In production each Durable Object
   runs apart from the others; locally all share one workerd.
 
 ## Optimizations and their before/after (same machine, same harness)
@@ -471,6 +472,7 @@ ${sections.join("\n")}
 | Relay's own writes (cursor, doorbell) with synchronous_commit off; doorbell update while the batch is in flight; Worker reached without wrangler's dev proxy | 16 writers: p50 673 ms, p99 1,000 ms | p50 155 ms, p99 362 ms |
 | Relay reads the next page while the batch is in flight | 16 writers, 10 subs: p99 373 ms | 194-362 ms (noisy) |
 | ... but only while the window has more rows: a finished window is read afresh after the ack, so rows committed during the flight go in the next batch, not the one after | 500 ev/s: p50 45.4 ms, p99 87.5 ms; 16 writers: p50 155 ms, p99 415 ms | p50 28.2 ms, p99 65.6 ms; p50 93.0 ms, p99 218 ms |
+| Relay reads a window from its first row (found through the xid index) instead of walking the primary key past every delivered row kept for \`--retention\` | one read with 200,000 kept rows: 30.5 ms (EXPLAIN ANALYZE); full run after the writer scenario, 500 ev/s: p50 156 ms, p99 261 ms | 0.11 ms; p50 16.5 ms, p99 38.8 ms |
 | Relay batches up to 1000 events (was 500); log trimmed every 100 events, not every publish | 100,000-event drain: 6,250-7,487 events/s | 10,734-12,048 events/s |
 | Relay run with V8's young generation capped at 2 MB (the CLI's shebang) | 1,000,000-event backlog: RSS max 142 MB, drain 7,108 events/s | 87.6 MB, 7,457 events/s |
 | Tried and reverted: the relay polling 30 ms before declaring itself idle (to avoid NOTIFY storms) | writers (b): 0.42x | 0.39x (no measurable gain) |

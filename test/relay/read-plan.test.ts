@@ -30,10 +30,10 @@ function rowsRemoved(plan: Record<string, unknown>): number {
 it("reads a new window through the index, past 20,000 delivered rows without touching them", async () => {
   // 20,000 delivered rows (the cursor's done snapshot sees them), then 3 new ones.
   for (let i = 0; i < 20; i++) await db.sql("insert into kept (channel) select 'c' || (g % 7) from generate_series(1, 1000) g");
-  const [{ done }] = await db.sql<{ done: string }>("select pg_current_snapshot()::text as done");
+  const [snapshot] = await db.sql<{ done: string }>("select pg_current_snapshot()::text as done");
   await db.sql("insert into kept (channel) values ('c1'), ('c2'), ('c3')");
   await db.sql("analyze realtime.outbox");
-  const cursor: Cursor = { done: done!, target: null, afterId: null };
+  const cursor: Cursor = { done: snapshot!.done, target: null, afterId: null };
 
   const page = await readPage(await db.client(), cursor, 1000, 1 << 20);
   expect(page.rows.map((r) => r.channel)).toEqual(["c1", "c2", "c3"]);
