@@ -292,7 +292,8 @@ export class Channel extends SocketHub {
     const count = this.shardTotal();
     if (count === 0) return;
     const wire = events.map((e) => ({ seq: e.seq, json: e.json }));
-    const sent = Array.from({ length: count }, (_, i) => this.toShard(i, wire));
+    const bytes = wire.reduce((n, e) => n + e.json.length, 0);
+    const sent = Array.from({ length: count }, (_, i) => this.toShard(i, wire, bytes));
     if ([...this.lanes.values()].some((lane) => lane.queue.length > 1)) await Promise.all(sent);
   }
 
@@ -302,12 +303,12 @@ export class Channel extends SocketHub {
    * is in flight are coalesced into the next delivery (up to SHARD_BATCH_BYTES), so a shard busy
    * sending to its sockets gets one RPC, and each socket one frame, for all of them. Under load
    * the root's RPCs per shard fall to one per shard round trip, whatever the publish rate.
-   * Resolves (never rejects) once the delivery carrying these events is done or given up.
+   * Resolves (never rejects) once the delivery carrying these events (`bytes` of JSON) is done
+   * or given up.
    */
-  private toShard(i: number, wire: WireEvent[]): Promise<void> {
+  private toShard(i: number, wire: WireEvent[], bytes: number): Promise<void> {
     let lane = this.lanes.get(i);
     if (!lane) this.lanes.set(i, (lane = { busy: false, queue: [] }));
-    const bytes = wire.reduce((n, e) => n + e.json.length, 0);
     let batch = lane.queue.at(-1);
     if (!batch || batch.bytes + bytes > SHARD_BATCH_BYTES) {
       let resolve!: () => void;
@@ -315,7 +316,7 @@ export class Channel extends SocketHub {
       batch = { events: [], bytes: 0, done, resolve };
       lane.queue.push(batch);
     }
-    batch.events.push(...wire);
+    for (const e of wire) batch.events.push(e); // (a spread of a long array would overflow the stack)
     batch.bytes += bytes;
     if (!lane.busy) this.pump(i, lane);
     return batch.done;
