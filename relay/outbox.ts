@@ -42,6 +42,15 @@ export interface Partition {
   count: number;
 }
 
+/**
+ * SQL for the partition of a channel hash (an int4 such as `hashtext(channel)`) among `count`:
+ * the hash is widened before abs(), since abs() of the least int4 overflows, and one channel name
+ * in four billion hashes to it.
+ */
+export function partitionSql(hash: string, count: string): string {
+  return `mod(abs((${hash})::bigint), ${count})`;
+}
+
 /** A page of a window. */
 export interface Page {
   /** The window's upper snapshot (taken now if the cursor had none). */
@@ -161,7 +170,7 @@ export const READ_PAGE_SQL = `with snap as (
              -- row: the pkey scan then skips the delivered rows kept for retention instead of
              -- filtering every one of them (200,000 retained rows cost each read 30 ms that way).
              and o.id > coalesce($3::bigint, (select min(x.id) - 1 from (select id from realtime.outbox where xid >= pg_snapshot_xmin(snap.done) offset 0) x), 0)
-             and ($6::int is null or mod(abs(hashtext(o.channel)), $6::int) = $7::int)
+             and ($6::int is null or ${partitionSql("hashtext(o.channel)", "$6::int")} = $7::int)
            order by o.id
            limit $4
          ) w

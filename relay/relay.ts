@@ -11,7 +11,7 @@ import { backoffDelay, sleep } from "./backoff.ts";
 import { resolveRelayOptions, type RelayOptions, type ResolvedRelayOptions } from "./config.ts";
 import { IngestClient, StoppedError, type IngestError, type OutgoingEvent } from "./ingest-client.ts";
 import { createLogger, redactUrl, type Logger } from "./log.ts";
-import { advance, loadCursor, pruneDelivered, readPage, saveCursor, type Cursor, type Page } from "./outbox.ts";
+import { advance, loadCursor, partitionSql, pruneDelivered, readPage, saveCursor, type Cursor, type Page } from "./outbox.ts";
 
 /** Channel the capture triggers NOTIFY when the relay is idle (sql/realtime.sql, realtime.ring). */
 export const DOORBELL_CHANNEL = "realtime_doorbell";
@@ -112,7 +112,7 @@ export class Relay extends EventEmitter<RelayEvents> {
       `select extract(epoch from now() - min(created_at))::float8 as oldest from (
          select created_at from realtime.outbox
          where (xid >= pg_snapshot_xmax($1::pg_snapshot) or xid in (select pg_snapshot_xip($1::pg_snapshot)))
-           and ($2::int is null or mod(abs(hashtext(channel)), $2::int) = $3::int)
+           and ($2::int is null or ${partitionSql("hashtext(channel)", "$2::int")} = $3::int)
          order by xid limit 1) oldest`,
       [this.cursor.done, p?.count ?? null, p?.index ?? null],
     );
