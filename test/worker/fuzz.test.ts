@@ -71,6 +71,9 @@ const valid = fc.record({
   ),
 });
 
+/** 300 and 60 generated runs take 2-4 s on an idle 2-core machine; a loaded one needs more. */
+const FUZZ_TIMEOUT_MS = 30_000;
+
 it("answers every signed ingest body with 200 or a 4xx JSON error, and stores exactly what it accepts", async () => {
   const statuses = new Set<number>();
   await fc.assert(
@@ -92,7 +95,7 @@ it("answers every signed ingest body with 200 or a 4xx JSON error, and stores ex
     { numRuns: 300 },
   );
   expect([...statuses].sort()).toEqual([200, 400]);
-});
+}, FUZZ_TIMEOUT_MS);
 
 it("survives any inbound frame (text or binary, any size): only protocol frames come back, and the channel keeps working", async () => {
   await fc.assert(
@@ -118,7 +121,7 @@ it("survives any inbound frame (text or binary, any size): only protocol frames 
   await after.frameCount(1);
   await ingest([event("fuzz-frames", "alive")]);
   expect((await after.eventCount(1))[0]!.data).toBe("alive");
-});
+}, FUZZ_TIMEOUT_MS);
 
 it("never echoes a token or secret in refusals", async () => {
   const token = await tokenFor(["somewhere-else"]);
