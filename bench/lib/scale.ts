@@ -32,7 +32,7 @@ export interface Costs {
   networkMs: number;
   /** Events one relay partition ships per second, in full batches (its drain rate). */
   relayEventsPerSecond: number;
-  /** What the capture trigger costs a writer per row. */
+  /** What capture costs a writer per row (Postgres CPU: the trigger and the outbox row it writes). */
   triggerUs: number;
 }
 
