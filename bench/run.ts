@@ -478,9 +478,13 @@ ${sections.join("\n")}
   its check constraints changed nothing measurable: the heap row, its index entries and its WAL
   are the cost. So a watched table keeps ~0.7x of a plain table's commit rate (b'), and with the
   relay, the Worker and the sockets on the same two cores (b) ~0.5x. The 0.80x target is not met
-  on this machine. Capture from WAL would write no second row: pgoutput decoded 64,000 such
-  transactions in 580 ms here (~9 us each), which is the next step for this target. The seeds'
-  trigger stays at ~0.2-0.3x because NOTIFY serializes commits.
+  on this machine. Capture from WAL would write no second row, and is the next step for this
+  target: with a streaming logical decoder (pg_recvlogical, test_decoding) running beside the
+  same pgbench writers on a plain table, they kept 0.97-1.10x of their rate, and the walsender
+  took ~34 us of CPU per transaction. Polling the slot through SQL
+  (\`pg_logical_slot_get_binary_changes\` in a loop) is no substitute: each call decodes again
+  from the slot's restart point, and the writers fell to ~0.65x. The seeds' trigger stays at
+  ~0.2-0.3x because NOTIFY serializes commits.
 - **Throughput end to end**: ${verdict.throughput}. ${verdict.cpu} With many
   subscribers ours pulls ahead (one frame per batch per socket).
 - **Latency**: ${verdict.latency}. The extra hops show in the median: a one-event ingest takes ~3
