@@ -12,7 +12,7 @@ export type Role = (typeof ROLES)[number];
 const TICK_MS = 10; // USER_HZ is 100 on Linux
 
 /** The part a process plays, from its command line; null for anything else on the machine. */
-function roleOf(pid: number, cmdline: string): Role | null {
+export function roleOf(pid: number, cmdline: string): Role | null {
   if (pid === process.pid) return "writers (harness)";
   // Postgres backends retitle themselves "postgres: user db host ..."; the postmaster keeps its path.
   if (/^postgres: |\/bin\/postgres /.test(cmdline)) return "Postgres";
