@@ -203,6 +203,9 @@ async function endToEnd(stack: Stack, name: string, title: string, workloads: Wo
   return data;
 }
 
+/** All parts' CPU per event, us. */
+const cpuTotal = (m: Measured) => Object.values(m.cpu).reduce((a, b) => a + b, 0);
+
 /** CPU per event by part, each workload's ours beside its baseline (see bench/lib/cpu.ts). */
 function cpuTable(workloads: Workload[], data: Record<string, { ours: Measured; baseline: Measured }>): string {
   const runs = workloads.flatMap((w) => [data[w.name]!.ours, data[w.name]!.baseline]);
@@ -211,7 +214,7 @@ function cpuTable(workloads: Workload[], data: Record<string, { ours: Measured; 
   const header = ["CPU per event, us", ...workloads.flatMap((w) => [`${w.label}: ours`, "baseline"])];
   const cell = (v: number | undefined) => (v === undefined || v < 0.5 ? "-" : fmt(v));
   const rows = used.map((role) => [role, ...runs.map((m) => cell(m.cpu[role]))]);
-  rows.push(["total", ...runs.map((m) => fmt(Object.values(m.cpu).reduce((a, b) => a + b, 0)))]);
+  rows.push(["total", ...runs.map((m) => fmt(cpuTotal(m)))]);
   return `${table(header, rows)}\n\nCPU time of each part's processes from /proc, from the first write to the last receipt, over the events written. All parts share the machine's cores, so a part's CPU is taken from the others.`;
 }
 
@@ -433,12 +436,11 @@ function verdicts(e2e: Record<string, { ours: Measured; baseline: Measured }>): 
   const paced = vs("paced", "p99");
   const x = (v: number) => `${v.toFixed(2)}x`;
   const cpu = e2e.fast && e2e.fast.ours.cpu.Postgres !== undefined ? e2e.fast : null;
-  const total = (m: Measured) => Object.values(m.cpu).reduce((a, b) => a + b, 0);
-  const busy = (m: Measured) => (total(m) * m.eventsPerSecond) / 1e6;
+  const busy = (m: Measured) => (cpuTotal(m) * m.eventsPerSecond) / 1e6;
   const bound = (m: Measured) => (busy(m) >= 0.85 * cpus().length ? "bound by CPU" : "not bound by CPU: it waits");
   return {
     cpu: cpu
-      ? `In that workload (CPU table above) ours took ${fmt(total(cpu.ours))} us of CPU per event in all, ${fmt(cpu.ours.cpu.Postgres!)} us of it in Postgres, ${fmt(cpu.ours.cpu.workerd ?? 0)} us in workerd and ${fmt(cpu.ours.cpu.relay ?? 0)} us in the relay; the baseline ${fmt(total(cpu.baseline))} us, ${fmt(cpu.baseline.cpu.Postgres ?? 0)} us in Postgres. That kept ${fmt(busy(cpu.ours))} of this machine's ${cpus().length} cores busy for ours (${bound(cpu.ours)}) and ${fmt(busy(cpu.baseline))} for the baseline (${bound(cpu.baseline)}).`
+      ? `In that workload (CPU table above) ours took ${fmt(cpuTotal(cpu.ours))} us of CPU per event in all, ${fmt(cpu.ours.cpu.Postgres!)} us of it in Postgres, ${fmt(cpu.ours.cpu.workerd ?? 0)} us in workerd and ${fmt(cpu.ours.cpu.relay ?? 0)} us in the relay; the baseline ${fmt(cpuTotal(cpu.baseline))} us, ${fmt(cpu.baseline.cpu.Postgres ?? 0)} us in Postgres. That kept ${fmt(busy(cpu.ours))} of this machine's ${cpus().length} cores busy for ours (${bound(cpu.ours)}) and ${fmt(busy(cpu.baseline))} for the baseline (${bound(cpu.baseline)}).`
       : "",
     throughput: Number.isNaN(fast)
       ? "not measured in this run"
@@ -510,6 +512,7 @@ ${sections.join("\n")}
 | Relay batches up to 1000 events (was 500); log trimmed every 100 events, not every publish | 100,000-event drain: 6,250-7,487 events/s | 10,734-12,048 events/s |
 | Relay run with V8's young generation capped at 2 MB (the CLI's shebang) | 1,000,000-event backlog: RSS max 142 MB, drain 7,108 events/s | 87.6 MB, 7,457 events/s |
 | Tried and reverted: the relay polling 30 ms before declaring itself idle (to avoid NOTIFY storms) | writers (b): 0.42x | 0.39x (no measurable gain) |
+| Tried and reverted: the relay waiting until 10 ms after a batch left before reading the next (fewer, larger batches under load) | writers (b), two runs: 0.55x, 0.51x | 0.58x, 0.48x (no measurable gain) |
 
 ## How to read and re-run
 
