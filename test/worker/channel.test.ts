@@ -160,3 +160,72 @@ describe("stats", () => {
     expect(after.sockets).toBe(1);
   });
 });
+
+describe("trimming the log and the dedupe ids", () => {
+  const logSeqs = (channel: string) =>
+    runInDurableObject(stubOf(channel), (_, state) => state.storage.sql.exec<{ seq: number }>("select seq from log order by seq").toArray().map((r) => r.seq));
+  const range = (from: number, to: number) => Array.from({ length: to - from + 1 }, (_, i) => from + i);
+
+  it("drops log rows past REPLAY_MAX_AGE_SECONDS and past REPLAY_MAX_EVENTS (50 here), and keeps the rest", async () => {
+    const channel = "trim-log";
+    expect((await ingest(range(1, 20).map(() => event(channel)))).status).toBe(200);
+    // Two days old, past the default bound of one day.
+    await runInDurableObject(stubOf(channel), (_, state) => {
+      state.storage.sql.exec("update log set stored_at = stored_at - ?", 2 * 86_400_000);
+    });
+    await evictDurableObject(stubOf(channel)); // a woken object trims on its first publish
+    expect((await ingest(range(21, 25).map(() => event(channel)))).status).toBe(200);
+    expect(await logSeqs(channel)).toEqual(range(21, 25));
+    // 100 more: the next trim keeps the last 50.
+    expect((await ingest(range(26, 125).map(() => event(channel)))).status).toBe(200);
+    expect(await logSeqs(channel)).toEqual(range(76, 125));
+  });
+
+  it("keeps an id while it is among the last 10,000 or younger than 10 minutes, reading only about the rows it drops", async () => {
+    const channel = "trim-seen";
+    expect((await ingest([event(channel)])).status).toBe(200);
+    const result = await runInDurableObject(stubOf(channel), (instance, state) => {
+      const sql = state.storage.sql;
+      const now = Date.now();
+      // A busy channel's last minutes: ids 2..30,001 after the one published, all of them young.
+      sql.exec(
+        `with recursive g(n) as (select 2 union all select n + 1 from g where n < 30001)
+         insert into seen (id, seq, at) select 'bulk-' || n, n, ? from g`,
+        now,
+      );
+      const channelObject = instance as unknown as { seq: number; sql: SqlStorage; trim(now: number): void };
+      channelObject.seq = 30_001;
+      // Runs one trim, counting the rows its statements read.
+      const trim = () => {
+        let rowsRead = 0;
+        channelObject.sql = {
+          exec: (query: string, ...bindings: unknown[]) => {
+            const cursor = sql.exec(query, ...bindings);
+            cursor.toArray();
+            rowsRead += cursor.rowsRead;
+            return cursor;
+          },
+        } as SqlStorage;
+        try {
+          channelObject.trim(now);
+        } finally {
+          channelObject.sql = sql;
+        }
+        const left = sql.exec<{ low: number; n: number }>("select min(seq) as low, count(*) as n from seen").one();
+        return { rowsRead, ...left };
+      };
+      const young = trim();
+      // Now the first 15,001 are older than 10 minutes.
+      sql.exec("update seen set at = ? where seq <= 15001", now - 11 * 60_000);
+      const aged = trim();
+      return { young, aged };
+    });
+    // All young: nothing goes, and the trim reads a handful of rows (a scan of the 20,001 ids
+    // past the count bound would read every one of them, on every trim).
+    expect(result.young).toMatchObject({ low: 1, n: 30_001 });
+    expect(result.young.rowsRead).toBeLessThan(100);
+    // Old and not among the last 10,000: ids up to 15,001 go, about three rows read for each.
+    expect(result.aged).toMatchObject({ low: 15_002, n: 15_000 });
+    expect(result.aged.rowsRead).toBeLessThan(4 * 15_001);
+  });
+});
