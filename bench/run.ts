@@ -503,6 +503,7 @@ ${sections.join("\n")}
 | --- | --- | --- |
 | Durable Object publish: a constant number of SQL statements per batch (rows as one JSON parameter) instead of three per event | POST of 400 events: 87-125 ms | 19-24 ms |
 | Harness, not product: the benchmark's Worker runs without two things wrangler dev adds locally and a deployed Worker does not run, a trace collector fed every request's tail events and an asset router in front of every request (bench/lib/worker-process.ts) | 1-event ingest: 6.85 ms, 4.8 ms of workerd CPU; 200 events to 10 sockets: 18.5 ms, 16.0 ms of CPU | 2.88 ms, 1.9 ms; 15.7 ms, 13.5 ms |
+| Channel trim reads only the rows it deletes: its log and dedupe-id deletes scanned every row past one bound to test the other, a cost growing with the ids kept for 10 minutes | 200-event publishes to 10 sockets on one channel, workerd CPU per event with 10k / 30k / 50k events stored: 61 / 71 / 80 us; one trim over 30,001 young ids read 20,004 rows | 56 / 50 / 49 us; under 100 rows |
 | Relay POSTs through node:http with a kept-alive agent instead of fetch | 1-event ingest: 12.7 ms | 8.0 ms |
 | Capture trigger: doorbell check inlined, no NULL check for NOT NULL template columns, json payload | 48.2 us per row | 39.7 us per row |
 | Relay's own writes (cursor, doorbell) with synchronous_commit off; doorbell update while the batch is in flight; Worker reached without wrangler's dev proxy | 16 writers: p50 673 ms, p99 1,000 ms | p50 155 ms, p99 362 ms |
