@@ -86,6 +86,33 @@ describe("large events", () => {
 });
 
 describe("cursor", () => {
+  it("persists an acknowledged batch with the next read, or at once when the relay stops right after it", async () => {
+    const sub = await TestSubscriber.connect(worker.url, "todos");
+    const relay = startRelay({ databaseUrl: db.url, workerUrl: worker.url });
+    try {
+      await relayEvent(relay, "idle");
+      const before = await cursorRow();
+      // Stop inside the acknowledgement: no read follows to carry the cursor.
+      relay.once("batch", () => void relay.stop());
+      await db.sql("insert into todos (title) select 'stop after ack ' || g from generate_series(1, 5) g");
+      expect((await sub.waitForEvents(5)).length).toBe(5);
+      await relay.stop();
+      const after = await cursorRow();
+      expect(after!.done).not.toBe(before!.done);
+      // The next relay starts past them: nothing is sent again.
+      const next = startRelay({ databaseUrl: db.url, workerUrl: worker.url });
+      const batches: number[] = [];
+      next.on("batch", (info) => batches.push(info.events));
+      await relayEvent(next, "idle");
+      await next.stop();
+      expect(batches).toEqual([]);
+      expect(await cursorRow()).toEqual(after);
+    } finally {
+      sub.close();
+      await relay.stop();
+    }
+  });
+
   it("moves only after a 2xx: while the Worker answers 500 nothing is acknowledged, and afterwards every event arrives once", async () => {
     const proxy = await startFaultProxy(worker.url);
     const sub = await TestSubscriber.connect(worker.url, "todos");
