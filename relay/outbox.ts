@@ -135,12 +135,12 @@ export async function loadCursor(db: pg.ClientBase, name: string, partition: Par
 
 /** Persists the cursor; called only after the Worker acknowledged what it covers. */
 export async function saveCursor(db: pg.ClientBase, name: string, cursor: Cursor): Promise<void> {
-  await db.query("update realtime.cursors set done = $2, target = $3, after_id = $4, updated_at = now() where name = $1", [
-    name,
-    cursor.done,
-    cursor.target,
-    cursor.afterId,
-  ]);
+  await db.query(saveCursorSql("$4"), [cursor.done, cursor.target, cursor.afterId, name]);
+}
+
+/** The update behind {@link saveCursor}: the position in $1-$3 (as READ_PAGE_SQL takes them), the name in `nameParam`. */
+function saveCursorSql(nameParam: string): string {
+  return `update realtime.cursors set done = $1::pg_snapshot, target = $2::pg_snapshot, after_id = $3::bigint, updated_at = now() where name = ${nameParam}::text`;
 }
 
 /**
@@ -151,8 +151,7 @@ export async function saveCursor(db: pg.ClientBase, name: string, cursor: Cursor
 export const READ_PAGE_SQL = `with saved as (
        -- With $8, the read also persists the cursor it reads from (saveCursor's update), for
        -- one round trip instead of two after an acknowledgement. A null $8 matches no row.
-       update realtime.cursors set done = $1::pg_snapshot, target = $2::pg_snapshot, after_id = $3::bigint, updated_at = now()
-       where name = $8::text
+       ${saveCursorSql("$8")}
      ), snap as (
        select coalesce($2::pg_snapshot, pg_current_snapshot()) as target, $1::pg_snapshot as done
      )
