@@ -7,7 +7,7 @@
  *
  * Two more things wrangler dev adds locally, and a deployed Worker does not run, are left out,
  * because on this machine they cost more CPU than the Worker itself (workerd's CPU time from
- * /proc, see docs/benchmarks.md: a one-event ingest took 4.8 ms of it with both, 1.7 ms without):
+ * /proc, see docs/benchmarks.md: a one-event ingest took 4.8 ms of it with both, 1.9 ms without):
  * - local observability (X_LOCAL_OBSERVABILITY): a trace collector Worker that receives every
  *   request's and every Durable Object call's tail events, for wrangler's local explorer;
  * - the [assets] block of wrangler.toml (the demo page): locally, every request first passes
