@@ -21,7 +21,8 @@ it("npm run dev prints worker/database/demo/token/relay, relays a psql insert to
   const port = await freePort();
   const env: NodeJS.ProcessEnv = { ...process.env, PORT: String(port), DEV_DATA_DIR: dataDir };
   delete env.DATABASE_URL;
-  const child = spawn(process.execPath, [join(root, "node_modules/tsx/dist/cli.mjs"), join(root, "scripts/dev.ts")], { cwd: root, env, stdio: ["ignore", "pipe", "pipe"] });
+  // As package.json's "dev" runs it: one process, so SIGTERM reaches the stack's own handler.
+  const child = spawn(process.execPath, ["--import", "tsx", join(root, "scripts/dev.ts")], { cwd: root, env, stdio: ["ignore", "pipe", "pipe"] });
   let out = "";
   const listeners = new Set<() => void>();
   for (const stream of [child.stdout, child.stderr]) {
