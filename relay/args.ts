@@ -15,6 +15,7 @@ export const OPTION_SPECS: OptionSpec[] = [
   { flag: "database-url", env: "DATABASE_URL", key: "databaseUrl", kind: "string", doc: "Postgres connection string (required)" },
   { flag: "worker-url", env: "WORKER_URL", key: "workerUrl", kind: "string", doc: "the Worker's base URL, e.g. https://x.workers.dev (required)" },
   { flag: "ingest-secret", env: "INGEST_SECRET", key: "ingestSecret", kind: "string", doc: "secret shared with the Worker; prefer the variable (required)" },
+  { flag: "source", env: "RELAY_SOURCE", key: "source", kind: "string", doc: "outbox, or wal (wal_level = logical; cheaper for writers)" },
   { flag: "name", env: "RELAY_NAME", key: "name", kind: "string", doc: "cursor and leader-lock name" },
   { flag: "batch-size", env: "RELAY_BATCH_SIZE", key: "batchSize", kind: "int", doc: "most events per POST (1-1000)" },
   { flag: "batch-bytes", env: "RELAY_BATCH_BYTES", key: "batchBytes", kind: "int", doc: "a batch stops growing past this many bytes of data" },
@@ -37,7 +38,7 @@ export const OPTION_SPECS: OptionSpec[] = [
 export const USAGE = `Usage: pg-edge-realtime <command> [options]
 
 Commands:
-  relay      read the outbox (and NOTIFY channels) and POST signed batches to the Worker
+  relay      read the outbox or the WAL (and NOTIFY channels) and POST signed batches to the Worker
   install    install or upgrade the realtime schema (idempotent; same as psql -f sql/realtime.sql)
   token      print a browser token: token --sub <user> --channels todos,tenant:42 [--ttl 3600]
              (HS256 with JWT_SECRET, the Worker's secret)

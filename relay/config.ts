@@ -19,6 +19,13 @@ export interface RelayOptions {
   workerUrl: string;
   /** Secret shared with the Worker (its `INGEST_SECRET`), at least 16 characters. Env `INGEST_SECRET`. Required. */
   ingestSecret: string;
+  /**
+   * Where captured events are read: `"outbox"` (rows of realtime.outbox, any wal_level) or `"wal"`
+   * (logical decoding messages over a replication slot: needs wal_level = logical and a role with
+   * REPLICATION; cheaper for writers). A wal relay creates its slot, switches capture to the WAL,
+   * and still ships whatever the outbox holds. Env `RELAY_SOURCE`. Default `"outbox"`.
+   */
+  source?: "outbox" | "wal";
   /** Cursor and leader-lock name; relays with the same name share one cursor, one leads. Default `"default"`. */
   name?: string;
   /** Most events per POST (1-1000). Default 1000: every hop costs per request, RPC and frame, not per event. */
@@ -58,6 +65,7 @@ export type ResolvedRelayOptions = Required<RelayOptions>;
 
 /** Defaults of every optional field. */
 export const RELAY_DEFAULTS = {
+  source: "outbox" as "outbox" | "wal",
   name: "default",
   batchSize: 1000,
   batchBytes: 1024 * 1024,
@@ -123,6 +131,10 @@ export function resolveRelayOptions(options: RelayOptions): ResolvedRelayOptions
   intIn("--retention", o.retentionSeconds, 0, 10 * 365 * 86_400);
   intIn("--prune-interval", o.pruneIntervalMs, 10, 86_400_000);
   intIn("--prune-batch", o.pruneBatch, 1, 1_000_000);
+  if (o.source !== "outbox" && o.source !== "wal") throw new RelayConfigError(`--source must be outbox or wal, got ${JSON.stringify(o.source)}`);
+  if (o.source === "wal" && o.partition) {
+    throw new RelayConfigError("--partition works with --source outbox only: a wal relay reads every channel from its replication slot (run one, or partition with the outbox source)");
+  }
   if (o.partition) {
     intIn("--partition count", o.partition.count, 1, 256);
     intIn("--partition index", o.partition.index, 0, o.partition.count - 1);

@@ -54,6 +54,15 @@ export function relayMetrics(relay: Relay): Registry {
     },
   });
   new Gauge({
+    name: "relay_wal_lag_bytes",
+    help: "With --source wal: bytes of WAL its replication slot holds (not yet acknowledged; 0 when caught up; leader only)",
+    registers: [registry],
+    async collect(this: Gauge) {
+      const lag = await relay.walLag().catch(() => null);
+      if (lag) this.set(lag.bytes);
+    },
+  });
+  new Gauge({
     name: "relay_cursor_xmin",
     help: "xmin of the last acknowledged snapshot: every transaction below it is delivered",
     registers: [registry],

@@ -12,13 +12,14 @@ import { resolveRelayOptions, type RelayOptions, type ResolvedRelayOptions } fro
 import { IngestClient, StoppedError, type IngestError, type OutgoingEvent } from "./ingest-client.ts";
 import { createLogger, redactUrl, type Logger } from "./log.ts";
 import { advance, loadCursor, partitionSql, pruneDelivered, readPage, saveCursor, type Cursor, type Page } from "./outbox.ts";
+import { ensureWalCapture, formatLsn, parseLsn, slotName, WalStream } from "./wal.ts";
 
 /** Channel the capture triggers NOTIFY when the relay is idle (sql/realtime.sql, realtime.ring). */
 export const DOORBELL_CHANNEL = "realtime_doorbell";
 
 /** What a delivered batch looked like. */
 export interface BatchInfo {
-  source: "outbox" | "notify";
+  source: "outbox" | "wal" | "notify";
   events: number;
   accepted: number;
   duplicates: number;
@@ -41,6 +42,8 @@ export interface RelayEvents {
   retry: [info: { attempt: number; delayMs: number; error: IngestError }];
   /** NOTIFY payloads were dropped because the queue was full (at-most-once path). */
   dropped: [info: { count: number }];
+  /** The wal source streams its replication slot (capture goes to the WAL). */
+  streaming: [info: { slot: string }];
   /** The outbox reader is idle and waits for the doorbell. */
   idle: [];
   /** A prune round finished: `rows` delivered rows older than the retention were deleted. */
@@ -66,6 +69,8 @@ export class Relay extends EventEmitter<RelayEvents> {
   private connected = false;
   /** The last cursor loaded or saved (acknowledged), for metrics. */
   private cursor: Cursor | null = null;
+  /** The wal source's slot, once it streams. */
+  private walSlot: string | null = null;
 
   constructor(options: RelayOptions, deps: RelayDeps = {}) {
     super();
@@ -117,6 +122,20 @@ export class Relay extends EventEmitter<RelayEvents> {
       [this.cursor.done, p?.count ?? null, p?.index ?? null],
     );
     return { oldestSeconds: Math.max(0, rows[0]?.oldest ?? 0) };
+  }
+
+  /**
+   * Bytes of WAL the wal source's slot still holds (the server's position minus the slot's
+   * confirmed one: 0 when caught up), for the leader of a wal relay; null otherwise.
+   */
+  async walLag(): Promise<{ bytes: number } | null> {
+    const session = this.session;
+    if (!session || !session.leader || !this.walSlot || session.closed) return null;
+    const { rows } = await session.listener.query<{ bytes: string | null }>(
+      "select (pg_current_wal_lsn() - confirmed_flush_lsn)::text as bytes from pg_replication_slots where slot_name = $1",
+      [this.walSlot],
+    );
+    return rows[0]?.bytes == null ? null : { bytes: Math.max(0, Number(rows[0].bytes)) };
   }
 
   /** Starts connecting and working in the background. */
@@ -187,7 +206,10 @@ export class Relay extends EventEmitter<RelayEvents> {
     const forwards = !this.options.partition || this.options.partition.index === 0;
     await session.listen(forwards ? this.options.notify.map((r) => r.pgChannel) : [], (channel, payload) => this.onNotify(channel, payload));
     // Either loop failing ends the session; the other sees the closed session and stops too.
-    await Promise.all([this.outboxLoop(session), this.notifyLoop(session), this.pruneLoop(session)]).catch(async (err) => {
+    // A wal relay still runs the outbox loop: it ships rows written before capture was switched.
+    const loops = [this.outboxLoop(session), this.notifyLoop(session), this.pruneLoop(session)];
+    if (this.options.source === "wal") loops.push(this.walLoop(session));
+    await Promise.all(loops).catch(async (err) => {
       await session.close();
       throw err;
     });
@@ -260,6 +282,75 @@ export class Relay extends EventEmitter<RelayEvents> {
     if (unsaved && !session.closed) await saveCursor(db, name, cursor).catch(() => undefined);
     // A stopped relay must not leave writers ringing (each ring costs them the NOTIFY lock).
     if (waiting !== false && !session.closed) await this.setWaiting(db, false).catch(() => undefined);
+  }
+
+  /**
+   * The wal source (relay/wal.ts): streams the slot, POSTs what it decoded, and moves the slot
+   * past each transaction once the Worker has acknowledged all of its events.
+   */
+  private async walLoop(session: Session): Promise<void> {
+    const { batchSize, batchBytes } = this.options;
+    const installId = await session.installId();
+    const slot = slotName(installId, this.cursorName);
+    const { createdSlot } = await ensureWalCapture(session.query, slot);
+    if (createdSlot) this.log.info("created replication slot", { slot });
+    const stream = await this.openStream(session, slot);
+    this.log.info("streaming", { slot });
+    this.emit("streaming", { slot });
+    session.onClose(() => stream.close());
+    const onStop = () => void stream.close();
+    this.stopController.signal.addEventListener("abort", onStop, { once: true });
+    this.walSlot = slot;
+    try {
+      while (!this.stopping && !session.closed) {
+        const batch = await stream.take(batchSize, batchBytes);
+        if (!batch) break;
+        if (batch.events.length > 0) {
+          const started = performance.now();
+          const events = batch.events.map((e) => ({ id: `${installId}-w${e.lsn}`, channel: e.channel, event: e.event, data: e.data, ts: e.ts, retain: e.retain }));
+          const result = await this.ingest.postUntilAccepted(events, this.stopController.signal);
+          stream.ack(batch);
+          const info: BatchInfo = { source: "wal", events: events.length, ...result, ms: performance.now() - started };
+          this.log.debug("batch acknowledged", { ...info, lsn: batch.ackLsn === null ? null : formatLsn(batch.ackLsn) });
+          this.emit("batch", info);
+        } else {
+          stream.ack(batch);
+        }
+      }
+    } catch (err) {
+      if (err instanceof StoppedError) return;
+      throw err;
+    } finally {
+      this.stopController.signal.removeEventListener("abort", onStop);
+      await stream.close();
+    }
+  }
+
+  /**
+   * Starts streaming the slot. A leader that was just killed may still hold the slot for a moment
+   * (its walsender has not noticed yet): "active for PID" is retried for up to 10 s.
+   */
+  private async openStream(session: Session, slot: string): Promise<WalStream> {
+    const { rows } = await session.query.query<{ lsn: string }>("select confirmed_flush_lsn::text as lsn from pg_replication_slots where slot_name = $1", [slot]);
+    const deadline = Date.now() + 10_000;
+    for (;;) {
+      const stream = new WalStream({
+        databaseUrl: this.options.databaseUrl,
+        slot,
+        applicationName: `pg-edge-realtime relay ${this.options.name} (wal)`,
+        maxBufferedEvents: batchSizeBound(this.options.batchSize),
+        maxBufferedBytes: 4 * this.options.batchBytes,
+        startLsn: parseLsn(rows[0]!.lsn),
+      });
+      try {
+        await stream.start();
+        return stream;
+      } catch (err) {
+        await stream.close();
+        if (!/is active for PID/.test((err as Error).message) || Date.now() > deadline || this.stopping || session.closed) throw err;
+        await session.waitFor(100, this.stopController.signal, "wal");
+      }
+    }
   }
 
   /** Tells writers to ring (or not) for this relay's cursor. */
@@ -338,8 +429,13 @@ export class Relay extends EventEmitter<RelayEvents> {
   }
 }
 
+/** Events the wal stream buffers before pausing its socket: a few batches, so the next is ready when one is acknowledged. */
+function batchSizeBound(batchSize: number): number {
+  return Math.max(4 * batchSize, 1000);
+}
+
 /** What a session's waits are for; each can be woken on its own. */
-type Slot = "outbox" | "notify" | "prune";
+type Slot = "outbox" | "notify" | "prune" | "wal";
 
 /**
  * One connection attempt: a query connection (holds the leader lock, reads, writes the cursor)
@@ -442,10 +538,18 @@ class Session {
     for (const wake of [...this.wakers.values()]) wake();
   }
 
+  private readonly closers: (() => Promise<unknown>)[] = [];
+
+  /** Runs `fn` when the session closes (the wal stream's connection). */
+  onClose(fn: () => Promise<unknown>): void {
+    this.closers.push(fn);
+  }
+
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     for (const wake of [...this.wakers.values()]) wake();
+    await Promise.allSettled(this.closers.map((fn) => fn()));
     // Ending the query connection releases the advisory lock: a standby takes over at once.
     await Promise.allSettled([this.query.end(), this.listener.end()]);
   }

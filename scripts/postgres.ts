@@ -98,8 +98,12 @@ export async function startEmbedded(options: StartPostgresOptions = {}): Promise
       createPostgresUser: process.getuid?.() === 0,
       onLog: log,
       onError: (e: unknown) => log(String(e)),
-      // Enough connections for several relays and test clients; fsync off only for throwaway data.
-      postgresFlags: ["-c", "max_connections=200", ...(temporary ? ["-c", "fsync=off", "-c", "synchronous_commit=off"] : [])],
+      // Enough connections for several relays and test clients; wal_level = logical for the
+      // relay's wal source (a slot per relay name); fsync off only for throwaway data.
+      postgresFlags: [
+        "-c", "max_connections=200", "-c", "wal_level=logical", "-c", "max_replication_slots=50", "-c", "max_wal_senders=50",
+        ...(temporary ? ["-c", "fsync=off", "-c", "synchronous_commit=off"] : []),
+      ],
     });
   if (process.getuid?.() === 0) {
     const reason = unreachableByOthers(dirname(resolve(dataDir)), "its data");
@@ -173,6 +177,8 @@ export async function createDatabase(adminUrl: string, name: string): Promise<{ 
       const c = new pg.Client({ connectionString: adminUrl });
       await c.connect();
       try {
+        // A wal relay's replication slot keeps its database from being dropped.
+        await c.query("select pg_drop_replication_slot(slot_name) from pg_replication_slots where database = $1", [name]);
         await c.query(`drop database if exists ${pg.escapeIdentifier(name)} with (force)`);
       } finally {
         await c.end();

@@ -25,6 +25,16 @@ create table if not exists realtime.installation (
   installed_at timestamptz not null default now()
 );
 insert into realtime.installation default values on conflict do nothing;
+-- Where captured events go: 'outbox' (rows of realtime.outbox, the default) or 'wal' (transactional
+-- logical decoding messages, read by a relay started with --source wal over a replication slot).
+-- Change it with realtime.set_capture(), never by hand: the capture functions are generated for it.
+alter table realtime.installation add column if not exists capture text not null default 'outbox';
+do $$
+begin
+  if not exists (select from pg_constraint where conname = 'installation_capture_valid') then
+    alter table realtime.installation add constraint installation_capture_valid check (capture in ('outbox', 'wal'));
+  end if;
+end $$;
 
 -- The outbox. `xid` is the writing transaction's id: the relay delivers rows in the order their
 -- transactions became visible (PgQ's snapshot batches, see relay/outbox.ts), not in id order,
@@ -101,7 +111,65 @@ begin
   end if;
 end $$;
 
--- Publishes an application event. Returns the outbox id.
+-- In 'wal' capture a channel name is checked here (the outbox's check constraint does it in
+-- 'outbox' capture): a bad name fails the writing statement instead of stopping delivery behind it.
+create or replace function realtime.invalid_channel(channel text) returns text
+language plpgsql immutable as $$
+begin
+  raise exception 'realtime: channel % is not a valid channel name', coalesce(quote_literal(channel), 'NULL')
+    using hint = 'Channel names are 1-128 of A-Z a-z 0-9 _ . : @ -', errcode = '23514';
+end $$;
+
+-- The statement that writes one event per row of `query` (columns channel, event, payload,
+-- retain, in the order the events must be delivered) to where `capture` says:
+--   outbox  an insert into realtime.outbox;
+--   wal     one transactional logical decoding message per row, prefix 'realtime', content
+--           "<channel>\n<event>\n<1 or 0: retain>\n<payload json>" (relay/wal.ts reads it).
+--           Decoding hands messages over in commit order, so the relay needs no snapshots,
+--           cursor rows or doorbell, and writers write no second row: that is what makes it
+--           cheaper for them.
+-- The subquery keeps `query`'s order: a subquery with ORDER BY is not flattened into its caller.
+-- `keyword` is 'perform' for a statement in plpgsql, 'select' for a query (in a CTE: it returns a
+-- row per event).
+create or replace function realtime.sink_sql(query text, capture text, keyword text default 'perform') returns text
+language sql immutable as $$
+  select case capture
+    when 'wal' then
+      keyword || ' pg_logical_emit_message(true, ''realtime'', '
+        || '(case when e.channel ~ ''^[A-Za-z0-9_.:@-]{1,128}$'' then e.channel else realtime.invalid_channel(e.channel) end)'
+        || ' || E''\n'' || e.event || E''\n'' || (case when e.retain::boolean then ''1'' else ''0'' end) || E''\n'' || e.payload::text)'
+        || ' from (' || query || ') e(channel, event, payload, retain)'
+    else 'insert into realtime.outbox (channel, event, payload, retain) ' || query || case when keyword = 'select' then ' returning 1' else '' end
+  end
+$$;
+
+-- Switches where captured events go ('outbox' or 'wal', see realtime.installation.capture) and
+-- regenerates every watch's capture function. A relay started with --source wal calls it once
+-- its replication slot exists: an event written in 'wal' capture while no slot exists is lost,
+-- so switching to 'wal' requires one.
+create or replace function realtime.set_capture(mode text) returns void
+language plpgsql as $$
+begin
+  if mode is null or mode not in ('outbox', 'wal') then
+    raise exception 'realtime.set_capture: % is not a capture mode', coalesce(quote_literal(mode), 'NULL')
+      using hint = 'Use ''outbox'' or ''wal''', errcode = '22023';
+  end if;
+  if mode = 'wal' then
+    if current_setting('wal_level') <> 'logical' then
+      raise exception 'realtime.set_capture: wal capture needs wal_level = logical, and it is %', current_setting('wal_level')
+        using hint = 'Run ALTER SYSTEM SET wal_level = logical and restart Postgres (on a managed database: turn on its logical replication setting)', errcode = '55000';
+    end if;
+    if not exists (select from pg_replication_slots where database = current_database() and plugin = 'pgoutput' and slot_name like 'realtime%') then
+      raise exception 'realtime.set_capture: this database has no relay replication slot, so wal events would be lost'
+        using hint = 'Start the relay with --source wal: it creates its slot, then switches capture itself', errcode = '55000';
+    end if;
+  end if;
+  update realtime.installation set capture = mode where capture is distinct from mode;
+  perform realtime.watch(w.tbl, w.channel, w.retain) from realtime.watches w;
+end $$;
+
+-- Publishes an application event. Returns the outbox id in 'outbox' capture; null in 'wal'
+-- capture, where the event's id is its message's position in the WAL, which the relay reads.
 create or replace function realtime.publish(channel text, event text, payload jsonb default 'null')
 returns bigint
 language plpgsql as $$
@@ -115,6 +183,10 @@ begin
   if event is null or event !~ '^[A-Za-z0-9_.:-]{1,64}$' then
     raise exception 'realtime.publish: event % is not a valid event name', coalesce(quote_literal(event), 'NULL')
       using hint = 'Event names are 1-64 of A-Z a-z 0-9 _ . : -', errcode = '22023';
+  end if;
+  if (select capture from realtime.installation) = 'wal' then
+    perform pg_logical_emit_message(true, 'realtime', channel || E'\n' || event || E'\n0\n' || coalesce(payload, 'null')::text);
+    return null;
   end if;
   insert into realtime.outbox (channel, event, payload) values (channel, event, coalesce(payload, 'null')::json)
     returning id into new_id;
@@ -209,6 +281,12 @@ declare
   key_oj text;
   join_on text;
   head text;
+  q_insert text;
+  q_delete text;
+  q_update text;
+  q_truncate text;
+  capture text;
+  ring text;
 begin
   select c.relname, n.nspname, c.relkind into rel
     from pg_class c join pg_namespace n on n.oid = c.relnamespace where c.oid = tbl;
@@ -236,6 +314,53 @@ begin
     from unnest(keys) k;
   head := format('%L, %L, %L, %L', 'schema', rel.nspname, 'table', rel.relname);
 
+  -- The four statements' queries: (channel, event, payload, retain) rows in delivery order.
+  q_insert := format($q$
+          select %1$s, 'insert', json_build_object('op', 'INSERT', %2$s, 'key', %3$s, 'new', to_json(n.*), 'old', null), %4$L
+            from new_rows n$q$,
+    realtime.channel_expression(tbl, template, 'n'), head, key_new, coalesce(watch.retain, false));
+  q_delete := format($q$
+          select %1$s, 'delete', json_build_object('op', 'DELETE', %2$s, 'key', %3$s, 'new', null, 'old', to_json(o.*)), %4$L
+            from old_rows o$q$,
+    realtime.channel_expression(tbl, template, 'o'), head, key_old, coalesce(watch.retain, false));
+  -- `to_json(n.*)`, never `to_json(n)`: a table may have a column named n.
+  -- Pair old and new rows by key. nc/oc (the new and old row's channel) are NULL exactly
+  -- when that side is missing, since a template never yields NULL.
+  q_update := format($q$
+          with j as (
+            select to_json(n.*) as nj, to_json(o.*) as oj,
+                   case when n.%5$I is null then null else %1$s end as nc,
+                   case when o.%5$I is null then null else %2$s end as oc
+              from new_rows n full join old_rows o on %6$s
+          )
+          select channel, event, payload, %7$L from (
+            select oc as channel, 'delete' as event, 0 as phase,
+                   json_build_object('op', 'DELETE', %3$s, 'key', %4$s, 'new', null, 'old', oj) as payload
+              from j where oc is not null and oc is distinct from nc
+            union all
+            select nc, 'update', 1,
+                   json_build_object('op', 'UPDATE', %3$s, 'key', %8$s, 'new', nj, 'old', oj)
+              from j where nc = oc
+            union all
+            select nc, 'insert', 2,
+                   json_build_object('op', 'INSERT', %3$s, 'key', %8$s, 'new', nj, 'old', null)
+              from j where nc is not null and nc is distinct from oc
+          ) changes
+          order by phase$q$,
+    realtime.channel_expression(tbl, template, 'n'), realtime.channel_expression(tbl, template, 'o'),
+    head, key_oj, keys[1], join_on, coalesce(watch.retain, false), key_nj);
+  q_truncate := format($q$
+          select %1$L, 'truncate', json_build_object('op', 'TRUNCATE', %2$s, 'key', '{}'::json, 'new', null, 'old', null), %3$L$q$,
+    template, head, coalesce(watch.retain, false));
+  select i.capture into capture from realtime.installation i;
+  -- Outbox capture rings the doorbell of an idle relay (realtime.ring(), inlined: a nested
+  -- function call was a sixth of this trigger's time); wal capture needs none, decoding streams.
+  ring := case when capture = 'wal' then '' else $r$
+      get diagnostics affected = row_count;
+      if affected > 0 and exists (select from realtime.doorbells where waiting) then
+        perform pg_notify('realtime_doorbell', '');
+      end if;$r$ end;
+
   -- One generated function per table, so every statement in it is planned once and cached
   -- (a generic function would EXECUTE dynamic SQL and re-plan on every write).
   execute format($f$
@@ -244,54 +369,19 @@ begin
       affected bigint;
     begin
       if TG_OP = 'INSERT' then
-        insert into realtime.outbox (channel, event, payload, retain)
-          select %2$s, 'insert', json_build_object('op', 'INSERT', %4$s, 'key', %5$s, 'new', to_json(n.*), 'old', null), %12$L
-            from new_rows n;
+        %2$s;
       elsif TG_OP = 'DELETE' then
-        insert into realtime.outbox (channel, event, payload, retain)
-          select %3$s, 'delete', json_build_object('op', 'DELETE', %4$s, 'key', %6$s, 'new', null, 'old', to_json(o.*)), %12$L
-            from old_rows o;
+        %3$s;
       elsif TG_OP = 'UPDATE' then
-        -- `to_json(n.*)`, never `to_json(n)`: a table may have a column named n.
-        -- Pair old and new rows by key. nc/oc (the new and old row's channel) are NULL exactly
-        -- when that side is missing, since a template never yields NULL.
-        insert into realtime.outbox (channel, event, payload, retain)
-          with j as (
-            select to_json(n.*) as nj, to_json(o.*) as oj,
-                   case when n.%9$I is null then null else %2$s end as nc,
-                   case when o.%9$I is null then null else %3$s end as oc
-              from new_rows n full join old_rows o on %10$s
-          )
-          select channel, event, payload, %12$L from (
-            select oc as channel, 'delete' as event, 0 as phase,
-                   json_build_object('op', 'DELETE', %4$s, 'key', %8$s, 'new', null, 'old', oj) as payload
-              from j where oc is not null and oc is distinct from nc
-            union all
-            select nc, 'update', 1,
-                   json_build_object('op', 'UPDATE', %4$s, 'key', %7$s, 'new', nj, 'old', oj)
-              from j where nc = oc
-            union all
-            select nc, 'insert', 2,
-                   json_build_object('op', 'INSERT', %4$s, 'key', %7$s, 'new', nj, 'old', null)
-              from j where nc is not null and nc is distinct from oc
-          ) changes
-          order by phase;
+        %4$s;
       else
-        insert into realtime.outbox (channel, event, payload, retain)
-          values (%11$L, 'truncate', json_build_object('op', 'TRUNCATE', %4$s, 'key', '{}'::json, 'new', null, 'old', null), %12$L);
-      end if;
-      -- realtime.ring(), inlined: a nested function call was a sixth of this trigger's time.
-      get diagnostics affected = row_count;
-      if affected > 0 and exists (select from realtime.doorbells where waiting) then
-        perform pg_notify('realtime_doorbell', '');
-      end if;
+        %5$s;
+      end if;%6$s
       return null;
     end $body$
   $f$,
-    fn,
-    realtime.channel_expression(tbl, template, 'n'),
-    realtime.channel_expression(tbl, template, 'o'),
-    head, key_new, key_old, key_nj, key_oj, keys[1], join_on, template, coalesce(watch.retain, false));
+    fn, realtime.sink_sql(q_insert, capture), realtime.sink_sql(q_delete, capture), realtime.sink_sql(q_update, capture),
+    realtime.sink_sql(q_truncate, capture), ring);
 
   perform realtime.drop_capture_triggers(tbl);
   execute format('create trigger realtime_capture_insert after insert on %s referencing new table as new_rows for each statement execute function realtime.%I()', tbl, fn);
@@ -355,14 +445,14 @@ begin
     $f$with page as (
          select * from %s n where $1 is null or row(%s) > row(%s) order by %s limit $2
        ), written as (
-         insert into realtime.outbox (channel, event, payload, retain)
-         select %s, 'insert', json_build_object('op', 'INSERT', 'schema', %L, 'table', %L, 'key', %s, 'new', to_json(n.*), 'old', null, 'backfill', true), %L
-         from page n order by %s
-         returning 1
+         %s
        )
        select (select %s from page n order by %s desc limit 1), count(*) from written having count(*) > 0$f$,
     tbl, key_cols, key_after, key_cols,
-    realtime.channel_expression(tbl, w.channel, 'n'), rel.nspname, rel.relname, key_new, w.retain, key_cols,
+    realtime.sink_sql(format($q$select %s, 'insert', json_build_object('op', 'INSERT', 'schema', %L, 'table', %L, 'key', %s, 'new', to_json(n.*), 'old', null, 'backfill', true), %L
+         from page n order by %s$q$,
+      realtime.channel_expression(tbl, w.channel, 'n'), rel.nspname, rel.relname, key_new, w.retain, key_cols),
+      (select i.capture from realtime.installation i), 'select'),
     key_new, replace(key_cols, ', ', ' desc, '))
     into last_key, written using after, page_size;
   written := coalesce(written, 0);

@@ -12,6 +12,12 @@
 --   LISTEN, advisory locks, pg_current_snapshot()          (no grant needed)
 -- It needs CONNECT on the database (PUBLIC has it unless revoked) and nothing on your tables:
 -- changes reach the outbox through the capture triggers, which run as the writer.
+--
+-- With --source wal (README, "Capture to the WAL") the relay also streams a replication slot,
+-- which needs the REPLICATION attribute, and on its first start creates the publication and the
+-- slot and switches capture, which need the schema's owner. Either run that first start as the
+-- owner, or run its three statements as the owner once and then:
+--   alter role realtime_relay replication;
 do $$
 begin
   if not exists (select from pg_roles where rolname = 'realtime_relay') then

@@ -47,6 +47,8 @@ export interface Stack {
   workerUrl: string;
   baselineUrl: string;
   relay: ChildProcess;
+  /** The source `relay` reads (and `startRelay` uses unless `env` says otherwise). */
+  source: "outbox" | "wal";
   /** Stops the baseline server (its LISTEN connection goes with it). */
   stopBaseline(): Promise<void>;
   startBaseline(): Promise<void>;
@@ -56,7 +58,7 @@ export interface Stack {
 }
 
 /** Starts everything; `log` gets one line per step. */
-export async function startStack(log: (line: string) => void): Promise<Stack> {
+export async function startStack(log: (line: string) => void, source: "outbox" | "wal" = "outbox"): Promise<Stack> {
   process.env.CLOUDFLARE_CF_FETCH_ENABLED = "false";
   process.env.WRANGLER_SEND_METRICS = "false";
   const postgres = await startEmbedded({ dataDir: join(tmpdir(), `pg-edge-realtime-bench-${Date.now()}`) });
@@ -76,13 +78,14 @@ export async function startStack(log: (line: string) => void): Promise<Stack> {
   const { process: workerProcess, url: workerUrl } = await startWorkerProcess({ INGEST_SECRET: SECRET, PUBLIC_CHANNELS: "*", MAX_SOCKETS_PER_CHANNEL: "32768" });
   log(`worker ready (${workerUrl}, direct)`);
 
+  // Read at each start: the writer scenario switches the source and back.
+  const current = { source };
   const startRelay = (url: string, env: Record<string, string> = {}) =>
     // Run through its shebang, as `npx pg-edge-realtime relay` does (it sets V8 flags).
     spawn(join(root, "dist/cli.js"), ["relay"], {
-      env: { PATH: process.env.PATH ?? "", DATABASE_URL: databaseUrl, WORKER_URL: url, INGEST_SECRET: SECRET, LOG_LEVEL: "warn", RELAY_HTTP: "off", ...env },
+      env: { PATH: process.env.PATH ?? "", DATABASE_URL: databaseUrl, WORKER_URL: url, INGEST_SECRET: SECRET, LOG_LEVEL: "warn", RELAY_HTTP: "off", RELAY_SOURCE: current.source, ...env },
       stdio: ["ignore", "inherit", "inherit"],
     });
-  const relay = startRelay(workerUrl);
 
   const baselinePort = await freePort();
   let baseline: ChildProcess;
@@ -99,12 +102,19 @@ export async function startStack(log: (line: string) => void): Promise<Stack> {
   await startBaseline();
   log(`baseline ready (ws://127.0.0.1:${baselinePort})`);
 
+  const relay = startRelay(workerUrl);
   const stack: Stack = {
     postgres,
     databaseUrl,
     workerUrl,
     baselineUrl: `ws://127.0.0.1:${baselinePort}`,
     relay,
+    get source() {
+      return current.source;
+    },
+    set source(value) {
+      current.source = value;
+    },
     startRelay,
     stopBaseline: () =>
       new Promise<void>((resolve) => {

@@ -1,0 +1,355 @@
+/**
+ * The `wal` source: the capture functions' events as transactional logical decoding messages
+ * (sql/realtime.sql, `realtime.sink_sql`), read over the streaming replication protocol with the
+ * built-in `pgoutput` plugin.
+ *
+ * Why: in `outbox` capture every captured row is a second row for the writer (heap, two indexes,
+ * their WAL, a later delete). A message is one WAL record and nothing else, and decoding hands
+ * transactions over in commit order, so the relay needs no snapshots, no cursor table and no
+ * doorbell. Measured here with 16 writers: watched inserts ran at 0.66x of a plain table with the
+ * outbox, 0.81x with messages (docs/benchmarks.md has the end-to-end figures).
+ *
+ * Delivery: the replication slot's confirmed position is the cursor. It moves (a standby status
+ * update) only to the end of a transaction whose every event the Worker acknowledged, so a relay
+ * that dies re-reads from there; the channels drop the ids they already stored. Event ids are the
+ * message's WAL position, unique and the same on every re-read.
+ */
+import pg from "pg";
+
+/** Prefix of the capture's messages; other messages in the WAL are skipped. */
+export const WAL_PREFIX = "realtime";
+/** The publication the relay decodes through: it has no tables, only messages are read. */
+export const WAL_PUBLICATION = "realtime_messages";
+
+/** Postgres epoch (2000-01-01) in Unix milliseconds: replication timestamps count from it. */
+const PG_EPOCH_MS = 946_684_800_000;
+
+/**
+ * The replication slot of a relay: `realtime_<install id>_<cursor name>`, lowercased as Postgres
+ * requires. Slot names are per cluster, so the installation id keeps two databases apart.
+ */
+export function slotName(installId: string, cursorName: string): string {
+  return `realtime_${installId}_${cursorName}`.toLowerCase().replace(/[^a-z0-9_]/g, "_").slice(0, 63);
+}
+
+/** `16/B374D848` → 0x16B374D848. */
+export function parseLsn(text: string): bigint {
+  const m = /^([0-9A-Fa-f]{1,8})\/([0-9A-Fa-f]{1,8})$/.exec(text);
+  if (!m) throw new Error(`not an LSN: ${JSON.stringify(text)}`);
+  return (BigInt(`0x${m[1]}`) << 32n) | BigInt(`0x${m[2]}`);
+}
+
+/** 0x16B374D848 → `16/B374D848`. */
+export function formatLsn(lsn: bigint): string {
+  return `${(lsn >> 32n).toString(16).toUpperCase()}/${(lsn & 0xffffffffn).toString(16).toUpperCase()}`;
+}
+
+/** One captured event, decoded from its message. */
+export interface WalEvent {
+  /** The message's WAL position: the event's id. */
+  lsn: bigint;
+  channel: string;
+  event: string;
+  /** The payload's JSON text, unparsed. */
+  data: string;
+  retain: boolean;
+  /** Commit time of its transaction, Unix ms. */
+  ts: number;
+}
+
+/** A batch taken from the stream; `ackLsn` is where the slot may move once it is acknowledged. */
+export interface WalBatch {
+  events: WalEvent[];
+  /** End of the last transaction the batch completes; null when it completes none (a long transaction's first part). */
+  ackLsn: bigint | null;
+}
+
+/**
+ * Splits a message's content, `<channel>\n<event>\n<1|0>\n<payload>` (names cannot hold a newline).
+ * Throws on anything else: such a message was not written by the capture functions.
+ */
+export function parseMessage(content: string): Omit<WalEvent, "lsn" | "ts"> {
+  const a = content.indexOf("\n");
+  const b = a < 0 ? -1 : content.indexOf("\n", a + 1);
+  const c = b < 0 ? -1 : content.indexOf("\n", b + 1);
+  if (c < 0 || c !== b + 2 || (content[b + 1] !== "0" && content[b + 1] !== "1")) {
+    throw new Error(`a '${WAL_PREFIX}' message that the capture functions did not write: ${JSON.stringify(content.slice(0, 80))}`);
+  }
+  return { channel: content.slice(0, a), event: content.slice(a + 1, b), retain: content[b + 1] === "1", data: content.slice(c + 1) };
+}
+
+type Item = { kind: "event"; event: WalEvent; bytes: number } | { kind: "commit"; end: bigint };
+
+/** Options of {@link WalStream}. */
+export interface WalStreamOptions {
+  databaseUrl: string;
+  slot: string;
+  applicationName: string;
+  /** Past this many buffered events (or bytes) the socket is paused: Postgres holds the rest. */
+  maxBufferedEvents: number;
+  maxBufferedBytes: number;
+  /** The slot's confirmed position when streaming starts (pg_replication_slots.confirmed_flush_lsn). */
+  startLsn: bigint;
+}
+
+/**
+ * One replication connection streaming the slot. Decoded events queue here until taken; the
+ * queue is bounded by pausing the socket (TCP backpressure stops the walsender), so a Worker
+ * outage costs the relay no memory beyond the bound: the WAL waits in Postgres.
+ */
+export class WalStream {
+  private readonly client: pg.Client;
+  private items: Item[] = [];
+  private head = 0;
+  private bufferedEvents = 0;
+  private bufferedBytes = 0;
+  private paused = false;
+  /** Commit time of the transaction being received. */
+  private commitTs = 0;
+  /** Position reported as flushed: the slot's confirmed position. */
+  private confirmed = 0n;
+  /** The server's position in its last keepalive: everything before it has been received. */
+  private serverEnd = 0n;
+  /** Batches taken and not yet acknowledged. */
+  private outstanding = 0;
+  /** Between a transaction's begin and commit: its later events are still to come. */
+  private inTransaction = false;
+  private waiter: (() => void) | null = null;
+  private failure: Error | null = null;
+  private closed = false;
+  private statusTimer: NodeJS.Timeout | null = null;
+
+  constructor(private readonly options: WalStreamOptions) {
+    this.confirmed = options.startLsn;
+    this.client = new pg.Client({ connectionString: options.databaseUrl, application_name: options.applicationName, keepAlive: true, connectionTimeoutMillis: 10_000, replication: "database" } as pg.ClientConfig);
+    this.client.on("error", (err) => this.fail(err));
+    this.client.on("end", () => this.fail(new Error("replication connection closed")));
+  }
+
+  /** Connects and starts streaming from the slot's confirmed position. */
+  async start(): Promise<void> {
+    await this.client.connect();
+    const connection = (this.client as unknown as { connection: ReplicationConnection }).connection;
+    const started = new Promise<void>((resolve) => connection.once("replicationStart", () => resolve()));
+    connection.on("copyData", (msg: { chunk: Buffer }) => {
+      try {
+        this.onCopyData(msg.chunk);
+      } catch (err) {
+        this.fail(err as Error);
+      }
+    });
+    const options = `proto_version '1', publication_names '${WAL_PUBLICATION}', messages 'true'`;
+    // The query never completes while streaming; it rejects if the server refuses (slot in use, ...).
+    const streaming = this.client.query(`START_REPLICATION SLOT ${pg.escapeIdentifier(this.options.slot)} LOGICAL 0/0 (${options})`);
+    const refused = streaming.then(
+      () => Promise.reject(new Error("replication ended")),
+      (err: Error) => Promise.reject(err),
+    );
+    refused.catch((err: Error) => this.fail(err));
+    await Promise.race([started, refused]);
+    // A status every 10 s keeps the walsender from timing out on a quiet stream (wal_sender_timeout).
+    this.statusTimer = setInterval(() => this.sendStatus(false), 10_000);
+    this.statusTimer.unref();
+  }
+
+  /**
+   * Takes up to `maxEvents` events (stopping once their data passes `maxBytes`), waiting for at
+   * least one; null once the stream is closed. Throws the connection's error.
+   */
+  async take(maxEvents: number, maxBytes: number): Promise<WalBatch | null> {
+    while (this.head === this.items.length) {
+      if (this.failure) throw this.failure;
+      if (this.closed) return null;
+      await new Promise<void>((resolve) => (this.waiter = resolve));
+      this.waiter = null;
+    }
+    const events: WalEvent[] = [];
+    let bytes = 0;
+    let ackLsn: bigint | null = null;
+    while (this.head < this.items.length) {
+      const item = this.items[this.head]!;
+      if (item.kind === "commit") {
+        ackLsn = item.end;
+      } else {
+        if (events.length >= maxEvents || (events.length > 0 && bytes >= maxBytes)) break;
+        events.push(item.event);
+        bytes += item.bytes;
+        this.bufferedEvents--;
+        this.bufferedBytes -= item.bytes;
+      }
+      this.head++;
+    }
+    if (this.head === this.items.length) {
+      this.items = [];
+      this.head = 0;
+    } else if (this.head > 4096) {
+      this.items = this.items.slice(this.head);
+      this.head = 0;
+    }
+    this.outstanding++;
+    if (this.paused && this.bufferedEvents <= this.options.maxBufferedEvents / 2 && this.bufferedBytes <= this.options.maxBufferedBytes / 2) {
+      this.paused = false;
+      this.socket()?.resume();
+    }
+    return { events, ackLsn };
+  }
+
+  /** The Worker acknowledged the batch: the slot may move to its `ackLsn`. */
+  ack(batch: WalBatch): void {
+    this.outstanding--;
+    if (batch.ackLsn !== null && batch.ackLsn > this.confirmed) this.confirmed = batch.ackLsn;
+    this.advanceIdle();
+    this.sendStatus(false);
+  }
+
+  /** The slot's confirmed position as this relay last reported it. */
+  get confirmedLsn(): bigint {
+    return this.confirmed;
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.statusTimer) clearInterval(this.statusTimer);
+    this.waiter?.();
+    this.client.removeAllListeners("end");
+    this.client.on("error", () => undefined);
+    await this.client.end().catch(() => undefined);
+  }
+
+  /**
+   * With nothing buffered or in flight, everything the server sent is delivered: the slot can move
+   * to the server's last position, so WAL written by other work (tables nobody watches) is not held.
+   */
+  private advanceIdle(): void {
+    if (this.outstanding === 0 && !this.inTransaction && this.head === this.items.length && this.serverEnd > this.confirmed) this.confirmed = this.serverEnd;
+  }
+
+  private onCopyData(chunk: Buffer): void {
+    if (chunk[0] === 0x6b /* k: keepalive */) {
+      this.serverEnd = chunk.readBigUInt64BE(1);
+      this.advanceIdle();
+      if (chunk[17] === 1) this.sendStatus(false);
+      return;
+    }
+    if (chunk[0] !== 0x77 /* w: XLogData */) return;
+    const body = chunk.subarray(25);
+    switch (body[0]) {
+      case 0x42 /* B: begin */:
+        this.commitTs = Number(body.readBigInt64BE(9) / 1000n) + PG_EPOCH_MS;
+        this.inTransaction = true;
+        return;
+      case 0x4d /* M: message */: {
+        // flags (1: transactional), lsn, prefix (C string), length, content
+        const lsn = body.readBigUInt64BE(2);
+        const end = body.indexOf(0, 10);
+        if (body.toString("utf8", 10, end) !== WAL_PREFIX) return;
+        const length = body.readUInt32BE(end + 1);
+        const content = body.toString("utf8", end + 5, end + 5 + length);
+        const event: WalEvent = { lsn, ts: this.commitTs, ...parseMessage(content) };
+        this.items.push({ kind: "event", event, bytes: length });
+        this.bufferedEvents++;
+        this.bufferedBytes += length;
+        if (!this.paused && (this.bufferedEvents > this.options.maxBufferedEvents || this.bufferedBytes > this.options.maxBufferedBytes)) {
+          this.paused = true;
+          this.socket()?.pause();
+        }
+        this.waiter?.();
+        return;
+      }
+      case 0x43 /* C: commit */: {
+        const end = body.readBigUInt64BE(10);
+        this.inTransaction = false;
+        // A transaction with no event of ours still moves the position, once everything before it is delivered.
+        const last = this.items[this.items.length - 1];
+        if (last?.kind === "commit") last.end = end;
+        else this.items.push({ kind: "commit", end });
+        this.waiter?.();
+        return;
+      }
+      default:
+        // Relation, insert, ... messages: the publication has no tables, so none are expected.
+        return;
+    }
+  }
+
+  /** Standby status update: written = flushed = applied = the confirmed position. */
+  private sendStatus(replyRequested: boolean): void {
+    if (this.closed || this.failure) return;
+    const msg = Buffer.alloc(34);
+    msg[0] = 0x72; // r
+    msg.writeBigUInt64BE(this.confirmed, 1);
+    msg.writeBigUInt64BE(this.confirmed, 9);
+    msg.writeBigUInt64BE(this.confirmed, 17);
+    msg.writeBigInt64BE(BigInt(Date.now() - PG_EPOCH_MS) * 1000n, 25);
+    msg[33] = replyRequested ? 1 : 0;
+    (this.client as unknown as { connection: ReplicationConnection }).connection.sendCopyFromChunk(msg);
+  }
+
+  private socket(): { pause(): void; resume(): void } | undefined {
+    return (this.client as unknown as { connection: ReplicationConnection }).connection.stream;
+  }
+
+  private fail(err: Error): void {
+    if (this.failure || this.closed) return;
+    this.failure = err;
+    this.waiter?.();
+  }
+}
+
+/** The parts of pg's Connection the replication protocol uses (not in its typings). */
+interface ReplicationConnection {
+  on(event: "copyData", listener: (msg: { chunk: Buffer }) => void): void;
+  once(event: "replicationStart", listener: () => void): void;
+  sendCopyFromChunk(chunk: Buffer): void;
+  stream?: { pause(): void; resume(): void };
+}
+
+/**
+ * Makes this database capture to the WAL for `slot`: the publication and the slot if missing, then
+ * `realtime.set_capture('wal')` unless capture is 'wal' already (the order matters: an event
+ * captured to the WAL before the slot exists would be lost). Errors say what to change.
+ */
+export async function ensureWalCapture(db: pg.ClientBase, slot: string): Promise<{ createdSlot: boolean }> {
+  const { rows: level } = await db.query<{ wal_level: string }>("show wal_level");
+  if (level[0]?.wal_level !== "logical") {
+    throw new WalSetupError(
+      `--source wal needs wal_level = logical, and this Postgres has ${level[0]?.wal_level}: run ALTER SYSTEM SET wal_level = logical and restart Postgres (on a managed database, turn on its logical replication setting), or run the relay with --source outbox`,
+    );
+  }
+  const step = async (what: string, sql: string, hint: string) => {
+    try {
+      return await db.query(sql);
+    } catch (err) {
+      throw new WalSetupError(`--source wal could not ${what}: ${(err as Error).message}. ${hint}`);
+    }
+  };
+  await step(
+    `create the publication ${WAL_PUBLICATION}`,
+    `do $$ begin if not exists (select from pg_publication where pubname = '${WAL_PUBLICATION}') then create publication ${WAL_PUBLICATION}; end if; end $$`,
+    `Create it once as the database owner: create publication ${WAL_PUBLICATION};`,
+  );
+  const { rows } = await db.query<{ plugin: string }>("select plugin from pg_replication_slots where slot_name = $1 and database = current_database()", [slot]);
+  let createdSlot = false;
+  if (rows.length === 0) {
+    await step(
+      `create its replication slot ${slot}`,
+      `select pg_create_logical_replication_slot('${slot}', 'pgoutput')`,
+      `The relay's role needs the REPLICATION attribute (alter role <relay role> replication), or create the slot once as a superuser: select pg_create_logical_replication_slot('${slot}', 'pgoutput');`,
+    );
+    createdSlot = true;
+  } else if (rows[0]!.plugin !== "pgoutput") {
+    throw new WalSetupError(`replication slot ${slot} exists with plugin ${rows[0]!.plugin}, not pgoutput: drop it (select pg_drop_replication_slot('${slot}')) or give the relay another --name`);
+  }
+  const { rows: mode } = await db.query<{ capture: string }>("select capture from realtime.installation");
+  if (mode[0]?.capture !== "wal") {
+    await step("switch capture to wal", "select realtime.set_capture('wal')", "Run it as the owner of the realtime schema and the watched tables: select realtime.set_capture('wal');");
+  }
+  return { createdSlot };
+}
+
+/** `--source wal` cannot run against this database; the message says what to change. */
+export class WalSetupError extends Error {
+  override readonly name = "WalSetupError";
+  readonly code = "wal_setup";
+}
