@@ -102,14 +102,19 @@ async function stopRelay(stack: Stack): Promise<void> {
 
 /**
  * Runs the stack's relay with `source`, capture switched to match: a wal relay switches capture
- * itself once its slot exists; back to the outbox, capture is switched here (the slot stays).
+ * itself once its slot exists; back to the outbox, capture is switched here and the slot dropped.
  */
 async function useSource(stack: Stack, source: "outbox" | "wal"): Promise<void> {
   await stopRelay(stack);
   const db = new pg.Client({ connectionString: stack.databaseUrl });
   await db.connect();
   try {
-    if (source === "outbox") await db.query("select realtime.set_capture('outbox')");
+    if (source === "outbox") {
+      await db.query("select realtime.set_capture('outbox')");
+      // A slot nobody reads keeps every WAL segment from then on: the scenarios after this one
+      // would write through WAL that checkpoints cannot recycle. The next wal round makes a new one.
+      await db.query("select pg_drop_replication_slot(slot_name) from pg_replication_slots where database = current_database() and slot_name like 'realtime%'");
+    }
     stack.source = source;
     stack.relay = stack.startRelay(stack.workerUrl);
     await waitForCapture(db, source);

@@ -298,13 +298,17 @@ export class Relay extends EventEmitter<RelayEvents> {
     this.log.info("streaming", { slot });
     this.emit("streaming", { slot });
     session.onClose(() => stream.close());
-    const onStop = () => void stream.close();
+    // A stop while a batch is in flight lets it finish and be acknowledged (the loop then ends and
+    // closes the stream, reporting the position); a stop while waiting for events ends the wait.
+    let inFlight = false;
+    const onStop = () => void (inFlight ? undefined : stream.close());
     this.stopController.signal.addEventListener("abort", onStop, { once: true });
     this.walSlot = slot;
     try {
       while (!this.stopping && !session.closed) {
         const batch = await stream.take(batchSize, batchBytes);
         if (!batch) break;
+        inFlight = true;
         if (batch.events.length > 0) {
           const started = performance.now();
           const events = batch.events.map((e) => ({ id: `${installId}-w${e.lsn}`, channel: e.channel, event: e.event, data: e.data, ts: e.ts, retain: e.retain }));
@@ -316,6 +320,7 @@ export class Relay extends EventEmitter<RelayEvents> {
         } else {
           stream.ack(batch);
         }
+        inFlight = false;
       }
     } catch (err) {
       if (err instanceof StoppedError) return;
@@ -341,6 +346,7 @@ export class Relay extends EventEmitter<RelayEvents> {
         maxBufferedEvents: batchSizeBound(this.options.batchSize),
         maxBufferedBytes: 4 * this.options.batchBytes,
         startLsn: parseLsn(rows[0]!.lsn),
+        onSkipped: (info) => this.log.error("skipped a 'realtime' WAL message the capture functions did not write", { lsn: formatLsn(info.lsn), error: info.error }),
       });
       try {
         await stream.start();

@@ -90,6 +90,8 @@ export interface WalStreamOptions {
   maxBufferedBytes: number;
   /** The slot's confirmed position when streaming starts (pg_replication_slots.confirmed_flush_lsn). */
   startLsn: bigint;
+  /** A `realtime` message the capture functions did not write (someone else's pg_logical_emit_message) was skipped. */
+  onSkipped?: (info: { lsn: bigint; error: string }) => void;
 }
 
 /**
@@ -118,6 +120,8 @@ export class WalStream {
   private failure: Error | null = null;
   private closed = false;
   private statusTimer: NodeJS.Timeout | null = null;
+  /** The START_REPLICATION query: it completes when the server ends the copy. */
+  private streaming: Promise<unknown> | null = null;
 
   constructor(private readonly options: WalStreamOptions) {
     this.confirmed = options.startLsn;
@@ -140,7 +144,7 @@ export class WalStream {
     });
     const options = `proto_version '1', publication_names '${WAL_PUBLICATION}', messages 'true'`;
     // The query never completes while streaming; it rejects if the server refuses (slot in use, ...).
-    const streaming = this.client.query(`START_REPLICATION SLOT ${pg.escapeIdentifier(this.options.slot)} LOGICAL 0/0 (${options})`);
+    const streaming = (this.streaming = this.client.query(`START_REPLICATION SLOT ${pg.escapeIdentifier(this.options.slot)} LOGICAL 0/0 (${options})`));
     const refused = streaming.then(
       () => Promise.reject(new Error("replication ended")),
       (err: Error) => Promise.reject(err),
@@ -198,8 +202,26 @@ export class WalStream {
   ack(batch: WalBatch): void {
     this.outstanding--;
     if (batch.ackLsn !== null && batch.ackLsn > this.confirmed) this.confirmed = batch.ackLsn;
+    this.absorbCommits();
     this.advanceIdle();
     this.sendStatus(false);
+  }
+
+  /**
+   * Commits waiting at the head of the queue, with nothing in flight, end transactions whose
+   * events are all acknowledged (a batch that stopped mid-transaction): the slot can pass them.
+   */
+  private absorbCommits(): void {
+    if (this.outstanding !== 0) return;
+    while (this.head < this.items.length && this.items[this.head]!.kind === "commit") {
+      const end = (this.items[this.head] as { end: bigint }).end;
+      if (end > this.confirmed) this.confirmed = end;
+      this.head++;
+    }
+    if (this.head === this.items.length) {
+      this.items = [];
+      this.head = 0;
+    }
   }
 
   /** The slot's confirmed position as this relay last reported it. */
@@ -207,8 +229,22 @@ export class WalStream {
     return this.confirmed;
   }
 
+  /**
+   * Ends streaming. On a healthy connection the last status goes out, then CopyDone, and the
+   * server's end of the copy is awaited (up to 2 s): the walsender handles messages in order, so
+   * the slot has taken the last acknowledged position before the connection closes. Closing at
+   * once could lose that status, and the next relay would send the last batch again.
+   */
   async close(): Promise<void> {
     if (this.closed) return;
+    if (!this.failure && this.streaming) {
+      this.absorbCommits();
+      this.sendStatus(false);
+      const connection = (this.client as unknown as { connection: ReplicationConnection }).connection;
+      connection.endCopyFrom();
+      if (this.paused) this.socket()?.resume(); // the server's answer must be read
+      await Promise.race([this.streaming.catch(() => undefined), new Promise((r) => setTimeout(r, 2000).unref())]);
+    }
     this.closed = true;
     if (this.statusTimer) clearInterval(this.statusTimer);
     this.waiter?.();
@@ -246,7 +282,15 @@ export class WalStream {
         if (body.toString("utf8", 10, end) !== WAL_PREFIX) return;
         const length = body.readUInt32BE(end + 1);
         const content = body.toString("utf8", end + 5, end + 5 + length);
-        const event: WalEvent = { lsn, ts: this.commitTs, ...parseMessage(content) };
+        let parsed: Omit<WalEvent, "lsn" | "ts">;
+        try {
+          parsed = parseMessage(content);
+        } catch (err) {
+          // Not an event (nothing of ours is lost); stopping on it would stop delivery for good.
+          this.options.onSkipped?.({ lsn, error: (err as Error).message });
+          return;
+        }
+        const event: WalEvent = { lsn, ts: this.commitTs, ...parsed };
         this.items.push({ kind: "event", event, bytes: length });
         this.bufferedEvents++;
         this.bufferedBytes += length;
@@ -260,7 +304,12 @@ export class WalStream {
       case 0x43 /* C: commit */: {
         const end = body.readBigUInt64BE(10);
         this.inTransaction = false;
-        // A transaction with no event of ours still moves the position, once everything before it is delivered.
+        if (this.head === this.items.length && this.outstanding === 0) {
+          // Every event before it was taken and acknowledged (or it had none of ours): passed.
+          if (end > this.confirmed) this.confirmed = end;
+          return;
+        }
+        // Otherwise it moves the position once everything before it is acknowledged.
         const last = this.items[this.items.length - 1];
         if (last?.kind === "commit") last.end = end;
         else this.items.push({ kind: "commit", end });
@@ -302,6 +351,8 @@ interface ReplicationConnection {
   on(event: "copyData", listener: (msg: { chunk: Buffer }) => void): void;
   once(event: "replicationStart", listener: () => void): void;
   sendCopyFromChunk(chunk: Buffer): void;
+  /** Sends CopyDone. */
+  endCopyFrom(): void;
   stream?: { pause(): void; resume(): void };
 }
 

@@ -61,7 +61,8 @@ async function dockerAnswers(): Promise<boolean> {
 
 async function startContainer(): Promise<PostgresHandle> {
   const { PostgreSqlContainer } = await import("@testcontainers/postgresql");
-  const container = await new PostgreSqlContainer("postgres:17").start();
+  // wal_level = logical for the relay's wal source, as the embedded Postgres below.
+  const container = await new PostgreSqlContainer("postgres:17").withCommand(["postgres", "-c", "wal_level=logical", "-c", "max_connections=200"]).start();
   const url = container.getConnectionUri().replace(/\/[^/?]+(\?|$)/, "/postgres$1");
   return { url, kind: "testcontainers", stop: async () => void (await container.stop()) };
 }

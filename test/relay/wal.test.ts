@@ -5,7 +5,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { relayMetrics } from "../../relay/observe.ts";
-import { formatLsn, slotName } from "../../relay/wal.ts";
+import { formatLsn, parseLsn, parseMessage, slotName } from "../../relay/wal.ts";
 import { testDatabase, type TestDatabase } from "../support/db.ts";
 import { startFaultProxy, type FaultProxy } from "../support/fault-proxy.ts";
 import { relayEvent, spawnCli, startRelay, type CliProcess } from "../support/relay.ts";
@@ -19,6 +19,8 @@ let proxy: FaultProxy;
 
 beforeAll(async () => {
   [db, worker] = await Promise.all([testDatabase("wal"), startTestWorker()]);
+  const [{ wal_level }] = (await db.sql<{ wal_level: string }>("show wal_level")) as [{ wal_level: string }];
+  if (wal_level !== "logical") throw new Error(`these tests need wal_level = logical, and the test Postgres has ${wal_level}: set it on DATABASE_URL's server (ALTER SYSTEM SET wal_level = logical, then restart), or unset DATABASE_URL`);
   proxy = await startFaultProxy(worker.url);
   await db.sql("create table items (id int primary key, tenant text not null, v int not null default 0)");
   await db.sql("select realtime.watch('items', 'wal-items:{tenant}')");
@@ -36,6 +38,23 @@ async function capture(): Promise<string> {
 async function outboxRows(): Promise<number> {
   return Number((await db.sql<{ n: string }>("select count(*) as n from realtime.outbox"))[0]!.n);
 }
+
+describe("the message format and positions", () => {
+  it("splits channel, event, retain and the payload (whose own newlines stay)", () => {
+    expect(parseMessage('tenant:7\nupdate\n1\n{"a":"x\\ny","b":\n2}')).toEqual({ channel: "tenant:7", event: "update", retain: true, data: '{"a":"x\\ny","b":\n2}' });
+    expect(parseMessage("app\nhello\n0\nnull")).toEqual({ channel: "app", event: "hello", retain: false, data: "null" });
+    for (const bad of ["", "app", "app\nhello", "app\nhello\n2\n{}", "app\nhello\n10\n{}"]) expect(() => parseMessage(bad)).toThrow(/did not write/);
+  });
+
+  it("reads and writes LSNs as Postgres prints them, and names slots as Postgres allows", () => {
+    expect(parseLsn("16/B374D848")).toBe(0x16b374d848n);
+    expect(formatLsn(0x16b374d848n)).toBe("16/B374D848");
+    expect(formatLsn(parseLsn("0/0"))).toBe("0/0");
+    expect(() => parseLsn("16B374D848")).toThrow(/not an LSN/);
+    expect(slotName("0f98C6", "eu-west.1:p0of2")).toBe("realtime_0f98c6_eu_west_1_p0of2");
+    expect(slotName("a".repeat(12), "n".repeat(64))).toHaveLength(63);
+  });
+});
 
 describe("switching to the WAL", () => {
   it("refuses to switch capture by hand while no relay slot exists (events would be lost)", async () => {
@@ -117,6 +136,22 @@ describe("switching to the WAL", () => {
       expect(await relayMetrics(relay).getSingleMetricAsString("relay_wal_lag_bytes")).toMatch(/relay_wal_lag_bytes\{name="default"\} \d+/);
       const lag = (await relay.walLag())!.bytes;
       expect(lag).toBeLessThan(64 * 1024);
+    } finally {
+      sub.close();
+      await relay.stop();
+    }
+  });
+
+  it("skips, and logs, a 'realtime' message the capture functions did not write, and goes on delivering", async () => {
+    const sub = await TestSubscriber.connect(worker.url, "wal-after-junk");
+    const relay = startRelay({ databaseUrl: db.url, workerUrl: worker.url, source: "wal" });
+    try {
+      await relayEvent(relay, "streaming");
+      await db.sql("select pg_logical_emit_message(true, 'realtime', 'not an event')");
+      await db.sql("select realtime.publish('wal-after-junk', 'ok', '{}')");
+      expect((await sub.waitForEvents(1))[0]).toMatchObject({ event: "ok" });
+      const logged = (relay as typeof relay & { logLines: string[] }).logLines.find((l) => l.includes("did not write"));
+      expect(JSON.parse(logged!)).toMatchObject({ level: "error", error: expect.stringContaining("not an event") });
     } finally {
       sub.close();
       await relay.stop();
