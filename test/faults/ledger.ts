@@ -5,6 +5,9 @@
 import { expect } from "vitest";
 import type { ChannelEvent } from "../../protocol/index.ts";
 import type { TestDatabase } from "../support/db.ts";
+import type { FaultProxy } from "../support/fault-proxy.ts";
+import type { CliProcess } from "../support/relay.ts";
+import { TestSubscriber } from "../support/subscriber.ts";
 
 /** Data of a numbered event. */
 export interface Numbered {
@@ -36,4 +39,48 @@ export function expectExactlyOnceInOrder(events: readonly ChannelEvent[], channe
   expect(ns).toEqual(Array.from({ length: count }, (_, i) => i + 1));
   expect(new Set(events.map((e) => e.id)).size).toBe(count);
   for (let i = 1; i < events.length; i++) expect(events[i]!.seq).toBe(events[i - 1]!.seq + 1);
+}
+
+/**
+ * The relay-crash scenario, for any source: `start()` runs a relay process (`ready` is the log
+ * line that says it reads), numbered events are written on `channels` while it is SIGKILLed
+ * twice mid-burst and started again; every event must arrive once, in order, and the Worker must
+ * have been sent each id (a re-sent batch repeats ids; the channels drop the copies).
+ */
+export async function killTwiceDuringBurst(options: {
+  db: TestDatabase;
+  workerUrl: string;
+  proxy: FaultProxy;
+  channels: string[];
+  perChannel: number;
+  start: () => CliProcess;
+  ready: string;
+}): Promise<void> {
+  const { db, channels, perChannel } = options;
+  const subs = await Promise.all(channels.map((c) => TestSubscriber.connect(options.workerUrl, c)));
+  options.proxy.ingests.length = 0;
+  let relay = options.start();
+  const killed: number[] = [];
+  try {
+    await relay.waitForLog(options.ready);
+    const writing = Promise.all(channels.map((c) => writeNumbered(db, c, 1, perChannel, 5)));
+    for (const atLeast of [300, 900]) {
+      // Kill while events are flowing: some batches acknowledged, one possibly in flight.
+      await subs[0]!.waitForEvents(atLeast, 60_000);
+      relay.kill("SIGKILL");
+      await relay.exited;
+      killed.push(subs[0]!.events.length);
+      relay = options.start();
+    }
+    await writing;
+    for (const [i, sub] of subs.entries()) expectExactlyOnceInOrder(await sub.waitForEvents(perChannel, 60_000), channels[i]!, perChannel);
+    // The kills happened mid-burst, not after it.
+    expect(killed.every((n) => n < perChannel)).toBe(true);
+    // Every event the Worker was sent twice was dropped as a duplicate, never shown twice.
+    expect(new Set(options.proxy.ingests.flat()).size).toBe(channels.length * perChannel);
+  } finally {
+    relay.kill("SIGKILL");
+    await relay.exited;
+    for (const s of subs) s.close();
+  }
 }

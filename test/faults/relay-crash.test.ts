@@ -3,13 +3,12 @@
  * arrives, none twice, in order per channel. The batch that was in flight when the relay died is
  * sent again by its successor, and the channels drop the copies.
  */
-import { afterAll, beforeAll, expect, it } from "vitest";
+import { afterAll, beforeAll, it } from "vitest";
 import { testDatabase, type TestDatabase } from "../support/db.ts";
 import { startFaultProxy, type FaultProxy } from "../support/fault-proxy.ts";
 import { spawnCli, type CliProcess } from "../support/relay.ts";
-import { TestSubscriber } from "../support/subscriber.ts";
 import { startTestWorker, TEST_SECRET, type TestWorker } from "../support/worker.ts";
-import { expectExactlyOnceInOrder, writeNumbered } from "./ledger.ts";
+import { killTwiceDuringBurst } from "./ledger.ts";
 
 let db: TestDatabase;
 let worker: TestWorker;
@@ -38,31 +37,5 @@ function relayProcess(): CliProcess {
 }
 
 it("loses and duplicates nothing when the relay is SIGKILLed twice during a burst on 3 channels", async () => {
-  const CHANNELS = ["crash-a", "crash-b", "crash-c"];
-  const PER_CHANNEL = 1500;
-  const subs = await Promise.all(CHANNELS.map((c) => TestSubscriber.connect(worker.url, c)));
-  let relay = relayProcess();
-  const killed: number[] = [];
-  try {
-    await relay.waitForLog("leading");
-    const writing = Promise.all(CHANNELS.map((c) => writeNumbered(db, c, 1, PER_CHANNEL, 5)));
-    for (const atLeast of [300, 900]) {
-      // Kill while events are flowing: some batches acknowledged, one possibly in flight.
-      await subs[0]!.waitForEvents(atLeast, 60_000);
-      relay.kill("SIGKILL");
-      await relay.exited;
-      killed.push(subs[0]!.events.length);
-      relay = relayProcess();
-    }
-    await writing;
-    for (const [i, sub] of subs.entries()) expectExactlyOnceInOrder(await sub.waitForEvents(PER_CHANNEL, 60_000), CHANNELS[i]!, PER_CHANNEL);
-    // The kills happened mid-burst, not after it.
-    expect(killed.every((n) => n < PER_CHANNEL)).toBe(true);
-    // Every event the Worker was sent twice was dropped as a duplicate, never shown twice.
-    const sent = proxy.ingests.flat();
-    expect(new Set(sent).size).toBe(CHANNELS.length * PER_CHANNEL);
-  } finally {
-    relay.kill("SIGKILL");
-    for (const s of subs) s.close();
-  }
+  await killTwiceDuringBurst({ db, workerUrl: worker.url, proxy, channels: ["crash-a", "crash-b", "crash-c"], perChannel: 1500, start: relayProcess, ready: "leading" });
 });

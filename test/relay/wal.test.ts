@@ -11,7 +11,7 @@ import { startFaultProxy, type FaultProxy } from "../support/fault-proxy.ts";
 import { relayEvent, spawnCli, startRelay, type CliProcess } from "../support/relay.ts";
 import { TestSubscriber } from "../support/subscriber.ts";
 import { startTestWorker, TEST_SECRET, type TestWorker } from "../support/worker.ts";
-import { expectExactlyOnceInOrder, writeNumbered } from "../faults/ledger.ts";
+import { expectExactlyOnceInOrder, killTwiceDuringBurst, writeNumbered } from "../faults/ledger.ts";
 
 let db: TestDatabase;
 let worker: TestWorker;
@@ -192,31 +192,7 @@ describe("faults", () => {
   }
 
   it("loses and duplicates nothing when the relay is SIGKILLed twice during a burst on 3 channels", async () => {
-    const CHANNELS = ["wal-crash-a", "wal-crash-b", "wal-crash-c"];
-    const PER_CHANNEL = 1500;
-    const subs = await Promise.all(CHANNELS.map((c) => TestSubscriber.connect(worker.url, c)));
-    proxy.ingests.length = 0;
-    let relay = relayProcess();
-    const killed: number[] = [];
-    try {
-      await relay.waitForLog("streaming");
-      const writing = Promise.all(CHANNELS.map((c) => writeNumbered(db, c, 1, PER_CHANNEL, 5)));
-      for (const atLeast of [300, 900]) {
-        await subs[0]!.waitForEvents(atLeast, 60_000);
-        relay.kill("SIGKILL");
-        await relay.exited;
-        killed.push(subs[0]!.events.length);
-        relay = relayProcess();
-      }
-      await writing;
-      for (const [i, sub] of subs.entries()) expectExactlyOnceInOrder(await sub.waitForEvents(PER_CHANNEL, 60_000), CHANNELS[i]!, PER_CHANNEL);
-      expect(killed.every((n) => n < PER_CHANNEL)).toBe(true);
-      expect(new Set(proxy.ingests.flat()).size).toBe(CHANNELS.length * PER_CHANNEL);
-    } finally {
-      relay.kill("SIGKILL");
-      await relay.exited;
-      for (const s of subs) s.close();
-    }
+    await killTwiceDuringBurst({ db, workerUrl: worker.url, proxy, channels: ["wal-crash-a", "wal-crash-b", "wal-crash-c"], perChannel: 1500, start: relayProcess, ready: "streaming" });
   });
 
   it("keeps events in Postgres through a Worker outage, even when the relay is stopped during it, then delivers them once, in order", async () => {
