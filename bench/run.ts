@@ -272,8 +272,7 @@ function cpuTable(workloads: Workload[], data: Record<string, { ours: Measured; 
 async function backlog(stack: Stack) {
   const channels = range(10, "backlog-");
   // Our relay now goes through a proxy that refuses connections: the Worker is "down".
-  stack.relay.kill("SIGTERM");
-  await new Promise((r) => stack.relay.once("exit", r));
+  await stopRelay(stack);
   const proxy = await startFaultProxy(stack.workerUrl, { record: false });
   proxy.mode = "refuse";
   stack.relay = stack.startRelay(proxy.url, { RELAY_RETRY_MAX_MS: "1000" });
@@ -340,8 +339,7 @@ async function backlog(stack: Stack) {
     clearInterval(sampler);
     await receivers.close();
     // Back to a relay talking to the Worker directly.
-    stack.relay.kill("SIGTERM");
-    await new Promise((r) => stack.relay.once("exit", r));
+    await stopRelay(stack);
     stack.relay = stack.startRelay(stack.workerUrl);
     await proxy.close();
   }

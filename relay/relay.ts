@@ -308,19 +308,19 @@ export class Relay extends EventEmitter<RelayEvents> {
       while (!this.stopping && !session.closed) {
         const batch = await stream.take(batchSize, batchBytes);
         if (!batch) break;
-        inFlight = true;
-        if (batch.events.length > 0) {
-          const started = performance.now();
-          const events = batch.events.map((e) => ({ id: `${installId}-w${e.lsn}`, channel: e.channel, event: e.event, data: e.data, ts: e.ts, retain: e.retain }));
-          const result = await this.ingest.postUntilAccepted(events, this.stopController.signal);
-          stream.ack(batch);
-          const info: BatchInfo = { source: "wal", events: events.length, ...result, ms: performance.now() - started };
-          this.log.debug("batch acknowledged", { ...info, lsn: batch.ackLsn === null ? null : formatLsn(batch.ackLsn) });
-          this.emit("batch", info);
-        } else {
-          stream.ack(batch);
+        if (batch.events.length === 0) {
+          stream.ack(batch); // commits only: nothing to send
+          continue;
         }
+        inFlight = true;
+        const started = performance.now();
+        const events = batch.events.map((e) => ({ id: `${installId}-w${e.lsn}`, channel: e.channel, event: e.event, data: e.data, ts: e.ts, retain: e.retain }));
+        const result = await this.ingest.postUntilAccepted(events, this.stopController.signal);
+        stream.ack(batch);
         inFlight = false;
+        const info: BatchInfo = { source: "wal", events: events.length, ...result, ms: performance.now() - started };
+        this.log.debug("batch acknowledged", { ...info, lsn: batch.ackLsn === null ? null : formatLsn(batch.ackLsn) });
+        this.emit("batch", info);
       }
     } catch (err) {
       if (err instanceof StoppedError) return;
@@ -343,7 +343,8 @@ export class Relay extends EventEmitter<RelayEvents> {
         databaseUrl: this.options.databaseUrl,
         slot,
         applicationName: `pg-edge-realtime relay ${this.options.name} (wal)`,
-        maxBufferedEvents: batchSizeBound(this.options.batchSize),
+        // A few batches, so the next is ready when one is acknowledged.
+        maxBufferedEvents: Math.max(4 * this.options.batchSize, 1000),
         maxBufferedBytes: 4 * this.options.batchBytes,
         startLsn: parseLsn(rows[0]!.lsn),
         onSkipped: (info) => this.log.error("skipped a 'realtime' WAL message the capture functions did not write", { lsn: formatLsn(info.lsn), error: info.error }),
@@ -433,11 +434,6 @@ export class Relay extends EventEmitter<RelayEvents> {
       this.notifyQueue = this.notifyQueue.filter((e) => !sent.has(e.id));
     }
   }
-}
-
-/** Events the wal stream buffers before pausing its socket: a few batches, so the next is ready when one is acknowledged. */
-function batchSizeBound(batchSize: number): number {
-  return Math.max(4 * batchSize, 1000);
 }
 
 /** What a session's waits are for; each can be woken on its own. */

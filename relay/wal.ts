@@ -133,9 +133,8 @@ export class WalStream {
   /** Connects and starts streaming from the slot's confirmed position. */
   async start(): Promise<void> {
     await this.client.connect();
-    const connection = (this.client as unknown as { connection: ReplicationConnection }).connection;
-    const started = new Promise<void>((resolve) => connection.once("replicationStart", () => resolve()));
-    connection.on("copyData", (msg: { chunk: Buffer }) => {
+    const started = new Promise<void>((resolve) => this.connection.once("replicationStart", () => resolve()));
+    this.connection.on("copyData", (msg: { chunk: Buffer }) => {
       try {
         this.onCopyData(msg.chunk);
       } catch (err) {
@@ -145,14 +144,13 @@ export class WalStream {
     const options = `proto_version '1', publication_names '${WAL_PUBLICATION}', messages 'true'`;
     // The query never completes while streaming; it rejects if the server refuses (slot in use, ...).
     const streaming = (this.streaming = this.client.query(`START_REPLICATION SLOT ${pg.escapeIdentifier(this.options.slot)} LOGICAL 0/0 (${options})`));
-    const refused = streaming.then(
-      () => Promise.reject(new Error("replication ended")),
-      (err: Error) => Promise.reject(err),
-    );
+    const refused = streaming.then(() => {
+      throw new Error("replication ended");
+    });
     refused.catch((err: Error) => this.fail(err));
     await Promise.race([started, refused]);
     // A status every 10 s keeps the walsender from timing out on a quiet stream (wal_sender_timeout).
-    this.statusTimer = setInterval(() => this.sendStatus(false), 10_000);
+    this.statusTimer = setInterval(() => this.sendStatus(), 10_000);
     this.statusTimer.unref();
   }
 
@@ -183,17 +181,11 @@ export class WalStream {
       }
       this.head++;
     }
-    if (this.head === this.items.length) {
-      this.items = [];
-      this.head = 0;
-    } else if (this.head > 4096) {
-      this.items = this.items.slice(this.head);
-      this.head = 0;
-    }
+    this.compact();
     this.outstanding++;
     if (this.paused && this.bufferedEvents <= this.options.maxBufferedEvents / 2 && this.bufferedBytes <= this.options.maxBufferedBytes / 2) {
       this.paused = false;
-      this.socket()?.resume();
+      this.connection.stream?.resume();
     }
     return { events, ackLsn };
   }
@@ -201,10 +193,26 @@ export class WalStream {
   /** The Worker acknowledged the batch: the slot may move to its `ackLsn`. */
   ack(batch: WalBatch): void {
     this.outstanding--;
-    if (batch.ackLsn !== null && batch.ackLsn > this.confirmed) this.confirmed = batch.ackLsn;
+    if (batch.ackLsn !== null) this.confirm(batch.ackLsn);
     this.absorbCommits();
     this.advanceIdle();
-    this.sendStatus(false);
+    this.sendStatus();
+  }
+
+  /** Moves the confirmed position forward to `lsn` (never back). */
+  private confirm(lsn: bigint): void {
+    if (lsn > this.confirmed) this.confirmed = lsn;
+  }
+
+  /** Drops the taken items from the front of the queue. */
+  private compact(): void {
+    if (this.head === this.items.length) {
+      this.items = [];
+      this.head = 0;
+    } else if (this.head > 4096) {
+      this.items = this.items.slice(this.head);
+      this.head = 0;
+    }
   }
 
   /**
@@ -213,15 +221,8 @@ export class WalStream {
    */
   private absorbCommits(): void {
     if (this.outstanding !== 0) return;
-    while (this.head < this.items.length && this.items[this.head]!.kind === "commit") {
-      const end = (this.items[this.head] as { end: bigint }).end;
-      if (end > this.confirmed) this.confirmed = end;
-      this.head++;
-    }
-    if (this.head === this.items.length) {
-      this.items = [];
-      this.head = 0;
-    }
+    for (let item = this.items[this.head]; item?.kind === "commit"; item = this.items[++this.head]) this.confirm(item.end);
+    this.compact();
   }
 
   /** The slot's confirmed position as this relay last reported it. */
@@ -239,10 +240,9 @@ export class WalStream {
     if (this.closed) return;
     if (!this.failure && this.streaming) {
       this.absorbCommits();
-      this.sendStatus(false);
-      const connection = (this.client as unknown as { connection: ReplicationConnection }).connection;
-      connection.endCopyFrom();
-      if (this.paused) this.socket()?.resume(); // the server's answer must be read
+      this.sendStatus();
+      this.connection.endCopyFrom();
+      if (this.paused) this.connection.stream?.resume(); // the server's answer must be read
       await Promise.race([this.streaming.catch(() => undefined), new Promise((r) => setTimeout(r, 2000).unref())]);
     }
     this.closed = true;
@@ -258,14 +258,14 @@ export class WalStream {
    * to the server's last position, so WAL written by other work (tables nobody watches) is not held.
    */
   private advanceIdle(): void {
-    if (this.outstanding === 0 && !this.inTransaction && this.head === this.items.length && this.serverEnd > this.confirmed) this.confirmed = this.serverEnd;
+    if (this.outstanding === 0 && !this.inTransaction && this.head === this.items.length) this.confirm(this.serverEnd);
   }
 
   private onCopyData(chunk: Buffer): void {
     if (chunk[0] === 0x6b /* k: keepalive */) {
       this.serverEnd = chunk.readBigUInt64BE(1);
       this.advanceIdle();
-      if (chunk[17] === 1) this.sendStatus(false);
+      if (chunk[17] === 1) this.sendStatus();
       return;
     }
     if (chunk[0] !== 0x77 /* w: XLogData */) return;
@@ -296,7 +296,7 @@ export class WalStream {
         this.bufferedBytes += length;
         if (!this.paused && (this.bufferedEvents > this.options.maxBufferedEvents || this.bufferedBytes > this.options.maxBufferedBytes)) {
           this.paused = true;
-          this.socket()?.pause();
+          this.connection.stream?.pause();
         }
         this.waiter?.();
         return;
@@ -304,16 +304,13 @@ export class WalStream {
       case 0x43 /* C: commit */: {
         const end = body.readBigUInt64BE(10);
         this.inTransaction = false;
-        if (this.head === this.items.length && this.outstanding === 0) {
-          // Every event before it was taken and acknowledged (or it had none of ours): passed.
-          if (end > this.confirmed) this.confirmed = end;
-          return;
-        }
-        // Otherwise it moves the position once everything before it is acknowledged.
+        // It moves the position once everything before it is acknowledged: at once when every
+        // event before it was (or it had none of ours).
         const last = this.items[this.items.length - 1];
         if (last?.kind === "commit") last.end = end;
         else this.items.push({ kind: "commit", end });
-        this.waiter?.();
+        this.absorbCommits();
+        if (this.head < this.items.length) this.waiter?.();
         return;
       }
       default:
@@ -323,7 +320,7 @@ export class WalStream {
   }
 
   /** Standby status update: written = flushed = applied = the confirmed position. */
-  private sendStatus(replyRequested: boolean): void {
+  private sendStatus(): void {
     if (this.closed || this.failure) return;
     const msg = Buffer.alloc(34);
     msg[0] = 0x72; // r
@@ -331,12 +328,13 @@ export class WalStream {
     msg.writeBigUInt64BE(this.confirmed, 9);
     msg.writeBigUInt64BE(this.confirmed, 17);
     msg.writeBigInt64BE(BigInt(Date.now() - PG_EPOCH_MS) * 1000n, 25);
-    msg[33] = replyRequested ? 1 : 0;
-    (this.client as unknown as { connection: ReplicationConnection }).connection.sendCopyFromChunk(msg);
+    msg[33] = 0; // no reply requested
+    this.connection.sendCopyFromChunk(msg);
   }
 
-  private socket(): { pause(): void; resume(): void } | undefined {
-    return (this.client as unknown as { connection: ReplicationConnection }).connection.stream;
+  /** pg's connection under the client: the replication protocol's messages go through it. */
+  private get connection(): ReplicationConnection {
+    return (this.client as unknown as { connection: ReplicationConnection }).connection;
   }
 
   private fail(err: Error): void {

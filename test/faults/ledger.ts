@@ -6,8 +6,9 @@ import { expect } from "vitest";
 import type { ChannelEvent } from "../../protocol/index.ts";
 import type { TestDatabase } from "../support/db.ts";
 import type { FaultProxy } from "../support/fault-proxy.ts";
-import type { CliProcess } from "../support/relay.ts";
+import { spawnCli } from "../support/relay.ts";
 import { TestSubscriber } from "../support/subscriber.ts";
+import { TEST_SECRET } from "../support/worker.ts";
 
 /** Data of a numbered event. */
 export interface Numbered {
@@ -42,10 +43,11 @@ export function expectExactlyOnceInOrder(events: readonly ChannelEvent[], channe
 }
 
 /**
- * The relay-crash scenario, for any source: `start()` runs a relay process (`ready` is the log
- * line that says it reads), numbered events are written on `channels` while it is SIGKILLed
- * twice mid-burst and started again; every event must arrive once, in order, and the Worker must
- * have been sent each id (a re-sent batch repeats ids; the channels drop the copies).
+ * The relay-crash scenario, for any source: a relay process (the CLI, with `env` added, posting
+ * through `proxy`; `ready` is the log line that says it reads) is SIGKILLed twice mid-burst while
+ * numbered events are written on `channels`, and started again; every event must arrive once, in
+ * order, and the Worker must have been sent each id (a re-sent batch repeats ids; the channels
+ * drop the copies).
  */
 export async function killTwiceDuringBurst(options: {
   db: TestDatabase;
@@ -53,13 +55,24 @@ export async function killTwiceDuringBurst(options: {
   proxy: FaultProxy;
   channels: string[];
   perChannel: number;
-  start: () => CliProcess;
+  env?: Record<string, string>;
   ready: string;
 }): Promise<void> {
   const { db, channels, perChannel } = options;
+  const start = () =>
+    spawnCli(["relay"], {
+      DATABASE_URL: db.url,
+      WORKER_URL: options.proxy.url,
+      INGEST_SECRET: TEST_SECRET,
+      RELAY_BATCH_SIZE: "37",
+      RELAY_POLL_INTERVAL_MS: "100",
+      RELAY_RETRY_BASE_MS: "20",
+      RELAY_RETRY_MAX_MS: "200",
+      ...options.env,
+    });
   const subs = await Promise.all(channels.map((c) => TestSubscriber.connect(options.workerUrl, c)));
   options.proxy.ingests.length = 0;
-  let relay = options.start();
+  let relay = start();
   const killed: number[] = [];
   try {
     await relay.waitForLog(options.ready);
@@ -70,7 +83,7 @@ export async function killTwiceDuringBurst(options: {
       relay.kill("SIGKILL");
       await relay.exited;
       killed.push(subs[0]!.events.length);
-      relay = options.start();
+      relay = start();
     }
     await writing;
     for (const [i, sub] of subs.entries()) expectExactlyOnceInOrder(await sub.waitForEvents(perChannel, 60_000), channels[i]!, perChannel);

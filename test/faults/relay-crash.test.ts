@@ -6,8 +6,7 @@
 import { afterAll, beforeAll, it } from "vitest";
 import { testDatabase, type TestDatabase } from "../support/db.ts";
 import { startFaultProxy, type FaultProxy } from "../support/fault-proxy.ts";
-import { spawnCli, type CliProcess } from "../support/relay.ts";
-import { startTestWorker, TEST_SECRET, type TestWorker } from "../support/worker.ts";
+import { startTestWorker, type TestWorker } from "../support/worker.ts";
 import { killTwiceDuringBurst } from "./ledger.ts";
 
 let db: TestDatabase;
@@ -24,18 +23,6 @@ afterAll(async () => {
   await Promise.allSettled([worker?.dispose(), db?.drop()]);
 });
 
-function relayProcess(): CliProcess {
-  return spawnCli(["relay"], {
-    DATABASE_URL: db.url,
-    WORKER_URL: proxy.url,
-    INGEST_SECRET: TEST_SECRET,
-    RELAY_BATCH_SIZE: "37",
-    RELAY_POLL_INTERVAL_MS: "100",
-    RELAY_RETRY_BASE_MS: "20",
-    RELAY_RETRY_MAX_MS: "200",
-  });
-}
-
 it("loses and duplicates nothing when the relay is SIGKILLed twice during a burst on 3 channels", async () => {
-  await killTwiceDuringBurst({ db, workerUrl: worker.url, proxy, channels: ["crash-a", "crash-b", "crash-c"], perChannel: 1500, start: relayProcess, ready: "leading" });
+  await killTwiceDuringBurst({ db, workerUrl: worker.url, proxy, channels: ["crash-a", "crash-b", "crash-c"], perChannel: 1500, ready: "leading" });
 });

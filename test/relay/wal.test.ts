@@ -8,9 +8,9 @@ import { relayMetrics } from "../../relay/observe.ts";
 import { formatLsn, parseLsn, parseMessage, slotName } from "../../relay/wal.ts";
 import { testDatabase, type TestDatabase } from "../support/db.ts";
 import { startFaultProxy, type FaultProxy } from "../support/fault-proxy.ts";
-import { relayEvent, spawnCli, startRelay, type CliProcess } from "../support/relay.ts";
+import { relayEvent, startRelay } from "../support/relay.ts";
 import { TestSubscriber } from "../support/subscriber.ts";
-import { startTestWorker, TEST_SECRET, type TestWorker } from "../support/worker.ts";
+import { startTestWorker, type TestWorker } from "../support/worker.ts";
 import { expectExactlyOnceInOrder, killTwiceDuringBurst, writeNumbered } from "../faults/ledger.ts";
 
 let db: TestDatabase;
@@ -118,7 +118,7 @@ describe("switching to the WAL", () => {
   it("moves the slot past acknowledged transactions, and past work it does not ship once idle", async () => {
     const sub = await TestSubscriber.connect(worker.url, "wal-app");
     const relay = startRelay({ databaseUrl: db.url, workerUrl: worker.url, source: "wal" });
-    const confirmed = async () => lsnValue((await db.sql<{ lsn: string }>("select confirmed_flush_lsn::text as lsn from pg_replication_slots where database = current_database()"))[0]!.lsn);
+    const confirmed = async () => parseLsn((await db.sql<{ lsn: string }>("select confirmed_flush_lsn::text as lsn from pg_replication_slots where database = current_database()"))[0]!.lsn);
     try {
       await relayEvent(relay, "streaming");
       const before = await confirmed();
@@ -130,7 +130,7 @@ describe("switching to the WAL", () => {
       // Writes to a table nobody watches produce no event, but must not pin the WAL: the relay
       // confirms the server's position once nothing of its own is pending.
       await db.sql("create table unwatched (n int); insert into unwatched select generate_series(1, 1000)");
-      const written = lsnValue((await db.sql<{ lsn: string }>("select pg_current_wal_lsn()::text as lsn"))[0]!.lsn);
+      const written = parseLsn((await db.sql<{ lsn: string }>("select pg_current_wal_lsn()::text as lsn"))[0]!.lsn);
       await pollUntil(async () => (await confirmed()) >= written, "the slot to pass unshipped work");
       // Caught up: the metric says the slot holds no WAL beyond what the server wrote since.
       expect(await relayMetrics(relay).getSingleMetricAsString("relay_wal_lag_bytes")).toMatch(/relay_wal_lag_bytes\{name="default"\} \d+/);
@@ -173,26 +173,10 @@ async function pollUntil(check: () => Promise<boolean>, what: string): Promise<v
   }
 }
 
-function lsnValue(text: string): bigint {
-  const [hi, lo] = text.split("/");
-  return (BigInt(`0x${hi}`) << 32n) | BigInt(`0x${lo}`);
-}
 
 describe("faults", () => {
-  function relayProcess(): CliProcess {
-    return spawnCli(["relay"], {
-      DATABASE_URL: db.url,
-      WORKER_URL: proxy.url,
-      INGEST_SECRET: TEST_SECRET,
-      RELAY_SOURCE: "wal",
-      RELAY_BATCH_SIZE: "37",
-      RELAY_RETRY_BASE_MS: "20",
-      RELAY_RETRY_MAX_MS: "200",
-    });
-  }
-
   it("loses and duplicates nothing when the relay is SIGKILLed twice during a burst on 3 channels", async () => {
-    await killTwiceDuringBurst({ db, workerUrl: worker.url, proxy, channels: ["wal-crash-a", "wal-crash-b", "wal-crash-c"], perChannel: 1500, start: relayProcess, ready: "streaming" });
+    await killTwiceDuringBurst({ db, workerUrl: worker.url, proxy, channels: ["wal-crash-a", "wal-crash-b", "wal-crash-c"], perChannel: 1500, env: { RELAY_SOURCE: "wal" }, ready: "streaming" });
   });
 
   it("keeps events in Postgres through a Worker outage, even when the relay is stopped during it, then delivers them once, in order", async () => {
@@ -210,9 +194,9 @@ describe("faults", () => {
       await writeNumbered(db, "wal-outage", 2, 3000, 50);
       // Stopped with a batch refused: the slot must not have moved past it.
       await relay.stop();
-      const refused = lsnValue(formatLsn(BigInt(proxy.ingests.at(-1)![0]!.split("-w")[1]!)));
+      const refused = BigInt(proxy.ingests.at(-1)![0]!.split("-w")[1]!);
       const [slot] = await db.sql<{ lsn: string }>("select confirmed_flush_lsn::text as lsn from pg_replication_slots where database = current_database()");
-      expect(lsnValue(slot!.lsn)).toBeLessThan(refused);
+      expect(parseLsn(slot!.lsn)).toBeLessThan(refused);
       relay = startRelay({ databaseUrl: db.url, workerUrl: proxy.url, source: "wal", batchSize: 100 });
       proxy.mode = "error500";
       await relayEvent(relay, "retry");
