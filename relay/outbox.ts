@@ -13,7 +13,7 @@
  * A window larger than one batch is shipped in pages (`after_id`); the cursor remembers the page
  * position so a restarted relay resumes inside the window.
  */
-import type pg from "pg";
+import type { Queryable } from "./serial.ts";
 
 /** Where the relay stands: `done` is fully delivered; `target` is the window being shipped. */
 export interface Cursor {
@@ -108,7 +108,7 @@ export function startOf(previous: Cursor[]): Cursor {
  * neither skips nor re-sends the outbox. A relay name with no cursor starts at the beginning of
  * the outbox.
  */
-export async function loadCursor(db: pg.ClientBase, name: string, partition: Partition | null = null): Promise<Cursor> {
+export async function loadCursor(db: Queryable, name: string, partition: Partition | null = null): Promise<Cursor> {
   const base = name.split(":")[0]!;
   const generation = partition ? Array.from({ length: partition.count }, (_, i) => `${base}:p${i}of${partition.count}`) : [base];
   const { rows: existing } = await db.query<{ name: string; done: string; target: string | null; after_id: string | null }>(
@@ -134,7 +134,7 @@ export async function loadCursor(db: pg.ClientBase, name: string, partition: Par
 }
 
 /** Persists the cursor; called only after the Worker acknowledged what it covers. */
-export async function saveCursor(db: pg.ClientBase, name: string, cursor: Cursor): Promise<void> {
+export async function saveCursor(db: Queryable, name: string, cursor: Cursor): Promise<void> {
   await db.query(saveCursorSql("$4"), [cursor.done, cursor.target, cursor.afterId, name]);
 }
 
@@ -198,7 +198,7 @@ export function readPageParams(cursor: Cursor, limit: number, maxBytes: number, 
  * {@link saveCursor} does).
  */
 export async function readPage(
-  db: pg.ClientBase,
+  db: Queryable,
   cursor: Cursor,
   limit: number,
   maxBytes: number,
@@ -237,7 +237,7 @@ export function advance(cursor: Cursor, page: Page): Cursor {
  * or of a transaction still open, is never touched, whatever its age. Each call is one short
  * statement that locks only the rows it deletes, so writers inserting new rows never wait on it.
  */
-export async function pruneDelivered(db: pg.ClientBase, retentionSeconds: number, limit: number): Promise<number> {
+export async function pruneDelivered(db: Queryable, retentionSeconds: number, limit: number): Promise<number> {
   const { rowCount } = await db.query(
     `with doomed as (
        select id from realtime.outbox

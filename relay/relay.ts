@@ -12,6 +12,7 @@ import { resolveRelayOptions, type RelayOptions, type ResolvedRelayOptions } fro
 import { IngestClient, StoppedError, type IngestError, type OutgoingEvent } from "./ingest-client.ts";
 import { createLogger, redactUrl, type Logger } from "./log.ts";
 import { advance, loadCursor, partitionSql, pruneDelivered, readPage, saveCursor, type Cursor, type Page } from "./outbox.ts";
+import { SerialClient } from "./serial.ts";
 import { ensureWalCapture, formatLsn, parseLsn, slotName, WalStream } from "./wal.ts";
 
 /** Channel the capture triggers NOTIFY when the relay is idle (sql/realtime.sql, realtime.ring). */
@@ -361,7 +362,7 @@ export class Relay extends EventEmitter<RelayEvents> {
   }
 
   /** Tells writers to ring (or not) for this relay's cursor. */
-  private setWaiting(db: pg.Client, waiting: boolean): Promise<unknown> {
+  private setWaiting(db: SerialClient, waiting: boolean): Promise<unknown> {
     return db.query("insert into realtime.doorbells (name, waiting) values ($1, $2) on conflict (name) do update set waiting = excluded.waiting", [this.cursorName, waiting]);
   }
 
@@ -444,8 +445,10 @@ type Slot = "outbox" | "notify" | "prune" | "wal";
  * and a listener connection (doorbell and forwarded NOTIFY channels).
  */
 class Session {
-  readonly query: pg.Client;
-  readonly listener: pg.Client;
+  /** The connection that holds the leader lock and reads and writes the outbox's state. */
+  readonly query: SerialClient;
+  /** The connection that LISTENs (doorbell, NOTIFY forwarding); prunes and metrics use it too. */
+  readonly listener: SerialClient;
   leader = false;
   closed = false;
   /** Set by a doorbell; cleared by the outbox loop before each read. */
@@ -461,14 +464,14 @@ class Session {
       // A connect that hangs (a server not answering) fails and is retried, instead of stalling the relay.
       connectionTimeoutMillis: 10_000,
     };
-    this.query = new pg.Client(config);
-    this.listener = new pg.Client(config);
-    for (const client of [this.query, this.listener]) {
+    this.query = new SerialClient(new pg.Client(config));
+    this.listener = new SerialClient(new pg.Client(config));
+    for (const { client } of [this.query, this.listener]) {
       // A dropped connection surfaces here (and as a failed query); it ends the session.
       client.on("error", (err) => this.lost(err));
       client.on("end", () => this.lost(new Error("database connection closed")));
     }
-    this.listener.on("notification", (msg) => {
+    this.listener.client.on("notification", (msg) => {
       if (msg.channel === DOORBELL_CHANNEL) {
         this.rung = true;
         this.wake();
@@ -481,7 +484,7 @@ class Session {
   private onNotification: ((channel: string, payload: string) => void) | null = null;
 
   async connect(): Promise<void> {
-    await Promise.all([this.query.connect(), this.listener.connect()]);
+    await Promise.all([this.query.client.connect(), this.listener.client.connect()]);
     // The relay's own writes (cursor, doorbell, prunes) need not wait for a WAL flush: a cursor
     // lost in a crash only re-sends batches the channels drop as duplicates, and a lost doorbell
     // state is rewritten on the next loop. This takes an fsync off the delivery path.
@@ -553,6 +556,6 @@ class Session {
     for (const wake of [...this.wakers.values()]) wake();
     await Promise.allSettled(this.closers.map((fn) => fn()));
     // Ending the query connection releases the advisory lock: a standby takes over at once.
-    await Promise.allSettled([this.query.end(), this.listener.end()]);
+    await Promise.allSettled([this.query.client.end(), this.listener.client.end()]);
   }
 }

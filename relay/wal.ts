@@ -15,6 +15,7 @@
  * message's WAL position, unique and the same on every re-read.
  */
 import pg from "pg";
+import type { Queryable } from "./serial.ts";
 
 /** Prefix of the capture's messages; other messages in the WAL are skipped. */
 export const WAL_PREFIX = "realtime";
@@ -359,7 +360,7 @@ interface ReplicationConnection {
  * `realtime.set_capture('wal')` unless capture is 'wal' already (the order matters: an event
  * captured to the WAL before the slot exists would be lost). Errors say what to change.
  */
-export async function ensureWalCapture(db: pg.ClientBase, slot: string): Promise<{ createdSlot: boolean }> {
+export async function ensureWalCapture(db: Queryable, slot: string): Promise<{ createdSlot: boolean }> {
   const { rows: level } = await db.query<{ wal_level: string }>("show wal_level");
   if (level[0]?.wal_level !== "logical") {
     throw new WalSetupError(

@@ -26,11 +26,20 @@ export function event(channel: string, data: unknown = { n: ++counter }, over: P
 }
 
 /** POSTs a raw body to /ingest, signed with `secret` at `t` unless a header is given. */
-export async function postIngest(body: string, opts: { secret?: string; t?: number; signature?: string | null } = {}): Promise<Response> {
+export async function postIngest(body: string, opts: { secret?: string; t?: number; signature?: string | null; streamed?: boolean } = {}): Promise<Response> {
   const headers: Record<string, string> = { "Content-Type": "application/json" };
   const signature = opts.signature === undefined ? await signBody(opts.secret ?? SECRET, body, opts.t) : opts.signature;
   if (signature !== null) headers[SIGNATURE_HEADER] = signature;
-  return exports.default.fetch("http://edge/ingest", { method: "POST", headers, body });
+  // A string body goes with its Content-Length, as the relay sends it; a stream goes without one
+  // (chunked), and the Worker counts its bytes as they arrive.
+  const bytes = new TextEncoder().encode(body);
+  const stream = new ReadableStream<Uint8Array>({
+    start(controller) {
+      for (let i = 0; i < bytes.byteLength; i += 16_384) controller.enqueue(bytes.slice(i, i + 16_384));
+      controller.close();
+    },
+  });
+  return exports.default.fetch("http://edge/ingest", { method: "POST", headers, body: opts.streamed ? stream : body });
 }
 
 /** A change event as `realtime.watch` writes it (retained unless told otherwise). */

@@ -74,11 +74,26 @@ describe("body validation", () => {
     expect(((await res.json()) as { error: { message: string } }).error.message).toMatch(/^events\[1\]: channel/);
   });
 
-  it("refuses a body over MAX_INGEST_BYTES with 413 before reading it all", async () => {
+  it.each([
+    ["with its length declared", false],
+    ["streamed (no length)", true],
+  ])("refuses a body over MAX_INGEST_BYTES with 413 before reading it all: %s", async (_, streamed) => {
     const body = JSON.stringify({ events: [event("big-body", "x".repeat(9 * 1024 * 1024))] });
-    const res = await postIngest(body, { signature: "t=1,v1=" + "0".repeat(64) });
+    const res = await postIngest(body, { signature: "t=1,v1=" + "0".repeat(64), streamed });
     expect(res.status).toBe(413);
     expect(await res.json()).toMatchObject({ error: { code: "payload_too_large" } });
+  });
+
+  it.each([
+    ["with its length declared, as the relay sends it", false],
+    ["streamed (no length), in chunks that split characters", true],
+  ])("reads a body %s byte for byte", async (label, streamed) => {
+    const channel = `read-${streamed ? "streamed" : "declared"}`;
+    const data = { text: "é ü 漢字 🙂 \u2028", pad: "y".repeat(70_000) };
+    const socket = await Socket.open(channel);
+    const res = await postIngest(JSON.stringify({ events: [event(channel, data)] }), { streamed });
+    expect(res.status, label).toBe(200);
+    expect((await socket.eventCount(1))[0]!.data).toEqual(data);
   });
 
   it("answers unknown routes with a JSON 404", async () => {
