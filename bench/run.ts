@@ -575,8 +575,11 @@ ${sections.join("\n")}
 | Relay batches up to 1000 events (was 500); log trimmed every 100 events, not every publish | 100,000-event drain: 6,250-7,487 events/s | 10,734-12,048 events/s |
 | Relay run with V8's young generation capped at 2 MB (the CLI's shebang) | 1,000,000-event backlog: RSS max 142 MB, drain 7,108 events/s | 87.6 MB, 7,457 events/s |
 | WAL capture (\`--source wal\`): events as logical decoding messages streamed over a replication slot instead of outbox rows (opt-in: needs \`wal_level = logical\`) | 16 pgbench writers, watched inserts vs a plain table: 0.66-0.70x; end to end, 16 writers and 10 subscribers, Postgres CPU per event (backends + the relay's reads): 451 us, 2,620 events/s | 0.80-0.82x; 369-405 us (backends + walsender), 2,784-2,930 events/s |
+| Worker reads a relay batch's body in one call when its length is declared (\`request.text()\`, not chunk by chunk), and is built without esbuild's \`keep_names\` (Hono's per-request arrow functions each got a \`__name()\` call) | workerd CPU per 86-event batch to 10 sockets (\`npm run bench:worker\`, three alternating runs): 5.63-6.10 ms | 5.13-5.40 ms (0.91x) |
 | Tried and reverted: the relay polling 30 ms before declaring itself idle (to avoid NOTIFY storms) | writers (b): 0.42x | 0.39x (no measurable gain) |
 | Tried and reverted: the relay waiting until 10 ms after a batch left before reading the next (fewer, larger batches under load) | writers (b), two runs: 0.55x, 0.51x | 0.58x, 0.48x (no measurable gain) |
+| Tried again with 15 ms, end to end (16 writers, 10 subscribers, two alternating pairs): batches grew, the Worker's and the relay's CPU per event fell by a third, events/s stayed within the noise (+17% in one pair, +1% in the other) and the median latency rose by 20-25 ms | workerd 105-117 us, relay 57-66 us per event; 1,797-2,018 events/s; p50 47-51 ms | 75-83 us, 43-45 us; 2,038-2,101 events/s; p50 69-75 ms |
+| Not taken: the relay's page read as a named prepared statement | unnamed, 8-row window with 200,000 kept rows: 0.8-1.1 ms per read | 0.3-0.75 ms once planned, but a generic plan made while the outbox was empty read the same window in 41 ms until the next ANALYZE; forcing custom plans kept 0.53-0.56 ms |
 
 ## How to read and re-run
 
