@@ -9,9 +9,10 @@ export interface Queryable {
 /**
  * A pg Client whose queries run in the order they were asked for, each once the one before it
  * has settled. Several loops share each connection of a relay session (the outbox loop reads its
- * next page while the doorbell update runs; the prune loop and the metrics share the listener).
- * node-postgres 8 queues a query sent while another runs, but deprecates it (a warning at every
- * relay start) and version 9 removes it; this keeps the same order without relying on it.
+ * next page while the doorbell update runs, and with --source wal the wal loop queries too; the
+ * prune loop and the metrics share the listener). node-postgres 8 queues a query sent while
+ * others wait, but deprecates it (a warning when a wal relay started) and version 9 removes it;
+ * this keeps the same order without relying on it.
  */
 export class SerialClient implements Queryable {
   private tail: Promise<unknown> = Promise.resolve();
