@@ -32,14 +32,18 @@ export async function postIngest(body: string, opts: { secret?: string; t?: numb
   if (signature !== null) headers[SIGNATURE_HEADER] = signature;
   // A string body goes with its Content-Length, as the relay sends it; a stream goes without one
   // (chunked), and the Worker counts its bytes as they arrive.
+  return exports.default.fetch("http://edge/ingest", { method: "POST", headers, body: opts.streamed ? chunked(body) : body });
+}
+
+/** `body` as a stream of 16 KB chunks (cut anywhere, mid-character included), of no declared length. */
+function chunked(body: string): ReadableStream<Uint8Array> {
   const bytes = new TextEncoder().encode(body);
-  const stream = new ReadableStream<Uint8Array>({
+  return new ReadableStream<Uint8Array>({
     start(controller) {
       for (let i = 0; i < bytes.byteLength; i += 16_384) controller.enqueue(bytes.slice(i, i + 16_384));
       controller.close();
     },
   });
-  return exports.default.fetch("http://edge/ingest", { method: "POST", headers, body: opts.streamed ? stream : body });
 }
 
 /** A change event as `realtime.watch` writes it (retained unless told otherwise). */
