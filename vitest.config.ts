@@ -28,6 +28,10 @@ export default defineConfig({
         test: { name: "worker", include: ["test/worker/**/*.test.ts", "test/faults/**/*.worker.test.ts"] },
       },
       {
+        // Pure units (protocol/, the client's parsing): plain Node, no Postgres, no workerd.
+        test: { name: "unit", include: ["test/protocol/**/*.test.ts", "test/client/**/*.test.ts"] },
+      },
+      {
         // Relay, end-to-end and browser tests, in Node against a real Postgres.
         test: {
           name: "node",

@@ -7,10 +7,20 @@
  * was missed, or answers `reset` when it cannot.
  */
 import PartySocket, { type PartySocketOptions } from "partysocket";
-import type { ChannelEvent, ClientFrame, ErrorCode, PresenceMember, ResetReason, RowFilter, ServerFrame, SnapshotRow } from "../protocol/index.ts";
-import { PING } from "../protocol/index.ts";
+import type { ChannelEvent, ClientFrame, ErrorCode, NumberMode, PresenceMember, ResetReason, RowFilter, ServerFrame, SnapshotRow } from "../protocol/index.ts";
+import { parseJson, PING, PONG } from "../protocol/index.ts";
 
-export type { ChangeEvent, ChannelEvent, OversizedEvent, PresenceMember, ResetReason, RowFilter, ServerFrame, SnapshotRow } from "../protocol/index.ts";
+export type { ChangeEvent, ChannelEvent, EventMarker, MarkerReason, OversizedEvent, PresenceMember, ResetReason, RowFilter, RowRef, ServerFrame, SnapshotRow } from "../protocol/index.ts";
+export { isMarker } from "../protocol/index.ts";
+
+/**
+ * How numbers that a JS number cannot hold exactly arrive (integers past ±2^53, more than 15
+ * significant digits, beyond a double's range), everywhere in event data, snapshots and broadcasts:
+ * - `"exact"` (default): as strings, digit for digit (`"9007199254740993"`); every other number is a number;
+ * - `"bigint"`: integers as bigint (`9007199254740993n`), other such numbers as strings;
+ * - `"number"`: JSON.parse's rounding (`9007199254740992`): the fastest, lossy for those values.
+ */
+export type Numbers = "exact" | "bigint" | "number";
 
 /** Connection status reported to `onStatus`. */
 export type Status = "connecting" | "open" | "closed";
@@ -43,6 +53,17 @@ export interface SubscribeOptions<Events extends Record<string, unknown> = Recor
   onError?: (error: { code: ErrorCode; message: string }) => void;
   /** Resume from here instead of live-only (for example a seq saved across page loads). Default none. */
   since?: { seq: number; epoch: string };
+  /**
+   * How numbers a JS number cannot hold exactly arrive: `"exact"` (strings, digit for digit),
+   * `"bigint"`, or `"number"` (rounded). Default `"exact"`: a 64-bit id or a money column must not
+   * change on its way (see {@link Numbers}).
+   */
+  numbers?: Numbers;
+  /**
+   * Ask for the channel's retained rows (a `snapshot` frame) even while it has none yet, so an empty
+   * retained state arrives as `rows: []` instead of nothing. Default: true when `onSnapshot` is set.
+   */
+  snapshot?: boolean;
   /** WebSocket constructor, for Node < 22 (`import WebSocket from "ws"`). Default: the global one. */
   WebSocket?: unknown;
   /** Send a heartbeat every this many ms (0: never). Answered by the edge without waking the channel. Default 30000. */
@@ -92,6 +113,11 @@ export interface Subscription {
   close(): void;
 }
 
+/** A filter's JSON, bigints written as the integers they are (JSON.stringify refuses them). */
+function filterJson(filter: RowFilter): string {
+  return JSON.stringify(filter, (_, v: unknown) => (typeof v === "bigint" ? `\u0000${v}` : v)).replace(/"\\u0000(-?[0-9]+)"/g, "$1");
+}
+
 /** Joins a channel; events, resets and status arrive through the callbacks. */
 export function subscribe<Events extends Record<string, unknown> = Record<string, unknown>>(
   options: SubscribeOptions<Events>,
@@ -107,6 +133,9 @@ export function subscribe<Events extends Record<string, unknown> = Record<string
     if (socket.readyState === 1) socket.send(JSON.stringify(frame));
   };
   const membersChanged = () => options.presence?.onChange?.([...members.values()]);
+  const mode = options.numbers ?? "exact";
+  const numberMode: NumberMode = mode === "exact" ? "string" : mode;
+  const wantsSnapshot = options.snapshot ?? options.onSnapshot !== undefined;
 
   const setStatus = (next: Status) => {
     if (next === status) return;
@@ -127,8 +156,9 @@ export function subscribe<Events extends Record<string, unknown> = Record<string
         q.epoch = epoch;
       }
       if (options.token) q.token = typeof options.token === "function" ? await options.token() : options.token;
-      if (options.filter) q.filter = JSON.stringify(options.filter);
+      if (options.filter) q.filter = filterJson(options.filter);
       if (options.presence) q.presence = "1";
+      if (wantsSnapshot) q.snapshot = "1";
       return q;
     },
   });
@@ -143,8 +173,8 @@ export function subscribe<Events extends Record<string, unknown> = Record<string
     if (status !== "closed") setStatus("connecting");
   });
   socket.addEventListener("message", (message: MessageEvent) => {
-    if (typeof message.data !== "string" || message.data === "pong") return;
-    const frame = JSON.parse(message.data) as ServerFrame;
+    if (typeof message.data !== "string" || message.data === PONG) return;
+    const frame = parseJson(message.data, numberMode) as ServerFrame;
     switch (frame.type) {
       case "welcome":
         // A fresh client starts live from the welcome seq; a resuming one keeps its own

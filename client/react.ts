@@ -11,10 +11,11 @@
  * ```
  */
 import { useEffect, useMemo, useRef, useState } from "react";
-import { subscribe, type ChangeEvent, type ChannelEvent, type PresenceMember, type RowFilter, type Status, type SubscribeOptions, type Subscription } from "./index.ts";
+import { applyChange, stateFromSnapshot, type RowRef, type RowState } from "../protocol/index.ts";
+import { subscribe, type ChannelEvent, type PresenceMember, type RowFilter, type Status, type SubscribeOptions, type Subscription } from "./index.ts";
 
 /** Options of {@link useChannel}: those of `subscribe()` but the channel and callbacks, plus `keep`. */
-export interface UseChannelOptions extends Omit<SubscribeOptions, "channel" | "onEvents" | "onSnapshot" | "onStatus" | "presence"> {
+export interface UseChannelOptions extends Omit<SubscribeOptions, "channel" | "onEvents" | "onSnapshot" | "onStatus" | "presence" | "snapshot"> {
   /** How many recent events `events` keeps. Default 100. */
   keep?: number;
   /** Join presence with this state (`members` is then filled). Default: not listed. */
@@ -26,30 +27,32 @@ export interface ChannelView<Row> {
   status: Status;
   /** The most recent events, oldest first (at most `keep`). */
   events: ChannelEvent[];
-  /** The current rows, on a channel that retains them (`watch(..., retain => true)`); null until a snapshot arrives, or if the channel does not retain (or overflowed). */
+  /**
+   * The channel's current rows (its retained state: `watch(..., retain => true)`), kept current by
+   * the change events: `[]` while it has none, null until the first snapshot arrives and when the
+   * channel's state outgrew its limits (`overflow`: load rows from your app). Every entry is a
+   * whole row: a row too large to carry is in `oversized` instead.
+   */
   state: Row[] | null;
+  /** Rows that exist but were too large to carry (`row_too_large` or `event_too_large`): their table and key, to fetch from your app. */
+  oversized: RowRef[];
   /** Presence members, when joined with `presence`. */
   members: PresenceMember[];
   /** The live subscription (for broadcast, setPresence), once mounted. */
   subscription: Subscription | null;
 }
 
-/** Row key inside the state: table plus primary key, as the channel keys retained rows. */
-function rowKey(schema: string, table: string, key: unknown): string {
-  return `${schema}.${table}:${JSON.stringify(key)}`;
-}
-
 /** Subscribes to `channel` while the component is mounted. */
 export function useChannel<Row = Record<string, unknown>>(channel: string, options: UseChannelOptions): ChannelView<Row> {
   const [status, setStatus] = useState<Status>("connecting");
   const [events, setEvents] = useState<ChannelEvent[]>([]);
-  const [rows, setRows] = useState<Map<string, Row> | null>(null);
+  const [rows, setRows] = useState<RowState<Row> | null>(null);
   const [members, setMembers] = useState<PresenceMember[]>([]);
   const [subscription, setSubscription] = useState<Subscription | null>(null);
   // Options read at (re)subscribe time; a new object each render must not resubscribe.
   const latest = useRef(options);
   latest.current = options;
-  const filterKey = JSON.stringify(options.filter ?? null);
+  const filterKey = JSON.stringify(options.filter ?? null, (_, v: unknown) => (typeof v === "bigint" ? `${v}n` : v));
   const presenceKey = options.presence ? "1" : "";
 
   useEffect(() => {
@@ -62,27 +65,17 @@ export function useChannel<Row = Record<string, unknown>>(channel: string, optio
       channel,
       filter: filter as RowFilter | undefined,
       onStatus: setStatus,
-      onSnapshot: ({ rows: snapshot, overflow }) => {
-        if (overflow) return setRows(null);
-        setRows(new Map(snapshot.map((r) => [rowKey(r.schema, r.table, r.key), r.row as Row])));
-      },
+      // The snapshot is asked for even before the channel retains a row: an empty state is [], not "loading".
+      snapshot: true,
+      onSnapshot: ({ rows: snapshot, overflow }) => setRows(overflow ? null : stateFromSnapshot<Row>(snapshot)),
       onEvents: (batch) => {
         setEvents((prev) => [...prev, ...batch].slice(-keep));
         setRows((prev) => {
           if (prev === null) return prev;
-          const next = new Map(prev);
-          for (const e of batch) {
-            const d = e.data as Partial<ChangeEvent> | null;
-            if (!d || typeof d !== "object" || typeof d.table !== "string" || typeof d.schema !== "string") continue;
-            if (d.op === "TRUNCATE") {
-              for (const k of [...next.keys()]) if (k.startsWith(`${d.schema}.${d.table}:`)) next.delete(k);
-            } else if (d.op === "DELETE") {
-              next.delete(rowKey(d.schema, d.table, d.key));
-            } else if (d.new) {
-              next.set(rowKey(d.schema, d.table, d.key), d.new as Row);
-            }
-          }
-          return next;
+          const next: RowState<Row> = { rows: new Map(prev.rows), oversized: new Map(prev.oversized) };
+          let changed = false;
+          for (const e of batch) changed = applyChange(next, e.data) || changed;
+          return changed ? next : prev;
         });
       },
       presence: presence ? { state: presence.state, onChange: setMembers } : undefined,
@@ -94,6 +87,7 @@ export function useChannel<Row = Record<string, unknown>>(channel: string, optio
     };
   }, [channel, filterKey, presenceKey]);
 
-  const state = useMemo(() => (rows ? [...rows.values()] : null), [rows]);
-  return { status, events, state, members, subscription };
+  const state = useMemo(() => (rows ? [...rows.rows.values()] : null), [rows]);
+  const oversized = useMemo(() => (rows ? [...rows.oversized.values()] : []), [rows]);
+  return { status, events, state, oversized, members, subscription };
 }

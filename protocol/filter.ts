@@ -3,12 +3,17 @@
  * socket (events, replay and snapshot alike). The JSON maps top-level columns to conditions, all
  * ANDed: `{"done":{"eq":false},"priority":{"gte":3},"id":{"in":[1,2,3]}}`.
  */
+import { parseJson } from "./json.ts";
 
 /** A comparison a filter can make. */
 export type FilterOp = "eq" | "neq" | "lt" | "lte" | "gt" | "gte" | "in";
 
-/** A value a filter compares with. */
-export type FilterValue = string | number | boolean | null;
+/**
+ * A value a filter compares with. Integers past 2^53 are bigints (filters and row data are both
+ * read with parseJson(text, "bigint"), so `{"id":{"eq":9007199254740993}}` matches that id and not
+ * its neighbour); decimals with more than 15 significant digits are compared as their text.
+ */
+export type FilterValue = string | number | bigint | boolean | null;
 
 /** Conditions per column; every one must hold. */
 export type RowFilter = Record<string, Partial<Record<FilterOp, FilterValue | FilterValue[]>>>;
@@ -24,7 +29,7 @@ export function parseFilter(text: string): { ok: true; filter: RowFilter } | { o
   if (new TextEncoder().encode(text).byteLength > MAX_FILTER_BYTES) return { ok: false, message: `filter is larger than ${MAX_FILTER_BYTES} bytes` };
   let value: unknown;
   try {
-    value = JSON.parse(text);
+    value = parseJson(text, "bigint");
   } catch {
     return { ok: false, message: 'filter is not JSON; expected {"column":{"op":value}} with op eq, neq, lt, lte, gt, gte or in' };
   }
@@ -51,22 +56,31 @@ export function parseFilter(text: string): { ok: true; filter: RowFilter } | { o
 }
 
 function isFilterValue(v: unknown): v is FilterValue {
-  return v === null || typeof v === "boolean" || (typeof v === "number" && Number.isFinite(v)) || (typeof v === "string" && v.length <= 256);
+  return v === null || typeof v === "boolean" || typeof v === "bigint" || (typeof v === "number" && Number.isFinite(v)) || (typeof v === "string" && v.length <= 256);
+}
+
+const isNumeric = (v: unknown): v is number | bigint => typeof v === "number" || typeof v === "bigint";
+
+/** Equality, with a number and a bigint equal when their values are (JS compares those exactly). */
+function same(a: unknown, b: unknown): boolean {
+  // eslint-disable-next-line eqeqeq -- number == bigint compares the mathematical values
+  return a === b || (isNumeric(a) && isNumeric(b) && a == b);
 }
 
 function holds(op: FilterOp, actual: unknown, operand: FilterValue | FilterValue[]): boolean {
   switch (op) {
     case "eq":
-      return actual === operand || (actual === undefined && operand === null);
+      return same(actual, operand) || (actual === undefined && operand === null);
     case "neq":
       // Like SQL, a missing or null column matches no comparison but `eq: null`.
-      return actual !== undefined && actual !== null && actual !== operand;
+      return actual !== undefined && actual !== null && !same(actual, operand);
     case "in":
-      return (operand as FilterValue[]).includes(actual as FilterValue);
+      return (operand as FilterValue[]).some((v) => same(actual, v));
     default: {
-      if (typeof actual !== typeof operand || (typeof actual !== "number" && typeof actual !== "string")) return false;
-      const a = actual as number | string;
-      const b = operand as number | string;
+      const numbers = isNumeric(actual) && isNumeric(operand);
+      if (!numbers && !(typeof actual === "string" && typeof operand === "string")) return false;
+      const a = actual as number | bigint | string;
+      const b = operand as number | bigint | string;
       return op === "lt" ? a < b : op === "lte" ? a <= b : op === "gt" ? a > b : a >= b;
     }
   }
@@ -101,5 +115,27 @@ export function matchesEvent(filter: RowFilter, data: unknown): boolean {
       return true;
     default:
       return matchesRow(filter, data);
+  }
+}
+
+/**
+ * {@link matchesEvent} for data as JSON text (as the channel holds it), read with big integers
+ * exact. Data that cannot be read matches nothing: it fails this socket's match, never the batch.
+ */
+export function matchesEventText(filter: RowFilter, data: string): boolean {
+  return matchesEvent(filter, readData(data));
+}
+
+/** {@link matchesRow} for a row as JSON text. */
+export function matchesRowText(filter: RowFilter, row: string | null): boolean {
+  return row !== null && matchesRow(filter, readData(row));
+}
+
+/** Event data for filtering: parsed with big integers exact, or undefined if it cannot be. */
+export function readData(text: string): unknown {
+  try {
+    return parseJson(text, "bigint");
+  } catch {
+    return undefined;
   }
 }

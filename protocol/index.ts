@@ -7,3 +7,6 @@ export * from "./signing.ts";
 export * from "./validate.ts";
 export * from "./filter.ts";
 export * from "./patterns.ts";
+export * from "./json.ts";
+export * from "./change.ts";
+export * from "./frames.ts";

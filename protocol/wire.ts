@@ -26,7 +26,11 @@ export const MAX_EVENT_ID_LENGTH = 128;
 /** Path prefix of a channel's WebSocket: partysocket's default `/parties/<party>/<room>`. */
 export const CHANNEL_PATH_PREFIX = "/parties/main/";
 
-/** One event as the relay sends it to `POST /ingest`. */
+/**
+ * One event of a `POST /ingest` body. `data` is the JSON text of the event's data, exactly as the
+ * producer wrote it: the body carries it inline (`"data":{...}`), and the edge keeps that text byte
+ * for byte (protocol/json.ts says why).
+ */
 export interface IngestEvent {
   /** Unique source id; the channel drops an id it has already stored. */
   id: string;
@@ -34,8 +38,8 @@ export interface IngestEvent {
   channel: string;
   /** Event name. */
   event: string;
-  /** Any JSON value. */
-  data: unknown;
+  /** The data's JSON text (any JSON value; `null` for none). */
+  data: string;
   /** When the event was written at the source, in milliseconds since the Unix epoch. */
   ts: number;
   /** The channel keeps this change event's row as retained state (`realtime.watch(..., retain => true)`). */
@@ -53,6 +57,12 @@ export interface IngestResult {
   accepted: number;
   /** Events whose id the channel had already stored (a re-sent batch), dropped. */
   duplicates: number;
+  /**
+   * Of the accepted events, those stored as a marker instead of their data (see
+   * {@link EventMarker}): a retained row too large to keep, or an event the channel could not store.
+   * Absent when none.
+   */
+  markers?: number;
 }
 
 /** Stable error codes in `{ error: { code, message } }` bodies and `error` frames. */
@@ -142,9 +152,12 @@ export interface SnapshotRow<Row = Record<string, unknown>> {
   schema: string;
   table: string;
   key: Record<string, unknown>;
-  row: Row;
+  /** The row; null when it is too large to retain (`oversized`): fetch it from your app. */
+  row: Row | null;
   /** Seq of the event that produced this version. */
   seq: number;
+  /** The row exists but was too large to retain (`STATE_MAX_ROW_BYTES`, or the relay's `--max-event-bytes`); `row` is null. */
+  oversized?: true;
 }
 
 /** A connection listed in a channel's presence. */
@@ -187,18 +200,41 @@ export interface ChangeEvent<Row = Record<string, unknown>> {
 }
 
 /**
- * `data` that replaces an event too large to carry (the relay's `--max-event-bytes`).
- * The event still arrives, in order, so a subscriber knows what changed and can fetch it.
+ * Why an event arrives as a marker instead of its data:
+ * - `event_too_large`: its data was larger than the relay's `--max-event-bytes`, or than one ingest
+ *   request may carry;
+ * - `row_too_large`: on a retaining channel, its row was larger than `STATE_MAX_ROW_BYTES`;
+ * - `unstorable`: the channel could not store it (logged by the Worker with its source id).
  */
-export interface OversizedEvent {
-  oversized: true;
-  /** Size of the event's JSON data, in bytes. */
+export type MarkerReason = "event_too_large" | "row_too_large" | "unstorable";
+
+/**
+ * `data` that stands in for an event that could not be carried as it was written. The event still
+ * arrives, in order, with what identifies its row, so a subscriber knows what changed and can fetch
+ * it. Size markers carry `oversized: true`, the others `unstorable: true`; {@link isMarker} tells
+ * either from ordinary data.
+ */
+export interface EventMarker {
+  oversized?: true;
+  unstorable?: true;
+  reason: MarkerReason;
+  /** Size of the event's JSON data, in bytes (UTF-8). */
   bytes: number;
   /** For change events: what is small enough to keep. */
   op?: ChangeOp;
   schema?: string;
   table?: string;
   key?: Record<string, unknown>;
+}
+
+/** The marker shape of 0.1 (`oversized: true`), kept as a name. */
+export type OversizedEvent = EventMarker;
+
+/** True when an event's data is a marker standing in for data that could not be carried. */
+export function isMarker(data: unknown): data is EventMarker {
+  if (typeof data !== "object" || data === null) return false;
+  const d = data as Partial<EventMarker>;
+  return (d.oversized === true || d.unstorable === true) && typeof d.reason === "string";
 }
 
 /** Builds the JSON error body; the one place that shapes it. */

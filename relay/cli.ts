@@ -116,6 +116,12 @@ async function main(): Promise<void> {
       .then(() => observability?.close())
       .then(() => process.exit(0));
   };
+  // The Worker refuses this relay's secret or URL: no retry can help, so the process fails (a
+  // supervisor shows it) with what to fix.
+  relay.once("failed", (err) => {
+    process.stderr.write(`pg-edge-realtime: ${err.message}\n`);
+    void Promise.resolve(observability?.close()).finally(() => process.exit(3));
+  });
   process.on("SIGTERM", () => shutdown("SIGTERM"));
   process.on("SIGINT", () => shutdown("SIGINT"));
   relay.start();

@@ -1,6 +1,15 @@
-/** Signs and POSTs batches to the Worker's `/ingest`, retrying until it answers 2xx. */
-import type { IngestResult, OversizedEvent } from "../protocol/index.ts";
-import { SIGNATURE_HEADER, signBody } from "../protocol/index.ts";
+/**
+ * Signs and POSTs batches to the Worker's `/ingest`. A transient failure (network, 5xx, 408, 429)
+ * retries the same batch with backoff for as long as it takes: the events wait in Postgres. A
+ * permanent refusal of the batch's content (400, 413) never stops delivery: the batch is split
+ * until the refused event stands alone, the rest is delivered, and the event is replaced by a
+ * marker (too large) or skipped with an error naming its source id (invalid). A refusal that says
+ * the relay itself is misconfigured (401: the secrets differ; 403, 404, 405: not the Worker's
+ * ingest) ends delivery after a few attempts with {@link IngestConfigError}, so a supervisor sees
+ * the relay fail instead of an "active" process that delivers nothing.
+ */
+import type { IngestEvent, IngestResult } from "../protocol/index.ts";
+import { ingestBody, markerJson, SIGNATURE_HEADER, signBody } from "../protocol/index.ts";
 import http from "node:http";
 import https from "node:https";
 import { backoffDelay, sleep } from "./backoff.ts";
@@ -10,32 +19,65 @@ const httpAgent = new http.Agent({ keepAlive: true, maxSockets: 4 });
 const httpsAgent = new https.Agent({ keepAlive: true, maxSockets: 4 });
 
 /** One event ready to send: `data` is JSON text, spliced into the body without re-parsing. */
-export interface OutgoingEvent {
-  id: string;
-  channel: string;
-  event: string;
-  data: string;
-  ts: number;
-  retain?: boolean;
-}
+export type OutgoingEvent = IngestEvent;
 
-/** A POST failed; `retryable` says whether sending the same batch again can succeed. */
+/** A POST failed. */
 export class IngestError extends Error {
   override readonly name = "IngestError";
   constructor(
     message: string,
     readonly code: string,
     readonly status: number | null,
-    options?: ErrorOptions,
+    options?: ErrorOptions & { detail?: string },
   ) {
     super(message, options);
+    this.detail = options?.detail ?? "";
   }
+
+  /** The Worker's own message (`events[3]: channel ...`), when it sent one. */
+  readonly detail: string;
+
+  /**
+   * What the failure says about sending again: the same batch later (`transient`), a part of it
+   * (`content`: an event refused, named by the Worker as `events[i]`, or a batch too large), or
+   * nothing until the configuration changes (`config`: the secret, the URL, or a body the Worker
+   * cannot read at all, which is no single event's fault).
+   */
+  get kind(): "transient" | "content" | "config" {
+    const s = this.status;
+    if (s === 413 || (s === 400 && this.detail.startsWith("events["))) return "content";
+    if (s === 400 || s === 401 || s === 403 || s === 404 || s === 405) return "config";
+    return "transient";
+  }
+}
+
+/** The Worker keeps refusing this relay as such (wrong secret, wrong URL): delivery cannot go on until it is fixed. */
+export class IngestConfigError extends Error {
+  override readonly name = "IngestConfigError";
+  readonly code = "ingest_config";
 }
 
 /** The relay was asked to stop while a batch was still unacknowledged. */
 export class StoppedError extends Error {
   override readonly name = "StoppedError";
   readonly code = "stopped";
+}
+
+/** An event the Worker refused on its own (invalid), skipped so that the others go on. */
+export interface RefusedEvent {
+  id: string;
+  channel: string;
+  event: string;
+  code: string;
+  message: string;
+}
+
+/** What delivering a batch came to. */
+export interface Delivery extends IngestResult {
+  /** Events sent as a marker: by the relay (too large) and by the channels. */
+  markers: number;
+  /** Events the Worker refused, each alone, and that were skipped. */
+  refused: RefusedEvent[];
 }
 
 /** Options of {@link IngestClient}. */
@@ -46,34 +88,28 @@ export interface IngestClientOptions {
   retryBaseMs: number;
   retryMaxMs: number;
   maxEventBytes: number;
+  /** Consecutive refusals as misconfigured (401, 403, 404, 405) before {@link IngestConfigError}. Default 5. */
+  maxConfigFailures?: number;
   /** Called before each retry sleep. */
   onRetry?: (info: { attempt: number; delayMs: number; error: IngestError }) => void;
 }
 
-/** Builds the exact body bytes the signature covers. */
-export function ingestBody(events: readonly OutgoingEvent[], maxEventBytes: number): string {
-  const parts = events.map((e) => {
-    const data = Buffer.byteLength(e.data) > maxEventBytes ? oversized(e.data) : e.data;
-    return `{"id":${JSON.stringify(e.id)},"channel":${JSON.stringify(e.channel)},"event":${JSON.stringify(e.event)},"data":${data},"ts":${e.ts}${e.retain ? ',"retain":true' : ""}}`;
-  });
-  return `{"events":[${parts.join(",")}]}`;
-}
-
 /**
- * An event too large to carry is replaced by a marker naming what changed, so it still arrives
- * in order and a subscriber can fetch the row (DESIGN.md: bad input never loses data silently).
+ * `events` as they go on the wire: one whose data is larger than `maxEventBytes` is replaced by
+ * an `event_too_large` marker naming what changed (its key copied as text), so it still arrives,
+ * in order, and a subscriber can fetch the row.
  */
-function oversized(data: string): string {
-  const marker: OversizedEvent = { oversized: true, bytes: Buffer.byteLength(data) };
-  try {
-    const parsed = JSON.parse(data) as Record<string, unknown> | null;
-    if (parsed && typeof parsed === "object" && typeof parsed.op === "string") {
-      Object.assign(marker, { op: parsed.op, schema: parsed.schema, table: parsed.table, key: parsed.key });
-    }
-  } catch {
-    // not JSON we understand: the marker alone
-  }
-  return JSON.stringify(marker);
+export function withinLimit(events: readonly OutgoingEvent[], maxEventBytes: number): { events: OutgoingEvent[]; markers: number } {
+  let markers = 0;
+  const out = events.map((e) => {
+    // A UTF-16 length within a third of the limit cannot pass it in UTF-8: no count needed.
+    if (e.data.length * 3 <= maxEventBytes) return e;
+    const bytes = Buffer.byteLength(e.data);
+    if (bytes <= maxEventBytes) return e;
+    markers++;
+    return { ...e, data: markerJson(e.data, "event_too_large", bytes) };
+  });
+  return { events: out, markers };
 }
 
 /** Sends batches to one Worker. */
@@ -86,7 +122,7 @@ export class IngestClient {
 
   /** One attempt: resolves with the Worker's answer on 2xx, throws {@link IngestError} otherwise. */
   async post(events: readonly OutgoingEvent[]): Promise<IngestResult> {
-    const body = ingestBody(events, this.options.maxEventBytes);
+    const body = ingestBody(events);
     const signature = await signBody(this.options.secret, body);
     let res: { status: number; text: string };
     try {
@@ -112,7 +148,7 @@ export class IngestClient {
     } catch {
       // not our JSON error body (a proxy's page): keep the start of the text
     }
-    throw new IngestError(`Worker answered ${res.status} ${code}: ${message}${hint(res.status, code)}`, code, res.status);
+    throw new IngestError(`Worker answered ${res.status} ${code}: ${message}${hint(res.status, code)}`, code, res.status, { detail: message });
   }
 
   /**
@@ -145,21 +181,60 @@ export class IngestClient {
   }
 
   /**
-   * Posts until the Worker answers 2xx, backing off between attempts. Every failure is retried,
-   * 4xx included: the events wait in Postgres, and skipping them would lose them. Throws
-   * {@link StoppedError} if `signal` aborts first.
+   * Delivers `events` (over-large data replaced by markers first): posts until the Worker answers
+   * 2xx, backing off between attempts of a transient failure; splits a batch refused for its
+   * content until the refused event stands alone (see the module comment). Throws
+   * {@link StoppedError} if `signal` aborts first, {@link IngestConfigError} when the Worker keeps
+   * refusing the relay itself.
    */
-  async postUntilAccepted(events: readonly OutgoingEvent[], signal: AbortSignal): Promise<IngestResult> {
+  async deliver(events: readonly OutgoingEvent[], signal: AbortSignal): Promise<Delivery> {
+    const prepared = withinLimit(events, this.options.maxEventBytes);
+    const delivery: Delivery = { accepted: 0, duplicates: 0, markers: prepared.markers, refused: [] };
+    await this.deliverPart(prepared.events, signal, delivery);
+    return delivery;
+  }
+
+  private async deliverPart(events: readonly OutgoingEvent[], signal: AbortSignal, into: Delivery): Promise<void> {
+    let configFailures = 0;
+    let marked = false;
     for (let attempt = 1; ; attempt++) {
       if (signal.aborted) throw new StoppedError("stopped before the batch was acknowledged");
+      let error: IngestError;
       try {
-        return await this.post(events);
+        const result = await this.post(events);
+        into.accepted += result.accepted;
+        into.duplicates += result.duplicates;
+        into.markers += result.markers ?? 0;
+        return;
       } catch (err) {
         if (!(err instanceof IngestError)) throw err;
-        const delayMs = backoffDelay(attempt, this.options.retryBaseMs, this.options.retryMaxMs);
-        this.options.onRetry?.({ attempt, delayMs, error: err });
-        await sleep(delayMs, signal);
+        error = err;
       }
+      if (error.kind === "content") {
+        if (events.length > 1) {
+          // In order: the first half is acknowledged before the second is sent.
+          const half = Math.ceil(events.length / 2);
+          await this.deliverPart(events.slice(0, half), signal, into);
+          await this.deliverPart(events.slice(half), signal, into);
+          return;
+        }
+        const e = events[0]!;
+        if (error.status === 413 && !marked) {
+          // Alone and still too large for the Worker (its MAX_INGEST_BYTES is below --max-event-bytes).
+          marked = true;
+          into.markers++;
+          events = [{ ...e, data: markerJson(e.data, "event_too_large") }];
+          continue;
+        }
+        into.refused.push({ id: e.id, channel: e.channel, event: e.event, code: error.code, message: error.message });
+        return;
+      }
+      if (error.kind === "config" && ++configFailures >= (this.options.maxConfigFailures ?? 5)) {
+        throw new IngestConfigError(`${error.message}; the Worker refused ${configFailures} attempts in a row, so the relay stops rather than run without delivering`, { cause: error });
+      }
+      const delayMs = backoffDelay(attempt, this.options.retryBaseMs, this.options.retryMaxMs);
+      this.options.onRetry?.({ attempt, delayMs, error });
+      await sleep(delayMs, signal);
     }
   }
 }

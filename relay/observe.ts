@@ -28,6 +28,8 @@ export function relayMetrics(relay: Relay): Registry {
   const reconnects = new Counter({ name: "relay_disconnects_total", help: "Database sessions lost (followed by a reconnect)", registers: [registry] });
   const pruned = new Counter({ name: "relay_pruned_rows_total", help: "Delivered outbox rows deleted past the retention", registers: [registry] });
   const dropped = new Counter({ name: "relay_notify_dropped_total", help: "NOTIFY payloads dropped because the queue was full", registers: [registry] });
+  const markers = new Counter({ name: "relay_event_markers_total", help: "Events delivered as a marker instead of their data (too large for the relay or the Worker, or refused storage by the channel)", labelNames: ["source"], registers: [registry] });
+  const refused = new Counter({ name: "relay_events_refused_total", help: "Events the Worker refused on their own and the relay skipped (each logged with its source id)", registers: [registry] });
   new Gauge({
     name: "relay_leader",
     help: "1 while this relay holds the leader lock",
@@ -76,9 +78,11 @@ export function relayMetrics(relay: Relay): Registry {
     sent.inc({ source: b.source }, b.accepted);
     duplicates.inc({ source: b.source }, b.duplicates);
     batches.inc({ source: b.source });
+    if (b.markers > 0) markers.inc({ source: b.source }, b.markers);
     seconds.observe({ source: b.source }, b.ms / 1000);
   });
   relay.on("retry", () => retries.inc());
+  relay.on("refused", () => refused.inc());
   relay.on("disconnected", () => reconnects.inc());
   relay.on("pruned", (p) => pruned.inc(p.rows));
   relay.on("dropped", (d) => dropped.inc(d.count));

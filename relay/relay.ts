@@ -9,7 +9,7 @@ import { randomUUID } from "node:crypto";
 import pg from "pg";
 import { backoffDelay, sleep } from "./backoff.ts";
 import { resolveRelayOptions, type RelayOptions, type ResolvedRelayOptions } from "./config.ts";
-import { IngestClient, StoppedError, type IngestError, type OutgoingEvent } from "./ingest-client.ts";
+import { IngestClient, IngestConfigError, StoppedError, type Delivery, type IngestError, type OutgoingEvent, type RefusedEvent } from "./ingest-client.ts";
 import { createLogger, redactUrl, type Logger } from "./log.ts";
 import { advance, loadCursor, partitionSql, pruneDelivered, readPage, saveCursor, type Cursor, type Page } from "./outbox.ts";
 import { SerialClient } from "./serial.ts";
@@ -24,6 +24,10 @@ export interface BatchInfo {
   events: number;
   accepted: number;
   duplicates: number;
+  /** Events that arrived as a marker instead of their data (too large, or unstorable at the channel). */
+  markers: number;
+  /** Events the Worker refused, alone, and that were skipped (each also logged and emitted as `refused`). */
+  refused: number;
   ms: number;
 }
 
@@ -41,6 +45,10 @@ export interface RelayEvents {
   batch: [info: BatchInfo];
   /** A POST failed and will be retried. */
   retry: [info: { attempt: number; delayMs: number; error: IngestError }];
+  /** The Worker refused this event on its own; it was skipped so the others go on. */
+  refused: [event: RefusedEvent];
+  /** The relay cannot deliver until its configuration changes (the Worker refuses its secret or URL); it stopped. */
+  failed: [error: Error];
   /** NOTIFY payloads were dropped because the queue was full (at-most-once path). */
   dropped: [info: { count: number }];
   /** The wal source streams its replication slot (capture goes to the WAL). */
@@ -72,6 +80,8 @@ export class Relay extends EventEmitter<RelayEvents> {
   private cursor: Cursor | null = null;
   /** The wal source's slot, once it streams. */
   private walSlot: string | null = null;
+  /** Why the relay stopped by itself (see the `failed` event), or null. */
+  private failure: Error | null = null;
 
   constructor(options: RelayOptions, deps: RelayDeps = {}) {
     super();
@@ -89,6 +99,11 @@ export class Relay extends EventEmitter<RelayEvents> {
         this.emit("retry", info);
       },
     });
+  }
+
+  /** Why the relay stopped by itself (the Worker refuses its configuration), or null while it runs or was stopped. */
+  get failed(): Error | null {
+    return this.failure;
   }
 
   /** True while this relay holds the leader lock. */
@@ -177,6 +192,14 @@ export class Relay extends EventEmitter<RelayEvents> {
         await this.lead(session);
       } catch (err) {
         if (this.stopping && (err instanceof StoppedError || session.closed)) break;
+        if (err instanceof IngestConfigError) {
+          // Retrying cannot help: say what to fix and stop, so a supervisor shows the failure.
+          this.log.error("the Worker refuses this relay; stopping", { error: err.message });
+          this.failure = err;
+          this.stopController.abort();
+          this.emit("failed", err);
+          break;
+        }
         const error = err as Error;
         this.log.warn("database session ended, reconnecting", { error: error.message });
         this.emit("disconnected", error);
@@ -253,16 +276,14 @@ export class Relay extends EventEmitter<RelayEvents> {
           prefetched = readPage(db, next, batchSize, batchBytes, partition);
           prefetched.catch(() => undefined);
         }
-        const started = performance.now();
         const events = page.rows.map((r) => ({ id: `${installId}-${r.id}`, channel: r.channel, event: r.event, data: r.data, ts: r.ts, retain: r.retain }));
-        const result = await this.ingest.postUntilAccepted(events, this.stopController.signal);
+        const info = await this.deliver("outbox", events);
         await quiet;
         cursor = next;
         // A page read ahead was read from this cursor already: it is saved on its own.
         if (prefetched) await saveCursor(db, name, cursor);
         else unsaved = true;
         this.cursor = cursor;
-        const info: BatchInfo = { source: "outbox", events: events.length, ...result, ms: performance.now() - started };
         this.log.debug("batch acknowledged", { ...info });
         this.emit("batch", info);
         continue;
@@ -314,12 +335,10 @@ export class Relay extends EventEmitter<RelayEvents> {
           continue;
         }
         inFlight = true;
-        const started = performance.now();
         const events = batch.events.map((e) => ({ id: `${installId}-w${e.lsn}`, channel: e.channel, event: e.event, data: e.data, ts: e.ts, retain: e.retain }));
-        const result = await this.ingest.postUntilAccepted(events, this.stopController.signal);
+        const info = await this.deliver("wal", events);
         stream.ack(batch);
         inFlight = false;
-        const info: BatchInfo = { source: "wal", events: events.length, ...result, ms: performance.now() - started };
         this.log.debug("batch acknowledged", { ...info, lsn: batch.ackLsn === null ? null : formatLsn(batch.ackLsn) });
         this.emit("batch", info);
       }
@@ -359,6 +378,21 @@ export class Relay extends EventEmitter<RelayEvents> {
         await session.waitFor(100, this.stopController.signal, "wal");
       }
     }
+  }
+
+  /**
+   * Delivers one batch of `source` (see IngestClient.deliver): what the Worker refused, alone, is
+   * logged with its source id and emitted, and the batch's figures come back for the caller's log.
+   */
+  private async deliver(source: BatchInfo["source"], events: OutgoingEvent[]): Promise<BatchInfo> {
+    const started = performance.now();
+    const delivery: Delivery = await this.ingest.deliver(events, this.stopController.signal);
+    for (const refused of delivery.refused) {
+      this.log.error("the Worker refused an event; skipped so that the others go on", { ...refused, source });
+      this.emit("refused", refused);
+    }
+    const { accepted, duplicates, markers } = delivery;
+    return { source, events: events.length, accepted, duplicates, markers, refused: delivery.refused.length, ms: performance.now() - started };
   }
 
   /** Tells writers to ring (or not) for this relay's cursor. */
@@ -422,10 +456,8 @@ export class Relay extends EventEmitter<RelayEvents> {
         continue;
       }
       const events = this.notifyQueue.slice(0, this.options.batchSize);
-      const started = performance.now();
       try {
-        const result = await this.ingest.postUntilAccepted(events, this.stopController.signal);
-        this.emit("batch", { source: "notify", events: events.length, ...result, ms: performance.now() - started });
+        this.emit("batch", await this.deliver("notify", events));
       } catch (err) {
         if (err instanceof StoppedError) return;
         throw err;

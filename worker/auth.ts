@@ -61,6 +61,10 @@ export async function authorize(request: Request, channel: string, config: AuthC
     throw new AuthError(401, "token_required", "this channel needs a token: connect with ?token=<JWT>");
   }
   const claims = await verifyToken(token, config);
+  if (claims.exp === undefined && !config.allowTokensWithoutExp) {
+    // A token that never expires cannot be taken back: refused unless the operator chose otherwise.
+    throw new AuthError(401, "token_invalid", "the token has no expiry (exp); mint tokens with one (mintToken sets it), or set ALLOW_TOKENS_WITHOUT_EXP");
+  }
   const sub = typeof claims.sub === "string" && claims.sub !== "" ? claims.sub : null;
   const canPublish = patternsOf(claims, config.publishClaim).some((p) => channelMatches(p, channel, claims));
   if (!isPublic && !patternsOf(claims, config.channelsClaim).some((p) => channelMatches(p, channel, claims))) {

@@ -10,15 +10,41 @@
  * log, state, filters, shard members) or in socket attachments and tags; the only timer is the
  * storage alarm of a conflating channel, and pings are answered by the runtime's auto-response.
  */
-import type { ErrorCode, IngestEvent, IngestResult, PresenceMember, ResetReason, RowFilter, ServerFrame } from "../protocol/index.ts";
-import { channelMatches, matchesEvent, matchesRow, parseFilter, SIGNATURE_TOLERANCE_SECONDS } from "../protocol/index.ts";
+import type { ChangeText, ErrorCode, IngestEvent, IngestResult, PresenceMember, ResetReason, RowFilter, ServerFrame } from "../protocol/index.ts";
+import {
+  channelMatches,
+  eventJson,
+  eventsFrame,
+  markerJson,
+  matchesEvent,
+  matchesRowText,
+  parseFilter,
+  readChange,
+  rowKey,
+  SIGNATURE_TOLERANCE_SECONDS,
+  snapshotFrame,
+  snapshotRowJson,
+  utf8Length,
+} from "../protocol/index.ts";
 import type { Env } from "./env.ts";
-import { CHANNEL_NAME_HEADER, eventJson, eventsFrame, member, send, SHARD_HEADER, SHARD_SOCKETS_HEADER, SocketHub, type Outgoing, type SocketAttachment } from "./hub.ts";
+import { CHANNEL_NAME_HEADER, filterData, member, send, SHARD_HEADER, SHARD_SOCKETS_HEADER, SocketHub, type Outgoing, type SocketAttachment } from "./hub.ts";
 import { log } from "./log.ts";
-import { parseRow, RETAINED_SCHEMA, RetainedState, snapshotRowJson } from "./retained.ts";
+import { RETAINED_SCHEMA, RetainedState } from "./retained.ts";
 import type { ChannelShard } from "./shard.ts";
 
 export { CAN_PUBLISH_HEADER, CHANNEL_NAME_HEADER, SHARD_HEADER, USER_HEADER } from "./hub.ts";
+
+/** What a joining socket asks for in its URL: `since` and `epoch` to resume, `snapshot=1` for the retained rows even before there are any. */
+export interface JoinQuery {
+  since: string | null;
+  epoch: string | null;
+  snapshot: boolean;
+}
+
+/** The join parameters of a socket's URL. */
+export function joinQuery(url: URL): JoinQuery {
+  return { since: url.searchParams.get("since"), epoch: url.searchParams.get("epoch"), snapshot: url.searchParams.get("snapshot") === "1" };
+}
 
 /** Ids remembered for dedupe beyond the replay log: covers a relay re-sending its last batches. */
 const DEDUPE_MIN_IDS = 10_000;
@@ -113,7 +139,8 @@ export class Channel extends SocketHub {
     if (!this.sql.exec<{ name: string }>("pragma table_info(seen)").toArray().some((c) => c.name === "at")) {
       this.sql.exec("alter table seen add column at integer not null default 0");
     }
-    this.meta = new Map(this.sql.exec<{ key: string; value: string }>("select key, value from meta").toArray().map((r) => [r.key, r.value]));
+    this.meta = new Map();
+    this.loadMeta();
     let epoch = this.meta.get("epoch");
     if (!epoch) {
       // A new epoch means a new history: a client holding seqs of another one must reset.
@@ -130,6 +157,12 @@ export class Channel extends SocketHub {
       get: (k) => this.meta.get(k),
       set: (k, v) => this.setMeta(k, v),
     });
+  }
+
+  /** Reads the meta table into memory (again, after a rolled-back transaction). */
+  private loadMeta(): void {
+    this.meta.clear();
+    for (const r of this.sql.exec<{ key: string; value: string }>("select key, value from meta")) this.meta.set(r.key, r.value);
   }
 
   private setMeta(key: string, value: string): void {
@@ -192,15 +225,75 @@ export class Channel extends SocketHub {
    * Stores new events (dropping ids already stored), assigns each a seq, updates retained rows,
    * and delivers them (or, conflating, at the end of the window). Storage is committed before the
    * events leave (output gates), so the Worker's 200 means durable and no socket sees an event
-   * this object could lose.
+   * this object could lose. Event data is stored and sent as the JSON text it arrived as.
+   *
+   * No event can stop the others: should the batch fail to store as a whole, its events are
+   * stored one by one, and one that still fails alone is stored as an `unstorable` marker (logged
+   * with its source id). Only a failure of storage itself (the marker fails too) fails the publish,
+   * and the relay retries it.
    */
   async publish(channel: string, events: IngestEvent[]): Promise<IngestResult> {
     this.remember(channel);
+    let stored: Stored;
+    try {
+      stored = this.store(events);
+    } catch (err) {
+      log("warn", "a publish could not be stored as a whole; storing its events one by one", { channel: this.name, events: events.length, error: String(err) });
+      stored = { fresh: [], duplicates: 0, markers: 0 };
+      for (const e of events) {
+        let one: Stored | null;
+        try {
+          // Twice: a failure that is not this event's own (storage blinking) gets a second chance.
+          one = this.store([e]);
+        } catch {
+          one = null;
+        }
+        try {
+          one ??= this.store([e]);
+        } catch (error) {
+          log("error", "event could not be stored; a marker takes its place", { channel: this.name, id: e.id, event: e.event, bytes: utf8Length(e.data), error: String(error) });
+          // The marker is not retained (the row's state may be what could not be stored); should
+          // even its key be unstorable, a marker without it. Past that, storage itself is failing.
+          const marker = { ...e, data: markerJson(e.data, "unstorable"), retain: false };
+          try {
+            one = this.store([marker]);
+          } catch {
+            one = this.store([{ ...marker, data: markerJson("null", "unstorable", utf8Length(e.data)) }]);
+          }
+          one.markers++;
+          this.setMeta("unstorable", String(Number(this.meta.get("unstorable") ?? 0) + 1));
+        }
+        for (const f of one.fresh) stored.fresh.push(f);
+        stored.duplicates += one.duplicates;
+        stored.markers += one.markers;
+      }
+    }
+    const { fresh, duplicates, markers } = stored;
+    if (fresh.length > 0) {
+      const window = this.conflateMs;
+      if (window === null) await this.deliver(fresh);
+      else if (!this.alarmPending) {
+        // Conflating: deliver at the end of the window, from the log (see alarm()).
+        this.alarmPending = true;
+        void this.ctx.storage.setAlarm(Date.now() + window);
+      }
+    }
+    return markers > 0 ? { accepted: fresh.length, duplicates, markers } : { accepted: fresh.length, duplicates };
+  }
+
+  /**
+   * One transaction: the new events of `events` in the log and `seen`, their rows in the retained
+   * state. On a retaining channel, a change whose row is larger than STATE_MAX_ROW_BYTES is stored
+   * (and sent) as a `row_too_large` marker, so that every client, live or joining later, sees the
+   * same thing for that row. Throws with nothing changed, in storage or in memory.
+   */
+  private store(events: IngestEvent[]): Stored {
     const fresh: Outgoing[] = [];
-    const retained: { seq: number; data: unknown }[] = [];
+    const retained: { seq: number; change: ChangeText }[] = [];
     const rows: { s: number; i: string; e: string; d: string; p: number; t: number }[] = [];
     const parts: [seq: number, part: number, chunk: string][] = [];
     let duplicates = 0;
+    let markers = 0;
     const now = Date.now();
     const before = this.seq;
     try {
@@ -220,12 +313,21 @@ export class Channel extends SocketHub {
           }
           known.add(e.id); // a repeat inside this batch is a duplicate too
           const seq = ++this.seq;
-          const data = JSON.stringify(e.data ?? null);
+          let data = e.data;
+          if (e.retain) {
+            let change = readChange(data);
+            if (change?.new != null && !change.marker && utf8Length(change.new) > this.config.stateMaxRowBytes) {
+              log("warn", "row too large to retain; a marker takes its place", { channel: this.name, id: e.id, bytes: utf8Length(data), limit: this.config.stateMaxRowBytes });
+              data = markerJson(data, "row_too_large");
+              change = { ...change, new: null, marker: true };
+              markers++;
+            }
+            if (change) retained.push({ seq, change });
+          }
           const [head, ...rest] = chunks(data);
           rows.push({ s: seq, i: e.id, e: e.event, d: head ?? "", p: rest.length, t: e.ts });
           rest.forEach((chunk, i) => parts.push([seq, i + 1, chunk]));
-          fresh.push({ seq, json: eventJson(seq, e.id, e.event, data, e.ts), data: e.data });
-          if (e.retain) retained.push({ seq, data: e.data });
+          fresh.push({ seq, json: eventJson(seq, e.id, e.event, data, e.ts), data });
         }
         if (rows.length === 0) return;
         const json = JSON.stringify(rows);
@@ -245,19 +347,12 @@ export class Channel extends SocketHub {
         if (this.seq - this.trimmedAt >= TRIM_EVERY || now - this.trimmedTime >= TRIM_MAX_INTERVAL_MS) this.trim(now);
       });
     } catch (err) {
+      // Storage rolled back; so does what this object holds in memory.
       this.seq = before;
+      this.loadMeta();
       throw err;
     }
-    if (fresh.length > 0) {
-      const window = this.conflateMs;
-      if (window === null) await this.deliver(fresh);
-      else if (!this.alarmPending) {
-        // Conflating: deliver at the end of the window, from the log (see alarm()).
-        this.alarmPending = true;
-        void this.ctx.storage.setAlarm(now + window);
-      }
-    }
-    return { accepted: fresh.length, duplicates };
+    return { fresh, duplicates, markers };
   }
 
   /**
@@ -271,10 +366,10 @@ export class Channel extends SocketHub {
     const latest = new Map<string, Outgoing>();
     let anonymous = 0;
     for (const e of this.logFrom(from)) {
-      const d = e.data as { schema?: unknown; table?: unknown; key?: unknown } | null;
-      const rowKey = d && typeof d === "object" && d.key && typeof d.key === "object" ? `${String(d.schema)}.${String(d.table)}:${JSON.stringify(d.key)}` : `#${anonymous++}`;
-      latest.delete(rowKey); // re-inserted: Map order follows the latest seq
-      latest.set(rowKey, e);
+      const change = readChange(e.data!);
+      const id = change?.key != null ? rowKey(change.schema, change.table, change.key) : `#${anonymous++}`;
+      latest.delete(id); // re-inserted: Map order follows the latest seq
+      latest.set(id, e);
     }
     this.setMeta("delivered_seq", String(this.seq));
     await this.deliver([...latest.values()].sort((a, b) => a.seq - b.seq));
@@ -373,7 +468,7 @@ export class Channel extends SocketHub {
     // No await from here on: a publish cannot slip in between, so the socket sees welcome, then
     // snapshot or replay, then live events, with no gap and no overlap.
     const url = new URL(request.url);
-    const join = this.join(url.searchParams.get("since"), url.searchParams.get("epoch"), filter);
+    const join = this.join(joinQuery(url), filter);
     if (!join.ok) {
       send(server, { type: "welcome", channel: this.name ?? "", epoch: this.epoch, seq: this.seq, member: me.id });
       this.closeWith(server, me, join.code, join.message);
@@ -393,11 +488,11 @@ export class Channel extends SocketHub {
    * snapshot of a fresh subscriber), with the filter applied. One call, atomic: the seq returned is
    * the one those frames end at, and the shard sends live events after it.
    */
-  sync(channel: string, since: string | null, epoch: string | null, filterText: string | null): Join {
+  sync(channel: string, query: JoinQuery, filterText: string | null): Join {
     this.remember(channel);
     const parsed = filterText ? parseFilter(filterText) : null;
     if (parsed && !parsed.ok) return { ok: false, code: "invalid_filter", message: parsed.message };
-    return this.join(since, epoch, parsed?.ok ? parsed.filter : null);
+    return this.join(query, parsed?.ok ? parsed.filter : null);
   }
 
   /** Events after `after` up to `upTo`, for a shard that missed a batch; null if the log no longer has them. */
@@ -459,20 +554,20 @@ export class Channel extends SocketHub {
   }
 
   /** What a socket joining with `since`/`epoch` (or neither) is sent after its welcome. */
-  private join(since: string | null, epoch: string | null, filter: RowFilter | null): Join {
+  private join({ since, epoch, snapshot }: JoinQuery, filter: RowFilter | null): Join {
     const base = { ok: true as const, channel: this.name ?? "", epoch: this.epoch, seq: this.seq };
-    if (since === null || since === "") return { ...base, frames: this.snapshotFrames(filter) };
+    if (since === null || since === "") return { ...base, frames: this.snapshotFrames(filter, snapshot) };
     if (!/^\d{1,15}$/.test(since)) return { ok: false, code: "invalid_query", message: "since must be a non-negative integer: the seq of the last event received" };
     const sinceSeq = Number(since);
-    if (epoch !== this.epoch || sinceSeq > this.seq) return { ...base, frames: this.resetFrames("epoch", filter) };
+    if (epoch !== this.epoch || sinceSeq > this.seq) return { ...base, frames: this.resetFrames("epoch", filter, snapshot) };
     if (sinceSeq === this.seq) return { ...base, frames: [] };
     this.trim(Date.now());
     const oldest = this.sql.exec<{ seq: number | null }>("select min(seq) as seq from log").one().seq;
-    if (oldest === null || sinceSeq < oldest - 1) return { ...base, frames: this.resetFrames("gap", filter) };
+    if (oldest === null || sinceSeq < oldest - 1) return { ...base, frames: this.resetFrames("gap", filter, snapshot) };
     const frames: string[] = [];
     let batch: string[] = [];
     for (const e of this.logFrom(sinceSeq)) {
-      if (filter && !matchesEvent(filter, e.data)) continue;
+      if (filter && !matchesEvent(filter, filterData(e))) continue;
       batch.push(e.json);
       if (batch.length === REPLAY_FRAME_EVENTS) {
         frames.push(eventsFrame(batch));
@@ -483,7 +578,7 @@ export class Channel extends SocketHub {
     return { ...base, frames };
   }
 
-  /** Events after `seq` from the log, in order, with their data parsed. */
+  /** Events after `seq` from the log, in order, their data as the text it was stored as. */
   private logFrom(seq: number): Outgoing[] {
     return this.sql
       .exec<{ seq: number; id: string; event: string; data: string; parts: number; ts: number }>("select seq, id, event, data, parts, ts from log where seq > ? order by seq", seq)
@@ -493,21 +588,27 @@ export class Channel extends SocketHub {
           row.parts === 0
             ? row.data
             : row.data + this.sql.exec<{ chunk: string }>("select chunk from log_part where seq = ? order by part", row.seq).toArray().map((r) => r.chunk).join("");
-        return { seq: row.seq, json: eventJson(row.seq, row.id, row.event, data, row.ts), data: JSON.parse(data) };
+        return { seq: row.seq, json: eventJson(row.seq, row.id, row.event, data, row.ts), data };
       });
   }
 
   /** A reset, and on a retaining channel the state that goes with it (the client reloads from it). */
-  private resetFrames(reason: ResetReason, filter: RowFilter | null): string[] {
-    return [JSON.stringify({ type: "reset", reason, epoch: this.epoch, seq: this.seq } satisfies ServerFrame), ...this.snapshotFrames(filter)];
+  private resetFrames(reason: ResetReason, filter: RowFilter | null, snapshot: boolean): string[] {
+    return [JSON.stringify({ type: "reset", reason, epoch: this.epoch, seq: this.seq } satisfies ServerFrame), ...this.snapshotFrames(filter, snapshot)];
   }
 
-  /** The retained rows (as the filter allows), if this channel retains any. */
-  private snapshotFrames(filter: RowFilter | null): string[] {
-    if (!this.state.active) return [];
-    if (this.state.overflowed) return [JSON.stringify({ type: "snapshot", seq: this.seq, rows: [], overflow: true } satisfies ServerFrame)];
-    const rows = this.state.rows().filter((r) => !filter || matchesRow(filter, parseRow(r).row));
-    return [`{"type":"snapshot","seq":${this.seq},"rows":[${rows.map(snapshotRowJson).join(",")}]}`];
+  /**
+   * The retained rows (as the filter allows), if this channel retains any or the socket asked for
+   * them (`snapshot=1`): a channel that has not received a retained row yet holds none, and says
+   * so with an empty snapshot rather than nothing, so a client waiting for its state gets `[]`. A
+   * row too large to retain is listed with its key, `row: null` and `oversized: true`; a filter
+   * cannot judge it, so every filtered socket is told of it.
+   */
+  private snapshotFrames(filter: RowFilter | null, requested: boolean): string[] {
+    if (!this.state.active && !requested) return [];
+    if (this.state.overflowed) return [snapshotFrame(this.seq, [], true)];
+    const rows = this.state.rows().filter((r) => !filter || r.row === null || matchesRowText(filter, r.row));
+    return [snapshotFrame(this.seq, rows.map((r) => snapshotRowJson(r.schema, r.tbl, r.key, r.row, r.seq)))];
   }
 
   /** What an operator (or the benchmark) wants to know; served by `GET /channels/:name/stats`. */
@@ -591,6 +692,13 @@ function chunks(text: string): string[] {
     start = end;
   }
   return out;
+}
+
+/** What one store() wrote: the new events, ready to send, and what it dropped or replaced. */
+interface Stored {
+  fresh: Outgoing[];
+  duplicates: number;
+  markers: number;
 }
 
 /** An event on its way to a shard: its seq and its serialized JSON. */

@@ -23,6 +23,8 @@ export interface WorkerConfig {
   /** Retained state bounds per channel. */
   stateMaxRows: number;
   stateMaxBytes: number;
+  /** Largest retained row, in bytes of JSON; a larger one is retained (and sent) as an `oversized` marker. */
+  stateMaxRowBytes: number;
   /** Channel patterns whose updates are conflated, with their window in ms (first match wins). */
   conflate: { pattern: string; ms: number }[];
   /** Channel patterns whose sockets live on shard objects, with their count (first match wins). */
@@ -51,6 +53,8 @@ export interface AuthConfig {
   publicChannels: string[];
   /** Origins a browser upgrade may come from; null: any. */
   allowedOrigins: string[] | null;
+  /** Accept tokens without `exp` (they never expire). */
+  allowTokensWithoutExp: boolean;
 }
 
 /** Limits the Channel enforces on its sockets. */
@@ -79,6 +83,7 @@ export const WORKER_DEFAULTS = {
   JWT_JWKS_REFRESH_SECONDS: 60,
   STATE_MAX_ROWS: 10_000,
   STATE_MAX_BYTES: 4 * 1024 * 1024,
+  STATE_MAX_ROW_BYTES: 1024 * 1024,
   AUTO_SHARD_SOCKETS: 0,
 } as const;
 
@@ -96,6 +101,14 @@ function positiveInt(env: Env, name: keyof typeof WORKER_DEFAULTS, max: number, 
     throw new WorkerConfigError(`${name} must be an integer from ${min} to ${max}; it is ${JSON.stringify(raw)} (wrangler.toml [vars])`);
   }
   return value;
+}
+
+/** A boolean variable: "true" or "1" (anything else but unset or "false"/"0" is an error). */
+function flag(env: Env, name: "ALLOW_TOKENS_WITHOUT_EXP"): boolean {
+  const raw = env[name]?.trim().toLowerCase();
+  if (raw === undefined || raw === "" || raw === "false" || raw === "0") return false;
+  if (raw === "true" || raw === "1") return true;
+  throw new WorkerConfigError(`${name} must be true or false; it is ${JSON.stringify(env[name])} (wrangler.toml [vars])`);
 }
 
 function list(raw: string | undefined): string[] {
@@ -137,6 +150,7 @@ export function resolveWorkerConfig(env: Env): WorkerConfig {
       publishClaim: optional(env.JWT_PUBLISH_CLAIM) ?? "publish",
       publicChannels: list(env.PUBLIC_CHANNELS),
       allowedOrigins: origins.length === 0 || origins.includes("*") ? null : origins,
+      allowTokensWithoutExp: flag(env, "ALLOW_TOKENS_WITHOUT_EXP"),
     },
     limits: {
       connectionsPerUser: positiveInt(env, "MAX_CONNECTIONS_PER_USER", 10_000),
@@ -148,6 +162,8 @@ export function resolveWorkerConfig(env: Env): WorkerConfig {
     stateMaxRows: positiveInt(env, "STATE_MAX_ROWS", 1_000_000),
     // A snapshot travels in one WebSocket message (at most 32 MiB).
     stateMaxBytes: positiveInt(env, "STATE_MAX_BYTES", 16 * 1024 * 1024),
+    // A retained row is one SQLite value, and Durable Object SQLite refuses values over 2 MB.
+    stateMaxRowBytes: positiveInt(env, "STATE_MAX_ROW_BYTES", 1_500_000, 1024),
     conflate: list(env.CONFLATE).map((entry) => {
       const m = /^([^=]+)=(\d{1,6})$/.exec(entry);
       if (!m || Number(m[2]) < 1) throw new WorkerConfigError(`CONFLATE entries are <channel pattern>=<milliseconds>, e.g. "dashboard:*=250"; got ${JSON.stringify(entry)}`);

@@ -38,10 +38,14 @@ export interface Env {
   JWT_CHANNELS_CLAIM?: string;
   /** Claim listing the channel patterns a token may broadcast on. Default `publish`. */
   JWT_PUBLISH_CLAIM?: string;
+  /** "true" accepts tokens without `exp`, which never expire. Default false: such tokens are refused. */
+  ALLOW_TOKENS_WITHOUT_EXP?: string;
   /** Rows a channel keeps as retained state at most. Default 10000. */
   STATE_MAX_ROWS?: string;
   /** Bytes of retained rows a channel keeps at most. Default 4194304 (4 MiB). */
   STATE_MAX_BYTES?: string;
+  /** Largest retained row, in bytes of JSON (at most 1500000); a larger one is kept as an `oversized` marker. Default 1048576 (1 MiB). */
+  STATE_MAX_ROW_BYTES?: string;
   /** Channels whose sockets are spread over shard objects: comma-separated `<pattern>=<shards>`. Default none. */
   SHARDS?: string;
   /** Sockets on a channel's root past which new sockets go to shards added as needed. Default 0 (never). */
@@ -66,6 +70,10 @@ declare global {
   // Types `env` from "cloudflare:workers" / "cloudflare:test" as this Worker's Env.
   namespace Cloudflare {
     interface Env extends WorkerEnv {}
+    // Types `exports` from "cloudflare:workers" (the tests call the Worker through it).
+    interface GlobalProps {
+      mainModule: typeof import("./index.ts");
+    }
   }
 }
 

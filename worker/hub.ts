@@ -7,7 +7,7 @@
  */
 import { DurableObject } from "cloudflare:workers";
 import type { ErrorCode, PresenceMember, RowFilter, ServerFrame } from "../protocol/index.ts";
-import { EVENT_NAME_PATTERN, MAX_PRESENCE_STATE_BYTES, matchesEvent, parseFilter, PING, PONG } from "../protocol/index.ts";
+import { EVENT_NAME_PATTERN, eventsFrame, jsonMembers, MAX_PRESENCE_STATE_BYTES, matchesEvent, parseFilter, PING, PONG, readData } from "../protocol/index.ts";
 import { resolveWorkerConfig, type WorkerConfig } from "./config.ts";
 import type { Env } from "./env.ts";
 
@@ -48,23 +48,47 @@ export interface SocketAttachment {
   left?: boolean;
 }
 
-/** An event ready to send: its JSON text, its seq, and its data (parsed lazily, for filters). */
+/** An event ready to send: its seq and its JSON text in a frame; filters read its data lazily. */
 export interface Outgoing {
   seq: number;
   json: string;
-  data: unknown;
+  /** The data's JSON text, when known (otherwise it is read from `json` when a filter asks). */
+  data?: string;
+  /** The data as filters read it, once one asked (see filterData). */
+  parsed?: unknown;
 }
 
-/** A socket just accepted by {@link SocketHub.accept}, or the refusal already sent on it. */
-export interface Accepted {
-  server: WebSocket;
-  response: Response;
-  me: SocketAttachment;
-  filter: RowFilter | null;
-  /** The filter as the client sent it (for a shard to pass to the root), or null. */
-  filterText: string | null;
-  /** True when the socket was refused (an error frame and a close were sent). */
-  refused: boolean;
+const DATA_MEMBER = new Set(["data"]);
+
+/** An event's data as filters read it (big integers exact; undefined if unreadable), parsed once per event. */
+export function filterData(e: Outgoing): unknown {
+  if (!("parsed" in e)) e.parsed = readData(e.data ?? jsonMembers(e.json, DATA_MEMBER)?.get("data") ?? "null");
+  return e.parsed;
+}
+
+/** A socket just accepted by {@link SocketHub.accept}, or its refusal (a socket with the error frame, closing). */
+export type Accepted =
+  | {
+      refused: false;
+      server: WebSocket;
+      response: Response;
+      me: SocketAttachment;
+      filter: RowFilter | null;
+      /** The filter as the client sent it (for a shard to pass to the root), or null. */
+      filterText: string | null;
+    }
+  | { refused: true; response: Response };
+
+/**
+ * A refused upgrade: a plain (not hibernatable) socket that carries the `error` frame and closes
+ * right after it with 1008.
+ */
+export function refusal(code: ErrorCode, message: string): { refused: true; response: Response } {
+  const { 0: client, 1: server } = new WebSocketPair();
+  server.accept();
+  server.send(JSON.stringify({ type: "error", code, message } satisfies ServerFrame));
+  server.close(1008, code);
+  return { refused: true, response: new Response(null, { status: 101, webSocket: client }) };
 }
 
 export abstract class SocketHub extends DurableObject<Env> {
@@ -78,7 +102,12 @@ export abstract class SocketHub extends DurableObject<Env> {
     this.sql = ctx.storage.sql;
     this.config = resolveWorkerConfig(env);
     this.sql.exec("create table if not exists filters (tag text primary key, filter text not null)");
-    this.filters = new Map(this.sql.exec<{ tag: string; filter: string }>("select tag, filter from filters").toArray().map((r) => [r.tag, JSON.parse(r.filter) as RowFilter]));
+    // Kept as the text the client sent: a filter may hold bigints, which JSON.stringify refuses.
+    this.filters = new Map();
+    for (const r of this.sql.exec<{ tag: string; filter: string }>("select tag, filter from filters")) {
+      const parsed = parseFilter(r.filter);
+      if (parsed.ok) this.filters.set(r.tag, parsed.filter);
+    }
     // Heartbeats never wake a hibernated object.
     ctx.setWebSocketAutoResponse(new WebSocketRequestResponsePair(PING, PONG));
   }
@@ -91,20 +120,34 @@ export abstract class SocketHub extends DurableObject<Env> {
   protected abstract broadcastFrom(ws: WebSocket, me: SocketAttachment, frame: string): void;
 
   /**
-   * Accepts an upgrade: tags and attachment, then the limits. Refusals go out as an error frame on
-   * the accepted socket before it is closed: a browser cannot read the body of a refused upgrade.
+   * Accepts an upgrade, or refuses it. The limits and the query are checked first, and a refusal is
+   * a socket of its own, not a hibernatable one, that carries the error frame and closes at once (a
+   * browser cannot read the body of a refused upgrade; and a hibernatable socket closed before its
+   * upgrade response went out closed ~10 s late). An accepted socket gets its tags and attachment.
    */
   protected async accept(request: Request): Promise<Accepted> {
     const url = new URL(request.url);
     const filterText = url.searchParams.get("filter");
     const parsedFilter = filterText ? parseFilter(filterText) : null;
-    const filter = parsedFilter?.ok ? parsedFilter.filter : null;
-    const filterTag = filter ? await tagForFilter(filterText!) : TAG_UNFILTERED;
     const wantsPresence = url.searchParams.get("presence") === "1";
     const user = request.headers.get(USER_HEADER);
     const userTag = user === null ? null : await tagFor(user);
     const { limits } = this.config;
+    const since = url.searchParams.get("since");
 
+    if (parsedFilter && !parsedFilter.ok) return refusal("invalid_filter", parsedFilter.message);
+    if (since !== null && since !== "" && !/^\d{1,15}$/.test(since)) {
+      return refusal("invalid_query", "since must be a non-negative integer: the seq of the last event received");
+    }
+    if (this.ctx.getWebSockets().length >= limits.socketsPerChannel) {
+      return refusal("channel_full", `this channel has its maximum of ${limits.socketsPerChannel} connections (MAX_SOCKETS_PER_CHANNEL)`);
+    }
+    if (userTag && this.ctx.getWebSockets(userTag).length >= limits.connectionsPerUser) {
+      return refusal("too_many_connections", `at most ${limits.connectionsPerUser} connections per user on one channel (MAX_CONNECTIONS_PER_USER)`);
+    }
+
+    const filter = parsedFilter?.ok ? parsedFilter.filter : null;
+    const filterTag = filter ? await tagForFilter(filterText!) : TAG_UNFILTERED;
     const { 0: client, 1: server } = new WebSocketPair();
     // Tags let getWebSockets(tag) find a user's sockets, a filter's sockets, or presence members
     // without reading every attachment.
@@ -121,23 +164,11 @@ export abstract class SocketHub extends DurableObject<Env> {
       canPublish: request.headers.get(CAN_PUBLISH_HEADER) === "1",
     };
     server.serializeAttachment(me);
-    const accepted: Accepted = { server, response: new Response(null, { status: 101, webSocket: client }), me, filter, filterText: filter ? filterText : null, refused: false };
-    const refuse = (code: ErrorCode, message: string) => {
-      this.closeWith(server, me, code, message);
-      return { ...accepted, refused: true };
-    };
-    if (parsedFilter && !parsedFilter.ok) return refuse("invalid_filter", parsedFilter.message);
-    if (this.ctx.getWebSockets().length > limits.socketsPerChannel) {
-      return refuse("channel_full", `this channel has its maximum of ${limits.socketsPerChannel} connections (MAX_SOCKETS_PER_CHANNEL)`);
-    }
-    if (userTag && this.ctx.getWebSockets(userTag).length > limits.connectionsPerUser) {
-      return refuse("too_many_connections", `at most ${limits.connectionsPerUser} connections per user on one channel (MAX_CONNECTIONS_PER_USER)`);
-    }
     if (filter && !this.filters.has(filterTag)) {
       this.filters.set(filterTag, filter);
-      this.sql.exec("insert into filters (tag, filter) values (?, ?) on conflict (tag) do nothing", filterTag, JSON.stringify(filter));
+      this.sql.exec("insert into filters (tag, filter) values (?, ?) on conflict (tag) do nothing", filterTag, filterText!);
     }
-    return accepted;
+    return { refused: false, server, response: new Response(null, { status: 101, webSocket: client }), me, filter, filterText: filter ? filterText : null };
   }
 
   /** Marks the socket as gone (no leave to announce), sends the error frame, closes. */
@@ -155,7 +186,7 @@ export abstract class SocketHub extends DurableObject<Env> {
     for (const [tag, filter] of this.filters) {
       const sockets = this.ctx.getWebSockets(tag).filter((ws) => !skip?.(ws));
       if (sockets.length === 0) continue;
-      const matching = events.filter((e) => matchesEvent(filter, e.data));
+      const matching = events.filter((e) => matchesEvent(filter, filterData(e)));
       if (matching.length === 0) continue;
       const frame = eventsFrame(matching.map((e) => e.json));
       for (const ws of sockets) trySend(ws, frame);
@@ -228,7 +259,9 @@ export abstract class SocketHub extends DurableObject<Env> {
       if (typeof frame.event !== "string" || !EVENT_NAME_PATTERN.test(frame.event)) {
         return send(ws, { type: "error", code: "invalid_frame", message: "broadcast needs an event name of 1-64 of A-Z a-z 0-9 _ . : -" });
       }
-      const out = JSON.stringify({ type: "broadcast", event: frame.event, data: frame.data ?? null, from: { id: me.id, user: me.user } } satisfies ServerFrame);
+      // The data goes on as the client wrote it (its text, not a re-serialized value).
+      const data = (typeof message === "string" && jsonMembers(message, DATA_MEMBER)?.get("data")) || "null";
+      const out = `{"type":"broadcast","event":${JSON.stringify(frame.event)},"data":${data},"from":${JSON.stringify({ id: me.id, user: me.user })}}`;
       return this.broadcastFrom(ws, me, out);
     }
     send(ws, { type: "error", code: "unsupported_frame", message: `unknown message type ${JSON.stringify(String(frame.type)).slice(0, 40)}; this channel accepts presence and broadcast` });
@@ -303,16 +336,4 @@ export function trySend(ws: WebSocket, text: string): void {
   } catch {
     // A socket closing right now; its close handler will run.
   }
-}
-
-/**
- * One event of an `events` frame, built from its already-serialized data: the data is
- * stringified once per publish, not once per socket or once for the log and again for the frame.
- */
-export function eventJson(seq: number, id: string, event: string, data: string, ts: number): string {
-  return `{"seq":${seq},"id":${JSON.stringify(id)},"event":${JSON.stringify(event)},"data":${data},"ts":${ts}}`;
-}
-
-export function eventsFrame(events: string[]): string {
-  return `{"type":"events","events":[${events.join(",")}]}`;
 }

@@ -48,6 +48,7 @@ export async function ingest(c: Context<{ Bindings: Env }>): Promise<Response> {
     if (r.status === "fulfilled") {
       total.accepted += r.value.accepted;
       total.duplicates += r.value.duplicates;
+      if (r.value.markers) total.markers = (total.markers ?? 0) + r.value.markers;
     } else {
       failed.push([...byChannel.keys()][i]!);
       log("error", "channel publish failed", { error: String(r.reason) });

@@ -5,28 +5,18 @@
  * STATE_MAX_BYTES; past either, the channel stops retaining (for good, in this epoch), says so in
  * its snapshots (`overflow: true`) and logs an error, rather than serve a state with holes.
  */
-import type { SnapshotRow } from "../protocol/index.ts";
+import type { ChangeText } from "../protocol/index.ts";
+import { rowKey, utf8Length } from "../protocol/index.ts";
 import { log } from "./log.ts";
 
-/** A change event's data, as `realtime.watch` writes it. */
-interface ChangeData {
-  op?: string;
-  schema?: string;
-  table?: string;
-  key?: Record<string, unknown>;
-  new?: unknown;
-}
-
-/** A retained row as stored: key and row are JSON text. */
+/** A retained row as stored: key and row are JSON text; row is null when too large to retain. */
 export interface StoredRow {
   schema: string;
   tbl: string;
   key: string;
-  row: string;
+  row: string | null;
   seq: number;
 }
-
-const utf8 = new TextEncoder();
 
 export const RETAINED_SCHEMA = `
   create table if not exists state (
@@ -46,7 +36,12 @@ export class RetainedState {
     private readonly maxRows: number,
     private readonly maxBytes: number,
     private readonly meta: { get(key: string): string | undefined; set(key: string, value: string): void },
-  ) {}
+  ) {
+    // Rows too large to retain are kept as their key and this flag (state from before it existed has none).
+    if (!sql.exec<{ name: string }>("pragma table_info(state)").toArray().some((c) => c.name === "oversized")) {
+      sql.exec("alter table state add column oversized integer not null default 0");
+    }
+  }
 
   /** True once the channel has received a retained event (it then sends snapshots). */
   get active(): boolean {
@@ -58,15 +53,17 @@ export class RetainedState {
   }
 
   /**
-   * Applies retained change events, in seq order: INSERT and UPDATE keep the new row, DELETE
-   * drops it, TRUNCATE drops the table's rows. Called inside the publish transaction.
+   * Applies retained change events, in seq order: INSERT and UPDATE keep the new row (a marker,
+   * whose row was too large to carry, keeps the key flagged `oversized`), DELETE drops it, TRUNCATE
+   * drops the table's rows. Keys compare by their exact JSON text. Called inside the publish
+   * transaction.
    */
-  apply(events: { seq: number; data: unknown }[]): void {
+  apply(events: { seq: number; change: ChangeText }[]): void {
     if (events.length === 0) return;
     if (!this.active) this.meta.set("retains", "1");
     if (this.overflowed) return;
     // Collapse the batch to one write per row, flushing before a TRUNCATE (rare) so order holds.
-    let pending = new Map<string, { schema: string; tbl: string; key: string; row: string | null; seq: number }>();
+    let pending = new Map<string, { schema: string; tbl: string; key: string; row: string | null; oversized: boolean; seq: number }>();
     let rows = Number(this.meta.get("state_rows") ?? 0);
     let bytes = Number(this.meta.get("state_bytes") ?? 0);
     const flush = () => {
@@ -79,45 +76,43 @@ export class RetainedState {
           .toArray()
           .map((r) => [r.k, r.n]),
       );
-      const upserts = changes.filter(([, c]) => c.row !== null);
-      const deletes = changes.filter(([, c]) => c.row === null).map(([k]) => k);
+      const upserts = changes.filter(([, c]) => c.row !== null || c.oversized);
+      const deletes = changes.filter(([, c]) => c.row === null && !c.oversized).map(([k]) => k);
       for (const [k, c] of changes) {
         const before = old.get(k);
         if (before !== undefined) {
           rows--;
           bytes -= before;
         }
-        if (c.row !== null) {
+        if (c.row !== null || c.oversized) {
           rows++;
-          bytes += utf8.encode(c.row).byteLength;
+          bytes += c.row === null ? 0 : utf8Length(c.row);
         }
       }
       if (upserts.length > 0) {
         this.sql.exec(
-          `insert into state (k, schema, tbl, key, row, seq)
-           select value ->> '$.k', value ->> '$.s', value ->> '$.t', value ->> '$.key', value ->> '$.row', value ->> '$.seq' from json_each(?) where true
-           on conflict (k) do update set row = excluded.row, seq = excluded.seq`,
-          JSON.stringify(upserts.map(([k, c]) => ({ k, s: c.schema, t: c.tbl, key: c.key, row: c.row, seq: c.seq }))),
+          `insert into state (k, schema, tbl, key, row, seq, oversized)
+           select value ->> '$.k', value ->> '$.s', value ->> '$.t', value ->> '$.key', value ->> '$.row', value ->> '$.seq', value ->> '$.o' from json_each(?) where true
+           on conflict (k) do update set row = excluded.row, seq = excluded.seq, oversized = excluded.oversized`,
+          JSON.stringify(upserts.map(([k, c]) => ({ k, s: c.schema, t: c.tbl, key: c.key, row: c.row ?? "", seq: c.seq, o: c.oversized ? 1 : 0 }))),
         );
       }
       if (deletes.length > 0) this.sql.exec("delete from state where k in (select value from json_each(?))", JSON.stringify(deletes));
       pending = new Map();
     };
-    for (const { seq, data } of events) {
-      const d = data as ChangeData;
-      if (typeof d !== "object" || d === null || typeof d.schema !== "string" || typeof d.table !== "string") continue;
-      if (d.op === "TRUNCATE") {
+    for (const { seq, change } of events) {
+      if (change.op === "TRUNCATE") {
         flush();
-        const gone = this.sql.exec<{ n: number; b: number | null }>("select count(*) as n, sum(length(cast(row as blob))) as b from state where schema = ? and tbl = ?", d.schema, d.table).one();
-        this.sql.exec("delete from state where schema = ? and tbl = ?", d.schema, d.table);
+        const gone = this.sql.exec<{ n: number; b: number | null }>("select count(*) as n, sum(length(cast(row as blob))) as b from state where schema = ? and tbl = ?", change.schema, change.table).one();
+        this.sql.exec("delete from state where schema = ? and tbl = ?", change.schema, change.table);
         rows -= gone.n;
         bytes -= gone.b ?? 0;
         continue;
       }
-      if (typeof d.key !== "object" || d.key === null) continue;
-      const key = JSON.stringify(d.key);
-      const k = `${d.schema}.${d.table}:${key}`;
-      pending.set(k, { schema: d.schema, tbl: d.table, key, row: d.op === "DELETE" ? null : JSON.stringify(d.new ?? null), seq });
+      if (change.key === null) continue;
+      const k = rowKey(change.schema, change.table, change.key);
+      const deleted = change.op === "DELETE";
+      pending.set(k, { schema: change.schema, tbl: change.table, key: change.key, row: deleted ? null : change.new, oversized: !deleted && change.new === null && change.marker, seq });
     }
     flush();
     if (rows > this.maxRows || bytes > this.maxBytes) {
@@ -134,21 +129,14 @@ export class RetainedState {
 
   /** Every retained row, oldest key first. */
   rows(): StoredRow[] {
-    return this.sql.exec<StoredRow & Record<string, SqlStorageValue>>("select schema, tbl, key, row, seq from state order by k").toArray();
+    return this.sql
+      .exec<{ schema: string; tbl: string; key: string; row: string; seq: number; oversized: number }>("select schema, tbl, key, row, seq, oversized from state order by k")
+      .toArray()
+      .map((r) => ({ schema: r.schema, tbl: r.tbl, key: r.key, row: r.oversized ? null : r.row, seq: r.seq }));
   }
 
   /** Counters for stats. */
   size(): { rows: number; bytes: number; overflow: boolean } {
     return { rows: Number(this.meta.get("state_rows") ?? 0), bytes: Number(this.meta.get("state_bytes") ?? 0), overflow: this.overflowed };
   }
-}
-
-/** One snapshot row as JSON text, from stored JSON texts (no re-serialization of the row). */
-export function snapshotRowJson(r: StoredRow): string {
-  return `{"schema":${JSON.stringify(r.schema)},"table":${JSON.stringify(r.tbl)},"key":${r.key},"row":${r.row},"seq":${r.seq}}`;
-}
-
-/** The parsed form, for filtering. */
-export function parseRow(r: StoredRow): SnapshotRow {
-  return { schema: r.schema, table: r.tbl, key: JSON.parse(r.key), row: JSON.parse(r.row), seq: r.seq };
 }

@@ -13,10 +13,10 @@
  * already covered.
  */
 import type { PresenceMember } from "../protocol/index.ts";
-import { matchesEvent } from "../protocol/index.ts";
-import type { Channel } from "./channel.ts";
+import { eventsFrame, matchesEvent } from "../protocol/index.ts";
+import { joinQuery, type Channel } from "./channel.ts";
 import type { Env } from "./env.ts";
-import { CHANNEL_NAME_HEADER, eventsFrame, member, send, SHARD_HEADER, SHARD_SOCKETS_HEADER, SocketHub, trySend, type Outgoing, type SocketAttachment } from "./hub.ts";
+import { CHANNEL_NAME_HEADER, filterData, member, send, SHARD_HEADER, SHARD_SOCKETS_HEADER, SocketHub, trySend, type Outgoing, type SocketAttachment } from "./hub.ts";
 import { log } from "./log.ts";
 
 /** Recent events kept in memory to catch up sockets whose join overlapped a delivery. */
@@ -80,7 +80,7 @@ export class ChannelShard extends SocketHub {
     const url = new URL(request.url);
     this.pending.add(server);
     try {
-      const join = await this.root().sync(channel, url.searchParams.get("since"), url.searchParams.get("epoch"), accepted.filterText);
+      const join = await this.root().sync(channel, joinQuery(url), accepted.filterText);
       if (!join.ok) {
         send(server, { type: "welcome", channel, epoch: this.epoch ?? "", seq: this.lastSeq, member: me.id });
         this.closeWith(server, me, join.code, join.message);
@@ -89,7 +89,7 @@ export class ChannelShard extends SocketHub {
       send(server, { type: "welcome", channel: join.channel, epoch: join.epoch, seq: join.seq, member: me.id, shard: this.index });
       for (const frame of join.frames) server.send(frame);
       // Events this shard received while the root answered, after the seq the answer ends at.
-      const missed = this.recent.filter((e) => e.seq > join.seq && (!filter || matchesEvent(filter, this.dataOf(e))));
+      const missed = this.recent.filter((e) => e.seq > join.seq && (!filter || matchesEvent(filter, filterData(e))));
       if (missed.length > 0) server.send(eventsFrame(missed.map((e) => e.json)));
       if (!this.synced) {
         // A shard's first socket: deliveries are owed from here on (checked for gaps from here).
@@ -144,25 +144,18 @@ export class ChannelShard extends SocketHub {
         events = [...gap, ...batch];
       }
     }
-    const fresh: Outgoing[] = events.filter((e) => e.seq > this.lastSeq).map((e) => ({ seq: e.seq, json: e.json, data: undefined }));
+    const fresh: Outgoing[] = events.filter((e) => e.seq > this.lastSeq).map((e) => ({ seq: e.seq, json: e.json }));
     if (fresh.length === 0) return;
-    for (const e of fresh) if (this.filters.size > 0) e.data = this.dataOf(e);
     this.recent.push(...fresh);
     if (this.recent.length > RECENT_EVENTS) this.recent.splice(0, this.recent.length - RECENT_EVENTS);
     this.deliverLocal(fresh, (ws) => this.pending.has(ws) || this.joinedAt.has(ws));
     for (const [ws, seq] of this.joinedAt) {
       const filter = (ws.deserializeAttachment() as SocketAttachment).filter;
-      const owed = fresh.filter((e) => e.seq > seq && (!filter || matchesEvent(filter, this.dataOf(e))));
+      const owed = fresh.filter((e) => e.seq > seq && (!filter || matchesEvent(filter, filterData(e))));
       if (owed.length > 0) trySend(ws, eventsFrame(owed.map((e) => e.json)));
       if (fresh.at(-1)!.seq >= seq) this.joinedAt.delete(ws);
     }
     this.setLastSeq(fresh.at(-1)!.seq);
-  }
-
-  /** An event's data, parsed from its JSON once. */
-  private dataOf(e: Outgoing): unknown {
-    if (e.data === undefined) e.data = (JSON.parse(e.json) as { data: unknown }).data;
-    return e.data;
   }
 
   /** A presence frame from the root, for this shard's presence members. */

@@ -25,6 +25,7 @@ beforeAll(async () => {
   [db, worker] = await Promise.all([testDatabase("react"), startTestWorker({ PUBLIC_CHANNELS: "" })]);
   await db.sql("create table items (id int primary key, title text not null); insert into items values (1, 'from the snapshot')");
   await db.sql("select realtime.watch('items', retain => true); select realtime.backfill('items')");
+  await db.sql("create table big_items (id bigint primary key, title text not null); select realtime.watch('big_items', retain => true)");
   relay = startRelay({ databaseUrl: db.url, workerUrl: worker.url });
   await relayEvent(relay, "idle");
   await caughtUp(relay);
@@ -72,6 +73,39 @@ it("renders the channel's rows from the snapshot and keeps them current as rows 
     await tab.locator("#rows li", { hasText: "to delete" }).waitFor({ state: "detached" });
     expect(await tab.locator("#rows li").allTextContents()).toEqual(["updated", "inserted"]);
     expect(await tab.locator("#events").textContent()).toBe("4");
+    expect(errors).toEqual([]);
+  } finally {
+    await tab.close();
+  }
+});
+
+it("shows an empty retained channel as no rows (not loading), an id past 2^53 digit for digit, and a row too large to retain by its key", async () => {
+  const tab = await browser.newPage();
+  const errors: string[] = [];
+  tab.on("pageerror", (e) => errors.push(e.message));
+  const token = await mintToken({ secret: TEST_JWT_SECRET, sub: "react-big", channels: ["big_items"] });
+  const url = `${pageUrl}/?host=${encodeURIComponent(new URL(worker.url).host)}&token=${token}&channel=big_items`;
+  try {
+    await tab.goto(url);
+    await tab.locator("#status", { hasText: "open" }).waitFor();
+    // The channel has never received a row: its state is empty, not loading.
+    await tab.locator("#count", { hasText: "0" }).waitFor();
+
+    await db.sql("insert into big_items values (9007199254740993, 'exact id'), (9007199254740992, 'its neighbour')");
+    await tab.locator("#count", { hasText: "2" }).waitFor();
+    expect(await tab.locator("#rows li").evaluateAll((lis) => lis.map((li) => [li.getAttribute("data-id"), li.getAttribute("data-type"), li.textContent]))).toEqual([
+      ["9007199254740992", "string", "its neighbour"],
+      ["9007199254740993", "string", "exact id"],
+    ]);
+    // Over STATE_MAX_ROW_BYTES (1 MiB): retained as its key alone, for live and joining clients alike.
+    await db.sql("insert into big_items values (7, repeat('x', 1100000))");
+    await tab.locator("#oversized li", { hasText: "7" }).waitFor();
+    expect(await tab.locator("#count").textContent()).toBe("2");
+
+    await tab.reload();
+    await tab.locator("#status", { hasText: "open" }).waitFor();
+    await tab.locator("#oversized li", { hasText: "7" }).waitFor();
+    expect(await tab.locator("#rows li").evaluateAll((lis) => lis.map((li) => li.getAttribute("data-id")))).toEqual(["9007199254740992", "9007199254740993"]);
     expect(errors).toEqual([]);
   } finally {
     await tab.close();

@@ -7,7 +7,7 @@ import { env } from "cloudflare:workers";
 import { evictDurableObject, listDurableObjectIds } from "cloudflare:test";
 import { sign } from "hono/utils/jwt/jwt";
 import { describe, expect, it } from "vitest";
-import { signBody } from "../../protocol/index.ts";
+import { ingestBody, signBody } from "../../protocol/index.ts";
 import { channelMatches } from "../../protocol/index.ts";
 import { authorize, AuthError } from "../../worker/auth.ts";
 import type { AuthConfig } from "../../worker/config.ts";
@@ -88,6 +88,7 @@ describe("authorize() with issuer and audience configured", () => {
     channelsClaim: "rooms",
     publishClaim: "publish",
     publicChannels: [],
+    allowTokensWithoutExp: false,
     allowedOrigins: null,
   };
   const request = (token: string) => new Request(`http://edge/parties/main/x?token=${token}`);
@@ -163,15 +164,15 @@ describe("channel limits", () => {
 
 describe("ingest secret", () => {
   it("accepts the previous secret during a rotation, and refuses any other", async () => {
-    const body = JSON.stringify({ events: [event("rotation")] });
+    const body = ingestBody([event("rotation")]);
     expect((await postIngest(body, { secret: env.INGEST_SECRET_PREVIOUS! })).status).toBe(200);
-    const other = JSON.stringify({ events: [event("rotation")] });
+    const other = ingestBody([event("rotation")]);
     expect((await postIngest(other, { secret: "some-other-secret-0123456789" })).status).toBe(401);
   });
 
   it("drops a captured request replayed inside the signature window, even after 10,000 newer events", async () => {
     const events = Array.from({ length: 100 }, () => event("replayed"));
-    const body = JSON.stringify({ events });
+    const body = ingestBody(events);
     const signature = await signBody(env.INGEST_SECRET!, body);
     const first = await postIngest(body, { signature });
     expect(await first.json()).toEqual({ accepted: 100, duplicates: 0 });

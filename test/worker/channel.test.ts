@@ -25,8 +25,8 @@ describe("upgrade", () => {
   it("answers a non-numeric since with an error frame, then closes 1008", async () => {
     const sock = await Socket.open("bad-since", "?since=abc&epoch=x");
     await sock.until(() => sock.closed);
-    expect(sock.frames.map((f) => f.type)).toEqual(["welcome", "error"]);
-    expect(sock.frames[1]).toMatchObject({ code: "invalid_query" });
+    expect(sock.frames.map((f) => f.type)).toEqual(["error"]);
+    expect(sock.frames[0]).toMatchObject({ code: "invalid_query" });
     expect(sock.closed!.code).toBe(1008);
   });
 

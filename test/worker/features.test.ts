@@ -60,7 +60,7 @@ describe("retained state", () => {
     const sock = await Socket.open("ret-big");
     const [, snapshot] = await sock.frameCount(2);
     expect(snapshot).toEqual({ type: "snapshot", seq: 25, rows: [], overflow: true });
-    const stats = await runInDurableObject(stubOf("ret-big"), (o: { stats(): { retained: unknown } }) => o.stats());
+    const stats = await runInDurableObject(stubOf("ret-big"), (o) => o.stats());
     expect(stats.retained).toEqual({ rows: 0, bytes: 0, overflow: true });
   });
 
@@ -183,7 +183,7 @@ describe("client broadcast", () => {
     await reader.until(() => framesOf(reader, "broadcast").length > 0);
     expect(framesOf(reader, "broadcast")[0]).toMatchObject({ event: "cursor", data: { x: 1, y: 2 }, from: { user: "carol" } });
     expect(framesOf(sender, "broadcast")).toEqual([]);
-    const stats = await runInDurableObject(stubOf("chat"), (o: { stats(): { seq: number } }) => o.stats());
+    const stats = await runInDurableObject(stubOf("chat"), (o) => o.stats());
     expect(stats.seq).toBe(0);
 
     reader.ws.send(JSON.stringify({ type: "broadcast", event: "cursor", data: {} }));

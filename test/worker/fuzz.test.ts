@@ -6,7 +6,7 @@
 import { env } from "cloudflare:workers";
 import fc from "fast-check";
 import { afterAll, beforeAll, expect, it, vi } from "vitest";
-import type { ServerFrame } from "../../protocol/index.ts";
+import { ingestBody, type ServerFrame } from "../../protocol/index.ts";
 import { event, ingest, postIngest, Socket, tokenFor, upgrade } from "./helpers.ts";
 
 const seen: string[] = []; // every response body, frame and log line of this file
@@ -134,7 +134,7 @@ it("never echoes a token or secret in refusals", async () => {
     seen.push(await res.text());
     expect(res.status).toBeGreaterThanOrEqual(400);
   }
-  const body = JSON.stringify({ events: [event("leak")] });
+  const body = ingestBody([event("leak")]);
   const res = await postIngest(body, { secret: "wrong-secret-wrong-secret-0123" });
   seen.push(await res.text());
   expect(res.status).toBe(401);

@@ -1,7 +1,7 @@
 /** Helpers for tests inside workerd: signed ingest requests and sockets that record frames. */
 import { env, exports } from "cloudflare:workers";
 import type { ChannelEvent, IngestEvent, ServerFrame } from "../../protocol/index.ts";
-import { SIGNATURE_HEADER, signBody } from "../../protocol/index.ts";
+import { ingestBody, SIGNATURE_HEADER, signBody } from "../../protocol/index.ts";
 import { mintToken } from "../../token/index.ts";
 
 export const SECRET = env.INGEST_SECRET!;
@@ -20,9 +20,14 @@ export interface OpenOptions {
 }
 
 let counter = 0;
-/** An ingest event with a unique id. */
+/** An ingest event with a unique id; `data` is a value, carried as its JSON text. */
 export function event(channel: string, data: unknown = { n: ++counter }, over: Partial<IngestEvent> = {}): IngestEvent {
-  return { id: `test-${++counter}`, channel, event: "test", data, ts: Date.now(), ...over };
+  return { id: `test-${++counter}`, channel, event: "test", data: JSON.stringify(data), ts: Date.now(), ...over };
+}
+
+/** An event as a plain JSON value (its data parsed), for hand-built bodies: `JSON.stringify({ events: [wire(e)] })`. */
+export function wire(e: IngestEvent): Omit<IngestEvent, "data"> & { data: unknown } {
+  return { ...e, data: JSON.parse(e.data) };
 }
 
 /** POSTs a raw body to /ingest, signed with `secret` at `t` unless a header is given. */
@@ -67,7 +72,7 @@ export function change(
 
 /** POSTs events, signed; returns status and JSON answer. */
 export async function ingest(events: IngestEvent[]): Promise<{ status: number; body: any }> {
-  const res = await postIngest(JSON.stringify({ events }));
+  const res = await postIngest(ingestBody(events));
   return { status: res.status, body: await res.json() };
 }
 

@@ -2,8 +2,8 @@
 import { env, exports } from "cloudflare:workers";
 import { runInDurableObject } from "cloudflare:test";
 import { describe, expect, it } from "vitest";
-import { SIGNATURE_HEADER, signBody } from "../../protocol/index.ts";
-import { event, ingest, postIngest, Socket } from "./helpers.ts";
+import { ingestBody, SIGNATURE_HEADER, signBody } from "../../protocol/index.ts";
+import { event, ingest, postIngest, Socket, wire } from "./helpers.ts";
 
 /** The channel's stored seq, read inside its Durable Object. */
 async function storedSeq(channel: string): Promise<number> {
@@ -24,7 +24,7 @@ describe("signature", () => {
     ["expired (6 minutes old)", { t: Math.floor(Date.now() / 1000) - 360 }, "signature_expired"],
     ["from the future (6 minutes ahead)", { t: Math.floor(Date.now() / 1000) + 360 }, "signature_expired"],
   ])("refuses a %s signature with 401 and changes nothing", async (_, opts, code) => {
-    const body = JSON.stringify({ events: [event("sig-bad")] });
+    const body = ingestBody([event("sig-bad")]);
     const res = await postIngest(body, opts);
     expect(res.status).toBe(401);
     expect(await res.json()).toMatchObject({ error: { code } });
@@ -32,7 +32,7 @@ describe("signature", () => {
   });
 
   it("refuses a body changed after signing", async () => {
-    const body = JSON.stringify({ events: [event("sig-tamper", { amount: 1 })] });
+    const body = ingestBody([event("sig-tamper", { amount: 1 })]);
     const signature = await signBody(env.INGEST_SECRET!, body);
     const res = await exports.default.fetch("http://edge/ingest", {
       method: "POST",
@@ -45,7 +45,7 @@ describe("signature", () => {
 });
 
 describe("body validation", () => {
-  const valid = () => event("valid-ch");
+  const valid = () => wire(event("valid-ch"));
   it.each([
     ["malformed JSON", "{nope", 400, "malformed_json"],
     ["a non-object body", "[]", 400, "invalid_body"],
@@ -78,7 +78,7 @@ describe("body validation", () => {
     ["with its length declared", false],
     ["streamed (no length)", true],
   ])("refuses a body over MAX_INGEST_BYTES with 413 before reading it all: %s", async (_, streamed) => {
-    const body = JSON.stringify({ events: [event("big-body", "x".repeat(9 * 1024 * 1024))] });
+    const body = ingestBody([event("big-body", "x".repeat(9 * 1024 * 1024))]);
     const res = await postIngest(body, { signature: "t=1,v1=" + "0".repeat(64), streamed });
     expect(res.status).toBe(413);
     expect(await res.json()).toMatchObject({ error: { code: "payload_too_large" } });
@@ -91,7 +91,7 @@ describe("body validation", () => {
     const channel = `read-${streamed ? "streamed" : "declared"}`;
     const data = { text: "é ü 漢字 🙂 \u2028", pad: "y".repeat(70_000) };
     const socket = await Socket.open(channel);
-    const res = await postIngest(JSON.stringify({ events: [event(channel, data)] }), { streamed });
+    const res = await postIngest(ingestBody([event(channel, data)]), { streamed });
     expect(res.status, label).toBe(200);
     expect((await socket.eventCount(1))[0]!.data).toEqual(data);
   });
