@@ -35,7 +35,7 @@ export default defineConfig({
         // Relay, end-to-end and browser tests, in Node against a real Postgres.
         test: {
           name: "node",
-          include: ["test/relay/**/*.test.ts", "test/bench/**/*.test.ts", "test/e2e/**/*.test.ts", "test/faults/**/*.test.ts", "test/browser/**/*.test.ts"],
+          include: ["test/relay/**/*.test.ts", "test/bench/**/*.test.ts", "test/e2e/**/*.test.ts", "test/faults/**/*.test.ts", "test/browser/**/*.test.ts", "test/package/**/*.test.ts"],
           exclude: ["test/faults/**/*.worker.test.ts"],
           globalSetup: ["test/support/global-setup.ts"],
           testTimeout: 60_000,

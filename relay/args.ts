@@ -44,6 +44,9 @@ Commands:
              (HS256 with JWT_SECRET, the Worker's secret)
   backfill   backfill <schema.table>: write a watched table's current rows to the outbox, in
              pages of 1000, with progress (realtime.backfill_page)
+  init       init [dir]: add realtime to the Worker project in dir (default: here): the Durable
+             Object bindings and migration in wrangler.toml (appended, never overwritten), and
+             for a new project wrangler.toml, src/index.ts and .dev.vars.example
 
 Options (each also read from the environment variable shown; the flag wins):
 ${OPTION_SPECS.map((s) => {
@@ -95,9 +98,9 @@ export function optionsFromArgs(
     throw new RelayConfigError(`${(err as Error).message} (see --help)`);
   }
   const command = parsed.positionals[0] ?? "relay";
-  const operands = command === "backfill" ? 1 : 0;
-  if (!["relay", "install", "backfill"].includes(command) || parsed.positionals.length > 1 + operands) {
-    throw new RelayConfigError(`unknown command ${JSON.stringify(parsed.positionals.join(" "))}: use relay, install, backfill or token (see --help)`);
+  const operands = command === "backfill" || command === "init" ? 1 : 0;
+  if (!["relay", "install", "backfill", "init"].includes(command) || parsed.positionals.length > 1 + operands) {
+    throw new RelayConfigError(`unknown command ${JSON.stringify(parsed.positionals.join(" "))}: use relay, install, backfill, init or token (see --help)`);
   }
   const options: Record<string, unknown> = {};
   for (const spec of OPTION_SPECS) {

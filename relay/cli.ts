@@ -4,13 +4,14 @@
  * relay's RSS peaked at 142 MB with Node's default and at 104 MB (100,000 events) with the cap,
  * at the same drain rate.
  *
- * `pg-edge-realtime relay|install|token`: the relay's command line. Every option is a flag and an
+ * `pg-edge-realtime relay|install|backfill|init|token`: the relay's command line. Every option is a flag and an
  * environment variable (the flag wins); bad configuration exits 2 with one line saying what to fix.
  */
 import pg from "pg";
 import { mintToken } from "../token/index.ts";
 import { optionsFromArgs, tokenArgs, USAGE } from "./args.ts";
 import { RelayConfigError, resolveRelayOptions } from "./config.ts";
+import { initProject } from "./init.ts";
 import { installSchema } from "./install.ts";
 import { createLogger, redactUrl, type LogLevel } from "./log.ts";
 import { serveObservability, type ObservabilityServer } from "./observe.ts";
@@ -77,6 +78,21 @@ async function backfill(databaseUrl: string | undefined, table: string | undefin
   }
 }
 
+/** `init [dir]`: what initProject did, and what is left to do. */
+function init(dir: string): void {
+  const report = initProject(dir);
+  const lines = [
+    ...report.created.map((f) => `created   ${f}`),
+    ...report.appended.map((f) => `appended  ${f} (the CHANNEL and SHARD Durable Objects and their migration)`),
+    ...report.unchanged.map((f) => `unchanged ${f}`),
+    "",
+    "Next:",
+    ...report.todo.map((t) => `- ${t}`),
+    "",
+  ];
+  process.stdout.write(lines.join("\n"));
+}
+
 async function main(): Promise<void> {
   if (process.argv[2] === "token") {
     const args = tokenArgs(process.argv.slice(3), process.env);
@@ -89,6 +105,7 @@ async function main(): Promise<void> {
     return;
   }
   if (command === "backfill") return backfill(options.databaseUrl, operand, 1000);
+  if (command === "init") return init(operand ?? ".");
   if (command === "install") {
     await install(options.databaseUrl);
     process.stderr.write(`realtime schema installed in ${redactUrl(options.databaseUrl)}\n`);

@@ -117,7 +117,8 @@ export class IngestClient {
   private readonly url: string;
 
   constructor(private readonly options: IngestClientOptions) {
-    this.url = new URL("/ingest", options.workerUrl).toString();
+    // Relative to the Worker's base URL, which may have a path (routes mounted under a prefix).
+    this.url = new URL("ingest", options.workerUrl.endsWith("/") ? options.workerUrl : `${options.workerUrl}/`).toString();
   }
 
   /** One attempt: resolves with the Worker's answer on 2xx, throws {@link IngestError} otherwise. */

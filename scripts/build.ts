@@ -1,9 +1,13 @@
 /**
- * Builds what is not TypeScript-at-runtime: the demo page's bundle (demo/public/app.js) and the
- * relay CLI (dist/cli.js, the package's `bin`). Run by `npm install` (prepare), `npm run build`,
- * `npm run dev`, the tests' global setup and `npm run deploy`.
+ * Builds what is not TypeScript-at-runtime: the package (dist/: JavaScript, types and source maps
+ * of client, client/react, token, protocol and worker, and the relay CLI dist/cli.js, the `bin`)
+ * and the demo page's bundle (demo/public/app.js). `npm run build` builds everything (and `npm
+ * pack` runs it); `npm run dev`, the tests' global setup and `npm run deploy` build what they use.
  */
 import { build } from "esbuild";
+import { execFileSync } from "node:child_process";
+import { readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const root = (p: string) => fileURLToPath(new URL(`../${p}`, import.meta.url));
@@ -35,6 +39,31 @@ export async function buildCli(): Promise<void> {
   });
 }
 
+/**
+ * The library entries with tsc: ESM JavaScript, .d.ts and source maps (sources inlined) in dist/,
+ * the module layout kept. The sources import each other as `./x.ts`: tsc rewrites those to `.js`
+ * in the JavaScript, and this rewrites them in the declarations, which tsc leaves as written.
+ */
+export async function buildLibrary(): Promise<void> {
+  for (const dir of ["client", "protocol", "token", "worker"]) rmSync(root(`dist/${dir}`), { recursive: true, force: true });
+  const tsc = fileURLToPath(new URL("../node_modules/typescript/bin/tsc", import.meta.url));
+  for (const project of ["tsconfig.build.json", "worker/tsconfig.build.json"]) execFileSync(process.execPath, [tsc, "-p", root(project)], { stdio: "inherit" });
+  for (const file of walk(root("dist"))) {
+    if (!file.endsWith(".d.ts")) continue;
+    const text = readFileSync(file, "utf8");
+    const fixed = text.replace(/((?:from|import)\s*\(?\s*)(["'])(\.{1,2}\/[^"']+)\.ts\2/g, "$1$2$3.js$2");
+    if (fixed !== text) writeFileSync(file, fixed);
+  }
+}
+
+function* walk(dir: string): Generator<string> {
+  for (const entry of readdirSync(dir, { withFileTypes: true })) {
+    const path = join(dir, entry.name);
+    if (entry.isDirectory()) yield* walk(path);
+    else yield path;
+  }
+}
+
 if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
-  await Promise.all([buildDemo(), buildCli()]);
+  await Promise.all([buildDemo(), buildCli(), buildLibrary()]);
 }

@@ -2,14 +2,16 @@
 import type { Channel } from "./channel.ts";
 import type { ChannelShard } from "./shard.ts";
 
-/** The Worker's environment. Every variable is a string; `resolveWorkerConfig` parses them. */
-export interface Env {
+/**
+ * What the realtime routes and objects need in a Worker's environment: the two Durable Object
+ * bindings, and the variables and secrets (every one a string; `resolveWorkerConfig` parses them).
+ * A Worker's own Env extends it.
+ */
+export interface RealtimeEnv {
   /** One Durable Object per channel (its root). */
   CHANNEL: DurableObjectNamespace<Channel>;
   /** The shards of sharded channels (SHARDS). */
   SHARD: DurableObjectNamespace<ChannelShard>;
-  /** Static assets (the demo page). */
-  ASSETS?: Fetcher;
   /** Secret shared with the relay; signs `POST /ingest`. Required. */
   INGEST_SECRET?: string;
   /** The previous secret, still accepted while a rotation is under way. Optional. */
@@ -66,15 +68,5 @@ export interface Env {
   MAX_MESSAGES_PER_SECOND?: string;
 }
 
-declare global {
-  // Types `env` from "cloudflare:workers" / "cloudflare:test" as this Worker's Env.
-  namespace Cloudflare {
-    interface Env extends WorkerEnv {}
-    // Types `exports` from "cloudflare:workers" (the tests call the Worker through it).
-    interface GlobalProps {
-      mainModule: typeof import("./index.ts");
-    }
-  }
-}
-
-type WorkerEnv = Env;
+/** The name the Worker's code used before the package entry existed. */
+export type Env = RealtimeEnv;

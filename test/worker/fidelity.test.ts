@@ -13,6 +13,9 @@ import type { IngestEvent, SnapshotRow } from "../../protocol/index.ts";
 import { ingestBody, jsonMembers, scanValue } from "../../protocol/index.ts";
 import { event, ingest, postIngest, Socket } from "./helpers.ts";
 
+/** 40 generated runs take 2-3 s on an idle 2-core machine; a loaded one needs more. */
+const PROPERTY_TIMEOUT_MS = 30_000;
+
 const stubOf = (channel: string) => env.CHANNEL.get(env.CHANNEL.idFromName(channel));
 
 /** The elements of a JSON array's text, as texts. */
@@ -103,7 +106,7 @@ describe("values are carried as the text they were written", () => {
       }),
       { numRuns: 40 },
     );
-  });
+  }, PROPERTY_TIMEOUT_MS);
 
   it("keeps a value 10,000 levels deep and one 10,000 keys wide, in a batch with others, through a filter and a shard", async () => {
     const filtered = await Socket.open("deep", `?filter=${encodeURIComponent('{"k1":{"eq":9007199254740993}}')}`);
