@@ -1,5 +1,5 @@
 /**
- * `npm run bench`: pg-edge-realtime beside the seeds' design (bench/baseline), in the same run, on
+ * `npm run bench`: pg-edge-realtime beside the LISTEN design (bench/baseline), in the same run, on
  * this machine. Every scenario prints a table with the ratio ours / baseline and writes JSON to
  * bench/results/. Modes: `--quick` (CI smoke: small sizes; fails only on loss or a system that did
  * not run), default, `--full` (the sizes of issue 5: 1,000,000-event backlog, ...).
@@ -87,9 +87,9 @@ async function writerOverhead(stack: Stack) {
       ["(b') under realtime.watch, outbox capture, relay stopped", fmt(rates.oursNoRelay), ratio(rates.oursNoRelay, rates.plain)],
       ["(b) under realtime.watch, wal capture (--source wal), relay delivering", fmt(rates.wal), ratio(rates.wal, rates.plain)],
       ["(b') under realtime.watch, wal capture, relay stopped", fmt(rates.walNoRelay), ratio(rates.walNoRelay, rates.plain)],
-      ["(c) the seeds' per-row NOTIFY trigger", fmt(rates.seeds), ratio(rates.seeds, rates.plain)],
+      ["(c) a per-row NOTIFY trigger (LISTEN design)", fmt(rates.seeds), ratio(rates.seeds, rates.plain)],
     ]) +
-      `\n\nMedian of ${SIZES.writerRounds} interleaved rounds of ${SIZES.writerSeconds} s. Target: (b) >= 0.80x of (a). Ours beside the seeds' trigger: ${ratio(rates.ours, rates.seeds)} (outbox), ${ratio(rates.wal, rates.seeds)} (wal).`,
+      `\n\nMedian of ${SIZES.writerRounds} interleaved rounds of ${SIZES.writerSeconds} s. Target: (b) >= 0.80x of (a). Ours beside the NOTIFY trigger: ${ratio(rates.ours, rates.seeds)} (outbox), ${ratio(rates.wal, rates.seeds)} (wal).`,
     { rowsPerSecond: rates, runs, oursVsPlain: rates.ours / rates.plain, oursNoRelayVsPlain: rates.oursNoRelay / rates.plain, walVsPlain: rates.wal / rates.plain, walNoRelayVsPlain: rates.walNoRelay / rates.plain, seedsVsPlain: rates.seeds / rates.plain },
   );
 }
@@ -515,7 +515,7 @@ function docs(sections: string[], e2e: Record<string, { ours: Measured; baseline
   const verdict = verdicts(e2e);
   return `# Benchmarks
 
-pg-edge-realtime beside the seeds' design, measured in the same run on the same machine by
+pg-edge-realtime beside the LISTEN design (LISTEN + a per-row NOTIFY trigger + a ws server), measured in the same run on the same machine by
 \`npm run bench -- ${mode === "default" ? "" : `--${mode} `}--write-docs\`. The baseline
 (\`bench/baseline/\`) is one Node process holding \`LISTEN\`, fed by a per-row
 \`pg_notify('data_changes', json)\` trigger, sending each payload to every WebSocket of its room:
@@ -547,7 +547,7 @@ ${sections.join("\n")}
   Worker and the sockets on the same two cores (b), every event's delivery takes CPU from the
   writers; in a deployment the Worker runs at the edge and the relay on its own host, and only
   the walsender (~45 us per transaction here) or the relay's outbox reads stay on the database.
-  The seeds' trigger stays at ~0.1-0.3x because NOTIFY serializes commits.
+  The NOTIFY trigger stays at ~0.1-0.3x because NOTIFY serializes commits.
 - **Throughput end to end**: ${verdict.throughput}. ${verdict.cpu} With many
   subscribers ours pulls ahead (one frame per batch per socket).
 - **Latency**: ${verdict.latency}. The extra hops show in the median: a one-event ingest takes ~3

@@ -1,5 +1,5 @@
 /**
- * React: `useChannel(channel, options)` for the apps the seeds are written for (Next.js and the
+ * React: `useChannel(channel, options)` for React apps (Next.js and the
  * like; use it in a client component). It subscribes while mounted, resubscribes when the channel
  * or filter changes, and returns the connection status, the recent events and, on a channel that
  * retains rows, the current rows (snapshot plus the changes after it).

@@ -1,6 +1,6 @@
 /**
  * The wire protocol: the one module the relay, the Worker and the browser client share.
- * DESIGN.md "Wire protocol" is the prose version of these files.
+ * The README's "Wire protocol" section is the prose version of these files.
  */
 export * from "./wire.ts";
 export * from "./signing.ts";

@@ -7,6 +7,7 @@
 import { EventEmitter } from "node:events";
 import { randomUUID } from "node:crypto";
 import pg from "pg";
+import { isJson } from "../protocol/index.ts";
 import { backoffDelay, sleep } from "./backoff.ts";
 import { resolveRelayOptions, type RelayOptions, type ResolvedRelayOptions } from "./config.ts";
 import { IngestClient, IngestConfigError, StoppedError, type Delivery, type IngestError, type OutgoingEvent, type RefusedEvent } from "./ingest-client.ts";
@@ -430,14 +431,8 @@ export class Relay extends EventEmitter<RelayEvents> {
   private onNotify(pgChannel: string, payload: string): void {
     const route = this.options.notify.find((r) => r.pgChannel === pgChannel);
     if (!route) return;
-    // NOTIFY payloads are text; JSON is forwarded as JSON, anything else as a string.
-    let data: string;
-    try {
-      JSON.parse(payload);
-      data = payload === "" ? "null" : payload;
-    } catch {
-      data = JSON.stringify(payload);
-    }
+    // NOTIFY payloads are text; JSON is forwarded as the JSON text it is, anything else as a string.
+    const data = isJson(payload) ? payload : JSON.stringify(payload);
     this.notifyQueue.push({ id: randomUUID(), channel: route.channel, event: "notify", data, ts: Date.now() });
     if (this.notifyQueue.length > this.options.notifyQueueMax) {
       const count = this.notifyQueue.length - this.options.notifyQueueMax;

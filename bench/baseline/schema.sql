@@ -1,5 +1,5 @@
--- The seeds' trigger (seed 000), with the room in the payload so the baseline can route like
--- seed 004's rooms. One NOTIFY per row, at commit.
+-- The LISTEN design's per-row trigger, with the room in the payload so the baseline can route
+-- to rooms. One NOTIFY per row, at commit.
 create or replace function bench_notify_data_change() returns trigger language plpgsql as $$
 begin
   perform pg_notify('data_changes', json_build_object(

@@ -1,7 +1,7 @@
 /**
- * The baseline: the seeds' design (seed 000, 001, 004), built as well as that design allows. One
- * Node process holds LISTEN data_changes; a per-row trigger sends pg_notify('data_changes', json);
- * each payload goes to every WebSocket in its room (the `channel` field; seed 004's rooms), the
+ * The baseline: the LISTEN design most tutorials start from, built as well as that design allows.
+ * One Node process holds LISTEN data_changes; a per-row trigger sends pg_notify('data_changes',
+ * json); each payload goes to every WebSocket in its room (the `channel` field), the
  * payload string sent as received (no re-serialization per socket).
  *
  * Env: DATABASE_URL, PORT. Prints "listening <port>" when ready.

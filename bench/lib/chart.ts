@@ -44,7 +44,7 @@ export function chart(throughput: BarGroup[], latency: BarGroup[], subtitle: str
 ${panel("Events delivered per second (higher is better)", "events/s", throughput, 0, width / 2, height)}
 ${panel("p99 commit-to-receive latency (lower is better, log scale)", "ms", latency, width / 2, width / 2, height, true)}
 <rect x="20" y="${height + 6}" width="12" height="12" fill="#2563eb"/><text x="38" y="${height + 16}">pg-edge-realtime</text>
-<rect x="170" y="${height + 6}" width="12" height="12" fill="#9ca3af"/><text x="188" y="${height + 16}">baseline: LISTEN + ws server (the seeds' design)</text>
+<rect x="170" y="${height + 6}" width="12" height="12" fill="#9ca3af"/><text x="188" y="${height + 16}">baseline: LISTEN + ws server (the LISTEN design)</text>
 <text x="${width - 10}" y="${height + 16}" text-anchor="end" fill="#555">${escape(subtitle)}</text>
 </svg>
 `;

@@ -20,7 +20,7 @@ beforeAll(async () => {
   await db.sql(TODOS_DDL);
   await db.sql(`
     select realtime.watch('todos');
-    -- The seeds' own trigger, unchanged (seed 000).
+    -- A typical application's own pg_notify trigger, unchanged.
     create or replace function notify_data_change() returns trigger as $$
     begin
       perform pg_notify('data_changes', json_build_object('operation', TG_OP, 'table', TG_TABLE_NAME, 'id', NEW.id, 'data', row_to_json(NEW))::text);
@@ -40,7 +40,7 @@ async function cursorRow(): Promise<{ done: string; after_id: string | null } | 
 }
 
 describe("NOTIFY forwarding", () => {
-  it("forwards the seeds' pg_notify('data_changes', json) payloads unchanged to the data_changes channel", async () => {
+  it("forwards an application's pg_notify('data_changes', json) payloads unchanged to the data_changes channel", async () => {
     const relay = startRelay({ databaseUrl: db.url, workerUrl: worker.url, notify: [{ pgChannel: "data_changes", channel: "data_changes" }] });
     const listening = relayEvent(relay, "idle");
     const sub = await TestSubscriber.connect(worker.url, "data_changes");
