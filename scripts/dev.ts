@@ -71,6 +71,21 @@ async function waitForHealth(url: string, child: ChildProcess, logFile: string):
   throw new Error(`the Worker did not answer ${url}/health within 60 s; see ${logFile}`);
 }
 
+/**
+ * A pg Client whose `error` events are logged instead of crashing the process: pg emits `error`
+ * on a client when its connection ends unexpectedly (Postgres stopped under it, a backend
+ * terminated), and an EventEmitter's `error` with no listener throws (Node's events module),
+ * which killed `npm run dev` when a failed setup step stopped Postgres under a still-open client.
+ * A failed query still rejects its own promise, so callers see every error.
+ */
+function connectionFor(connectionString: string, what: string): pg.Client {
+  const client = new pg.Client({ connectionString });
+  client.on("error", (err) => {
+    if (!stopping) process.stderr.write(`dev: ${what} connection to Postgres: ${err.message}\n`);
+  });
+  return client;
+}
+
 async function main(): Promise<void> {
   mkdirSync(dataDir, { recursive: true });
   await buildDemo();
@@ -84,25 +99,36 @@ async function main(): Promise<void> {
   } else {
     const port = Number(process.env.PGPORT_DEV ?? 0) || (await freePort());
     postgres = await startPostgres({ dataDir: `${dataDir}/postgres`, port, ignoreDatabaseUrl: true });
-    const admin = new pg.Client({ connectionString: postgres.url });
+    const admin = connectionFor(postgres.url, "admin");
     await admin.connect();
-    const exists = await admin.query("select 1 from pg_database where datname = $1", [DEMO_DATABASE]);
-    if (exists.rowCount === 0) await admin.query(`create database ${DEMO_DATABASE}`);
-    await admin.end();
+    try {
+      const exists = await admin.query("select 1 from pg_database where datname = $1", [DEMO_DATABASE]);
+      if (exists.rowCount === 0) await admin.query(`create database ${DEMO_DATABASE}`);
+    } finally {
+      await admin.end();
+    }
     databaseUrl = postgres.url.replace(/\/postgres$/, `/${DEMO_DATABASE}`);
   }
   ownSignals();
   cleanups.push(() => postgres.stop());
-  const db = new pg.Client({ connectionString: databaseUrl });
+  const db = connectionFor(databaseUrl, "setup");
   await db.connect();
-  await installSchema(db);
-  await db.query(TODOS_DDL);
-  // todos retains its rows: the page gets them from the channel, and existing rows are backfilled
-  // the first time (a later run finds them in the channel's state already).
-  const { rows: watched } = await db.query("select retain from realtime.watches where tbl = 'todos'::regclass");
-  await db.query("select realtime.watch('todos', retain => true)");
-  if (!watched[0]?.retain) await db.query("select realtime.backfill('todos')");
-  await db.end();
+  try {
+    // Warnings of the install (a watch of a table since dropped, removed; a watch suspended by a
+    // schema change) are worth seeing when the stack starts.
+    db.on("notice", (msg) => {
+      if (msg.severity === "WARNING") process.stderr.write(`dev: postgres: ${msg.message}${msg.hint ? ` (${msg.hint})` : ""}\n`);
+    });
+    await installSchema(db);
+    await db.query(TODOS_DDL);
+    // todos retains its rows: the page gets them from the channel, and existing rows are backfilled
+    // the first time (a later run finds them in the channel's state already).
+    const { rows: watched } = await db.query("select retain from realtime.watches where tbl = 'todos'::regclass");
+    await db.query("select realtime.watch('todos', retain => true)");
+    if (!watched[0]?.retain) await db.query("select realtime.backfill('todos')");
+  } finally {
+    await db.end();
+  }
 
   // 2. The Worker under wrangler dev, with secrets made for this run: todos is private, so the
   //    demo (and anyone trying by hand) joins it with a token minted here.

@@ -109,10 +109,25 @@ describe("watch()", () => {
     await expect(db.sql("select realtime.watch('todos', 'has space')")).rejects.toThrow(/is not valid/);
   });
 
-  it("fails a write whose template column is NULL instead of losing its event", async () => {
-    await db.sql("create table maybe (id int primary key, t int); select realtime.watch('maybe', 't:{t}')");
-    await expect(db.sql("insert into maybe values (1, null)")).rejects.toThrow(/column maybe.t is NULL/);
-    expect(await db.sql("select * from maybe")).toEqual([]);
+  it("keeps a write whose template column is NULL or makes no valid channel name, and leaves its event out with a WARNING", async () => {
+    await db.sql("create table maybe (id int primary key, t text); select realtime.watch('maybe', 't:{t}')");
+    const c = await db.client();
+    const warnings: string[] = [];
+    c.on("notice", (n) => warnings.push(`${n.severity}: ${n.message}`));
+    await c.query("insert into maybe values (1, null), (2, 'has space'), (3, 'fine')");
+    expect(await db.sql("select id from maybe order by id")).toEqual([{ id: 1 }, { id: 2 }, { id: 3 }]);
+    expect(warnings).toEqual([
+      "WARNING: realtime: this insert on maybe is not captured: its channel template gave NULL (a column the template names is NULL), which is not a channel name",
+      "WARNING: realtime: this insert on maybe is not captured: its channel template gave 't:has space', which is not a channel name",
+    ]);
+    // The routable row is captured, the others are not.
+    expect(await db.sql("select channel from realtime.outbox where payload->>'table' = 'maybe'")).toEqual([{ channel: "t:fine" }]);
+    // An update that leaves the row routable again is captured as its arrival there.
+    await c.query("update maybe set t = 'back' where id = 1");
+    expect(await db.sql("select channel, event from realtime.outbox where payload->>'table' = 'maybe' order by id")).toEqual([
+      { channel: "t:fine", event: "insert" },
+      { channel: "t:back", event: "insert" },
+    ]);
   });
 
   it("marks the events of a watch with retain => true, and backfill() writes the existing rows (refusing an unwatched table)", async () => {

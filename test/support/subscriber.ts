@@ -36,13 +36,17 @@ export function waitUntil<T>(
 /** One WebSocket on a channel and everything it received. */
 export class TestSubscriber {
   readonly frames: ServerFrame[] = [];
+  /** Every message's text, as received (frames carry event data as the producer's JSON text). */
+  readonly raw: string[] = [];
   readonly events: ChannelEvent[] = [];
   closed: { code: number; reason: string } | null = null;
   private readonly listeners = new Set<() => void>();
 
   private constructor(readonly ws: WebSocket) {
     ws.on("message", (data) => {
-      const frame = JSON.parse(data.toString()) as ServerFrame;
+      const text = data.toString();
+      this.raw.push(text);
+      const frame = JSON.parse(text) as ServerFrame;
       this.frames.push(frame);
       if (frame.type === "events") this.events.push(...frame.events);
       this.notify();
