@@ -17,9 +17,14 @@ export interface ChangeText {
   new: string | null;
   /** The data is a marker (its row could not be carried). */
   marker: boolean;
+  /**
+   * Columns the new row lacks because the WAL did not carry them (an update that left a TOASTed
+   * value unchanged, decoded from a publication), or null.
+   */
+  unchanged: string[] | null;
 }
 
-const CHANGE_MEMBERS = new Set(["op", "schema", "table", "key", "new", "oversized", "unstorable"]);
+const CHANGE_MEMBERS = new Set(["op", "schema", "table", "key", "new", "oversized", "unstorable", "unchanged"]);
 const OPS = new Set<string>(["INSERT", "UPDATE", "DELETE", "TRUNCATE"]);
 
 /** A string member's value, or null. */
@@ -48,7 +53,41 @@ export function readChange(data: string): ChangeText | null {
     key: key !== undefined && key.charCodeAt(0) === 0x7b ? compactJson(key) : null,
     new: row === undefined || row === "null" ? null : row,
     marker: members.get("oversized") === "true" || members.get("unstorable") === "true",
+    unchanged: unchangedColumns(members.get("unchanged")),
   };
+}
+
+function unchangedColumns(raw: string | undefined): string[] | null {
+  if (raw === undefined || raw.charCodeAt(0) !== 0x5b /* [ */) return null;
+  const names = JSON.parse(raw) as unknown;
+  return Array.isArray(names) && names.every((n) => typeof n === "string") ? names : null;
+}
+
+/**
+ * A change's data with the columns its new row lacked (`unchanged`) filled from `base`, the row
+ * as it was before (the retained version): the new row takes `base`'s column order, with the new
+ * values where it has them, and `unchanged` is dropped. The envelope keeps json_build_object's
+ * `"k" : v` spelling, the row to_json's. Null when `base` lacks one of those columns too.
+ */
+export function fillUnchanged(data: string, base: string): string | null {
+  const members = jsonMembers(data);
+  const change = readChange(data);
+  const row = change?.new ? jsonMembers(change.new) : null;
+  const before = jsonMembers(base);
+  if (!members || !change?.unchanged || !row || !before) return null;
+  const filled: string[] = [];
+  for (const [name, value] of before) {
+    const now = row.get(name) ?? (change.unchanged.includes(name) ? value : undefined);
+    if (now !== undefined) filled.push(`${JSON.stringify(name)}:${now}`);
+  }
+  for (const [name, value] of row) if (!before.has(name)) filled.push(`${JSON.stringify(name)}:${value}`);
+  if (change.unchanged.some((name) => !before.has(name))) return null;
+  const envelope: string[] = [];
+  for (const [name, value] of members) {
+    if (name === "unchanged") continue;
+    envelope.push(`${JSON.stringify(name)} : ${name === "new" ? `{${filled.join(",")}}` : value}`);
+  }
+  return `{${envelope.join(", ")}}`;
 }
 
 /** The identity of a row across events: schema, table and the key's compact text. */

@@ -15,7 +15,7 @@ export const OPTION_SPECS: OptionSpec[] = [
   { flag: "database-url", env: "DATABASE_URL", key: "databaseUrl", kind: "string", doc: "Postgres connection string (required)" },
   { flag: "worker-url", env: "WORKER_URL", key: "workerUrl", kind: "string", doc: "the Worker's base URL, e.g. https://x.workers.dev (required)" },
   { flag: "ingest-secret", env: "INGEST_SECRET", key: "ingestSecret", kind: "string", doc: "secret shared with the Worker; prefer the variable (required)" },
-  { flag: "source", env: "RELAY_SOURCE", key: "source", kind: "string", doc: "outbox, or wal (wal_level = logical; cheaper for writers)" },
+  { flag: "source", env: "RELAY_SOURCE", key: "source", kind: "string", doc: "outbox, wal or publication (both need wal_level = logical; cheaper for writers)" },
   { flag: "name", env: "RELAY_NAME", key: "name", kind: "string", doc: "cursor and leader-lock name" },
   { flag: "batch-size", env: "RELAY_BATCH_SIZE", key: "batchSize", kind: "int", doc: "most events per POST (1-1000)" },
   { flag: "batch-bytes", env: "RELAY_BATCH_BYTES", key: "batchBytes", kind: "int", doc: "a batch stops growing past this many bytes of data" },

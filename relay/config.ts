@@ -11,6 +11,9 @@ export interface NotifyRoute {
   channel: string;
 }
 
+/** Where a relay reads captured changes: see {@link RelayOptions.source}. */
+export type RelaySource = "outbox" | "wal" | "publication";
+
 /** Options of {@link Relay}. Only the first three are required. */
 export interface RelayOptions {
   /** Postgres connection string. Env `DATABASE_URL`. Required. */
@@ -20,12 +23,17 @@ export interface RelayOptions {
   /** Secret shared with the Worker (its `INGEST_SECRET`), at least 16 characters. Env `INGEST_SECRET`. Required. */
   ingestSecret: string;
   /**
-   * Where captured events are read: `"outbox"` (rows of realtime.outbox, any wal_level) or `"wal"`
-   * (logical decoding messages over a replication slot: needs wal_level = logical and a role with
-   * REPLICATION; cheaper for writers). A wal relay creates its slot, switches capture to the WAL,
-   * and still ships whatever the outbox holds. Env `RELAY_SOURCE`. Default `"outbox"`.
+   * How changes are captured and read (the relay switches the database's capture to match):
+   * - `"outbox"`: a trigger writes rows of realtime.outbox, the relay reads them (any wal_level);
+   * - `"wal"`: a trigger writes logical decoding messages, the relay streams them over a
+   *   replication slot (wal_level = logical, a role with REPLICATION; cheaper for writers);
+   * - `"publication"`: no trigger at all; the watched tables are in the publication `realtime` and
+   *   the relay decodes their own changes from the slot (wal_level = logical, REPLICATION; the
+   *   cheapest for writers, and it captures every writer, COPY and manual fixes included).
+   * A slot-reading relay creates its slot before switching capture, and still ships whatever the
+   * outbox holds. Env `RELAY_SOURCE`. Default `"outbox"`.
    */
-  source?: "outbox" | "wal";
+  source?: RelaySource;
   /** Cursor and leader-lock name; relays with the same name share one cursor, one leads. Default `"default"`. */
   name?: string;
   /** Most events per POST (1-1000). Default 1000: every hop costs per request, RPC and frame, not per event. */
@@ -65,7 +73,7 @@ export type ResolvedRelayOptions = Required<RelayOptions>;
 
 /** Defaults of every optional field. */
 export const RELAY_DEFAULTS = {
-  source: "outbox" as "outbox" | "wal",
+  source: "outbox" as RelaySource,
   name: "default",
   batchSize: 1000,
   batchBytes: 1024 * 1024,
@@ -131,9 +139,11 @@ export function resolveRelayOptions(options: RelayOptions): ResolvedRelayOptions
   intIn("--retention", o.retentionSeconds, 0, 10 * 365 * 86_400);
   intIn("--prune-interval", o.pruneIntervalMs, 10, 86_400_000);
   intIn("--prune-batch", o.pruneBatch, 1, 1_000_000);
-  if (o.source !== "outbox" && o.source !== "wal") throw new RelayConfigError(`--source must be outbox or wal, got ${JSON.stringify(o.source)}`);
-  if (o.source === "wal" && o.partition) {
-    throw new RelayConfigError("--partition works with --source outbox only: a wal relay reads every channel from its replication slot (run one, or partition with the outbox source)");
+  if (o.source !== "outbox" && o.source !== "wal" && o.source !== "publication") {
+    throw new RelayConfigError(`--source must be outbox, wal or publication, got ${JSON.stringify(o.source)}`);
+  }
+  if (o.source !== "outbox" && o.partition) {
+    throw new RelayConfigError(`--partition works with --source outbox only: a ${o.source} relay reads every channel from its replication slot (run one, or partition with the outbox source)`);
   }
   if (o.partition) {
     intIn("--partition count", o.partition.count, 1, 256);

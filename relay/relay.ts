@@ -14,14 +14,17 @@ import { IngestClient, IngestConfigError, StoppedError, type Delivery, type Inge
 import { createLogger, redactUrl, type Logger } from "./log.ts";
 import { advance, loadCursor, partitionSql, pruneDelivered, readPage, saveCursor, type Cursor, type Page } from "./outbox.ts";
 import { SerialClient } from "./serial.ts";
-import { ensureWalCapture, formatLsn, parseLsn, slotName, WalStream } from "./wal.ts";
+import { toEvents, WatchRoutes, type ChangeEventText, type RowChange, type Unroutable } from "./changes.ts";
+import { PgJsonError, TypeCatalog } from "./pgjson.ts";
+import type { Relation } from "./pgoutput.ts";
+import { ensureWalCapture, formatLsn, parseLsn, slotName, WalStream, type WalRecord } from "./wal.ts";
 
 /** Channel the capture triggers NOTIFY when the relay is idle (sql/realtime.sql, realtime.ring). */
 export const DOORBELL_CHANNEL = "realtime_doorbell";
 
 /** What a delivered batch looked like. */
 export interface BatchInfo {
-  source: "outbox" | "wal" | "notify";
+  source: "outbox" | "wal" | "publication" | "notify";
   events: number;
   accepted: number;
   duplicates: number;
@@ -46,6 +49,8 @@ export interface RelayEvents {
   batch: [info: BatchInfo];
   /** A POST failed and will be retried. */
   retry: [info: { attempt: number; delayMs: number; error: IngestError }];
+  /** A row change of a published table named no valid channel (a NULL or invalid template value); it was logged and not sent. */
+  unroutable: [info: Unroutable];
   /** The Worker refused this event on its own; it was skipped so the others go on. */
   refused: [event: RefusedEvent];
   /** The relay cannot deliver until its configuration changes (the Worker refuses its secret or URL); it stopped. */
@@ -233,7 +238,7 @@ export class Relay extends EventEmitter<RelayEvents> {
     // Either loop failing ends the session; the other sees the closed session and stops too.
     // A wal relay still runs the outbox loop: it ships rows written before capture was switched.
     const loops = [this.outboxLoop(session), this.notifyLoop(session), this.pruneLoop(session)];
-    if (this.options.source === "wal") loops.push(this.walLoop(session));
+    if (this.options.source !== "outbox") loops.push(this.walLoop(session));
     await Promise.all(loops).catch(async (err) => {
       await session.close();
       throw err;
@@ -315,9 +320,11 @@ export class Relay extends EventEmitter<RelayEvents> {
     const { batchSize, batchBytes } = this.options;
     const installId = await session.installId();
     const slot = slotName(installId, this.cursorName);
-    const { createdSlot } = await ensureWalCapture(session.query, slot);
+    const { createdSlot } = await ensureWalCapture(session.query, slot, this.options.source === "publication" ? "publication" : "wal");
     if (createdSlot) this.log.info("created replication slot", { slot });
-    const stream = await this.openStream(session, slot);
+    // Row changes of published tables become events through the watches' routes and the types' JSON rules.
+    const changes = { routes: new WatchRoutes(session.listener), catalog: new TypeCatalog(session.listener) };
+    const stream = await this.openStream(session, slot, (relation) => changes.routes.forget(relation.oid));
     this.log.info("streaming", { slot });
     this.emit("streaming", { slot });
     session.onClose(() => stream.close());
@@ -331,15 +338,16 @@ export class Relay extends EventEmitter<RelayEvents> {
       while (!this.stopping && !session.closed) {
         const batch = await stream.take(batchSize, batchBytes);
         if (!batch) break;
-        if (batch.events.length === 0) {
+        if (batch.records.length === 0) {
           stream.ack(batch); // commits only: nothing to send
           continue;
         }
         inFlight = true;
-        const events = batch.events.map((e) => ({ id: `${installId}-w${e.lsn}`, channel: e.channel, event: e.event, data: e.data, ts: e.ts, retain: e.retain }));
-        const info = await this.deliver("wal", events);
+        const events = await this.walEvents(installId, batch.records, changes);
+        const info = events.length > 0 ? await this.deliver(this.options.source === "publication" ? "publication" : "wal", events) : null;
         stream.ack(batch);
         inFlight = false;
+        if (!info) continue;
         this.log.debug("batch acknowledged", { ...info, lsn: batch.ackLsn === null ? null : formatLsn(batch.ackLsn) });
         this.emit("batch", info);
       }
@@ -353,10 +361,56 @@ export class Relay extends EventEmitter<RelayEvents> {
   }
 
   /**
+   * The events of a batch's records, in order: a `realtime` message is an event as written; a row
+   * change of a published table becomes the events a trigger would have written (relay/changes.ts).
+   * Ids are the WAL position (and, for several events from one record, their index), the same on
+   * every re-read. A change that names no valid channel is logged and counted, never sent.
+   */
+  private async walEvents(installId: string, records: WalRecord[], changes: { routes: WatchRoutes; catalog: TypeCatalog }): Promise<OutgoingEvent[]> {
+    const events: OutgoingEvent[] = [];
+    for (const r of records) {
+      if (r.kind === "message") {
+        events.push({ id: `${installId}-w${r.lsn}`, channel: r.channel, event: r.event, data: r.data, ts: r.ts, retain: r.retain });
+        continue;
+      }
+      const built = await this.changeEvents(r.change, changes);
+      const base = `${installId}-w${r.lsn}${r.ordinal > 0 ? `.${r.ordinal}` : ""}`;
+      built.events.forEach((e, i) => events.push({ id: i === 0 ? base : `${base}:${i}`, channel: e.channel, event: e.event, data: e.data, ts: r.ts, retain: e.retain }));
+      for (const u of built.unroutable) {
+        this.log.error("a change names no valid channel; not sent", { table: u.table, reason: u.reason, lsn: formatLsn(r.lsn) });
+        this.emit("unroutable", u);
+      }
+    }
+    return events;
+  }
+
+  /**
+   * The events of one row change. A value whose text does not fit its type as loaded (a type
+   * altered since) reloads the types once; a change that still cannot be turned into events is
+   * logged and counted, and the stream goes on: one row never stops it. A failing catalog query
+   * (the connection) ends the session, as any, and the batch is read again.
+   */
+  private async changeEvents(change: RowChange, changes: { routes: WatchRoutes; catalog: TypeCatalog }): Promise<{ events: ChangeEventText[]; unroutable: Unroutable[] }> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await toEvents(change, changes.routes, changes.catalog);
+      } catch (err) {
+        if (!(err instanceof PgJsonError)) throw err;
+        if (attempt === 0) {
+          changes.catalog.clear();
+          continue;
+        }
+        const table = change.op === "truncate" ? change.relations.map((r) => `${r.schema}.${r.table}`).join(", ") : `${change.relation.schema}.${change.relation.table}`;
+        return { events: [], unroutable: [{ table, reason: `its values could not be read as their types say: ${err.message}` }] };
+      }
+    }
+  }
+
+  /**
    * Starts streaming the slot. A leader that was just killed may still hold the slot for a moment
    * (its walsender has not noticed yet): "active for PID" is retried for up to 10 s.
    */
-  private async openStream(session: Session, slot: string): Promise<WalStream> {
+  private async openStream(session: Session, slot: string, onRelation: (relation: Relation) => void): Promise<WalStream> {
     const { rows } = await session.query.query<{ lsn: string }>("select confirmed_flush_lsn::text as lsn from pg_replication_slots where slot_name = $1", [slot]);
     const deadline = Date.now() + 10_000;
     for (;;) {
@@ -368,6 +422,7 @@ export class Relay extends EventEmitter<RelayEvents> {
         maxBufferedEvents: Math.max(4 * this.options.batchSize, 1000),
         maxBufferedBytes: 4 * this.options.batchBytes,
         startLsn: parseLsn(rows[0]!.lsn),
+        onRelation,
         onSkipped: (info) => this.log.error("skipped a 'realtime' WAL message the capture functions did not write", { lsn: formatLsn(info.lsn), error: info.error }),
       });
       try {

@@ -15,15 +15,27 @@
  * message's WAL position, unique and the same on every re-read.
  */
 import pg from "pg";
+import type { RowChange } from "./changes.ts";
+import { textOutputOptions } from "./pgjson.ts";
+import { decodePgOutput, PG_EPOCH_MS, type Relation, type TupleValue } from "./pgoutput.ts";
 import type { Queryable } from "./serial.ts";
+
+/** Bytes of a tuple's values (for the buffer's bound). */
+function tupleBytes(values: TupleValue[]): number {
+  let n = 0;
+  for (const v of values) if (typeof v === "string") n += v.length;
+  return n;
+}
 
 /** Prefix of the capture's messages; other messages in the WAL are skipped. */
 export const WAL_PREFIX = "realtime";
-/** The publication the relay decodes through: it has no tables, only messages are read. */
-export const WAL_PUBLICATION = "realtime_messages";
+/**
+ * The publication the relay decodes through. Under capture `wal` it has no tables (the triggers'
+ * messages are decoded whatever the publication holds); under capture `publication`, watch()
+ * adds each watched table to it and pgoutput sends their row changes.
+ */
+export const WAL_PUBLICATION = "realtime";
 
-/** Postgres epoch (2000-01-01) in Unix milliseconds: replication timestamps count from it. */
-const PG_EPOCH_MS = 946_684_800_000;
 
 /**
  * The replication slot of a relay: `realtime_<install id>_<cursor name>`, lowercased as Postgres
@@ -58,9 +70,26 @@ export interface WalEvent {
   ts: number;
 }
 
+/**
+ * A change of a table in the relay's publication (capture `publication`: no trigger), with where
+ * it is in the WAL: `lsn` is the position its XLogData started at, `ordinal` tells apart the
+ * changes one record holds (a COPY's multi-insert), so `w<lsn>.<ordinal>` is unique and the same
+ * on every re-read of the slot.
+ */
+export interface WalChange {
+  lsn: bigint;
+  ordinal: number;
+  /** Commit time of its transaction, Unix ms. */
+  ts: number;
+  change: RowChange;
+}
+
+/** What a batch holds, in WAL order: a `realtime` message (an event as written) or a row change. */
+export type WalRecord = ({ kind: "message" } & WalEvent) | ({ kind: "change" } & WalChange);
+
 /** A batch taken from the stream; `ackLsn` is where the slot may move once it is acknowledged. */
 export interface WalBatch {
-  events: WalEvent[];
+  records: WalRecord[];
   /** End of the last transaction the batch completes; null when it completes none (a long transaction's first part). */
   ackLsn: bigint | null;
 }
@@ -79,7 +108,7 @@ export function parseMessage(content: string): Omit<WalEvent, "lsn" | "ts"> {
   return { channel: content.slice(0, a), event: content.slice(a + 1, b), retain: content[b + 1] === "1", data: content.slice(c + 1) };
 }
 
-type Item = { kind: "event"; event: WalEvent; bytes: number } | { kind: "commit"; end: bigint };
+type Item = { kind: "record"; record: WalRecord; bytes: number } | { kind: "commit"; end: bigint };
 
 /** Options of {@link WalStream}. */
 export interface WalStreamOptions {
@@ -91,6 +120,8 @@ export interface WalStreamOptions {
   maxBufferedBytes: number;
   /** The slot's confirmed position when streaming starts (pg_replication_slots.confirmed_flush_lsn). */
   startLsn: bigint;
+  /** A table's shape was (re)described: a session's first change of it, or a change after DDL. */
+  onRelation?: (relation: Relation) => void;
   /** A `realtime` message the capture functions did not write (someone else's pg_logical_emit_message) was skipped. */
   onSkipped?: (info: { lsn: bigint; error: string }) => void;
 }
@@ -121,12 +152,19 @@ export class WalStream {
   private failure: Error | null = null;
   private closed = false;
   private statusTimer: NodeJS.Timeout | null = null;
+  /** The tables' shapes, from pgoutput's Relation messages (kept for the whole stream). */
+  private readonly relations = new Map<number, Relation>();
+  /** The last XLogData start and how many changes began there. */
+  private lastStart = -1n;
+  private sameStart = 0;
   /** The START_REPLICATION query: it completes when the server ends the copy. */
   private streaming: Promise<unknown> | null = null;
 
   constructor(private readonly options: WalStreamOptions) {
     this.confirmed = options.startLsn;
-    this.client = new pg.Client({ connectionString: options.databaseUrl, application_name: options.applicationName, keepAlive: true, connectionTimeoutMillis: 10_000, replication: "database" } as pg.ClientConfig);
+    // The walsender writes the published tables' values with its own session's output settings,
+    // which relay/pgjson.ts reads them back under.
+    this.client = new pg.Client({ connectionString: options.databaseUrl, application_name: options.applicationName, keepAlive: true, connectionTimeoutMillis: 10_000, replication: "database", options: textOutputOptions() } as pg.ClientConfig);
     this.client.on("error", (err) => this.fail(err));
     this.client.on("end", () => this.fail(new Error("replication connection closed")));
   }
@@ -166,7 +204,7 @@ export class WalStream {
       await new Promise<void>((resolve) => (this.waiter = resolve));
       this.waiter = null;
     }
-    const events: WalEvent[] = [];
+    const records: WalRecord[] = [];
     let bytes = 0;
     let ackLsn: bigint | null = null;
     while (this.head < this.items.length) {
@@ -174,8 +212,8 @@ export class WalStream {
       if (item.kind === "commit") {
         ackLsn = item.end;
       } else {
-        if (events.length >= maxEvents || (events.length > 0 && bytes >= maxBytes)) break;
-        events.push(item.event);
+        if (records.length >= maxEvents || (records.length > 0 && bytes >= maxBytes)) break;
+        records.push(item.record);
         bytes += item.bytes;
         this.bufferedEvents--;
         this.bufferedBytes -= item.bytes;
@@ -188,7 +226,7 @@ export class WalStream {
       this.paused = false;
       this.connection.stream?.resume();
     }
-    return { events, ackLsn };
+    return { records, ackLsn };
   }
 
   /** The Worker acknowledged the batch: the slot may move to its `ackLsn`. */
@@ -270,40 +308,52 @@ export class WalStream {
       return;
     }
     if (chunk[0] !== 0x77 /* w: XLogData */) return;
-    const body = chunk.subarray(25);
-    switch (body[0]) {
-      case 0x42 /* B: begin */:
-        this.commitTs = Number(body.readBigInt64BE(9) / 1000n) + PG_EPOCH_MS;
+    // XLogData: the WAL position its data starts at, the server's end, the send time, the data.
+    const start = chunk.readBigUInt64BE(1);
+    const message = decodePgOutput(chunk.subarray(25));
+    switch (message.tag) {
+      case "begin":
+        this.commitTs = message.commitTime;
         this.inTransaction = true;
         return;
-      case 0x4d /* M: message */: {
-        // flags (1: transactional), lsn, prefix (C string), length, content
-        const lsn = body.readBigUInt64BE(2);
-        const end = body.indexOf(0, 10);
-        if (body.toString("utf8", 10, end) !== WAL_PREFIX) return;
-        const length = body.readUInt32BE(end + 1);
-        const content = body.toString("utf8", end + 5, end + 5 + length);
+      case "message": {
+        if (message.prefix !== WAL_PREFIX) return;
         let parsed: Omit<WalEvent, "lsn" | "ts">;
         try {
-          parsed = parseMessage(content);
+          parsed = parseMessage(message.content.toString("utf8"));
         } catch (err) {
           // Not an event (nothing of ours is lost); stopping on it would stop delivery for good.
-          this.options.onSkipped?.({ lsn, error: (err as Error).message });
+          this.options.onSkipped?.({ lsn: message.lsn, error: (err as Error).message });
           return;
         }
-        const event: WalEvent = { lsn, ts: this.commitTs, ...parsed };
-        this.items.push({ kind: "event", event, bytes: length });
-        this.bufferedEvents++;
-        this.bufferedBytes += length;
-        if (!this.paused && (this.bufferedEvents > this.options.maxBufferedEvents || this.bufferedBytes > this.options.maxBufferedBytes)) {
-          this.paused = true;
-          this.connection.stream?.pause();
-        }
-        this.waiter?.();
-        return;
+        return this.push({ kind: "message", lsn: message.lsn, ts: this.commitTs, ...parsed }, message.content.length);
       }
-      case 0x43 /* C: commit */: {
-        const end = body.readBigUInt64BE(10);
+      case "relation":
+        // Sent before a table's first change in this stream and after each change of its shape;
+        // the changes after it are of that shape.
+        this.relations.set(message.relation.oid, message.relation);
+        this.options.onRelation?.(message.relation);
+        return;
+      case "insert":
+      case "update":
+      case "delete": {
+        const relation = this.relations.get(message.relation);
+        if (!relation) throw new Error(`pgoutput sent a change of relation ${message.relation} before describing it`);
+        const change: RowChange =
+          message.tag === "insert"
+            ? { op: "insert", relation, new: message.new }
+            : message.tag === "update"
+              ? { op: "update", relation, old: message.old, oldIsKey: message.oldIsKey, new: message.new }
+              : { op: "delete", relation, old: message.old, oldIsKey: message.oldIsKey };
+        const bytes = tupleBytes(message.tag === "delete" ? message.old : message.new) + (message.tag === "update" && message.old ? tupleBytes(message.old) : 0);
+        return this.push({ kind: "change", lsn: start, ordinal: this.ordinal(start), ts: this.commitTs, change }, bytes);
+      }
+      case "truncate": {
+        const relations = message.relations.map((oid) => this.relations.get(oid)).filter((r): r is Relation => r !== undefined);
+        return this.push({ kind: "change", lsn: start, ordinal: this.ordinal(start), ts: this.commitTs, change: { op: "truncate", relations } }, 64);
+      }
+      case "commit": {
+        const end = message.endLsn;
         this.inTransaction = false;
         // It moves the position once everything before it is acknowledged: at once when every
         // event before it was (or it had none of ours).
@@ -315,9 +365,28 @@ export class WalStream {
         return;
       }
       default:
-        // Relation, insert, ... messages: the publication has no tables, so none are expected.
+        // Type and origin messages: types are read from the catalog by oid (relay/pgjson.ts).
         return;
     }
+  }
+
+  /** Queues a record; pauses the socket past the buffer's bounds (Postgres holds the rest). */
+  private push(record: WalRecord, bytes: number): void {
+    this.items.push({ kind: "record", record, bytes });
+    this.bufferedEvents++;
+    this.bufferedBytes += bytes;
+    if (!this.paused && (this.bufferedEvents > this.options.maxBufferedEvents || this.bufferedBytes > this.options.maxBufferedBytes)) {
+      this.paused = true;
+      this.connection.stream?.pause();
+    }
+    this.waiter?.();
+  }
+
+  /** 0 for the first change starting at `lsn`, 1 for the next one there (one WAL record, several rows), ... */
+  private ordinal(lsn: bigint): number {
+    if (lsn === this.lastStart) return ++this.sameStart;
+    this.lastStart = lsn;
+    return (this.sameStart = 0);
   }
 
   /** Standby status update: written = flushed = applied = the confirmed position. */
@@ -356,27 +425,29 @@ interface ReplicationConnection {
 }
 
 /**
- * Makes this database capture to the WAL for `slot`: the publication and the slot if missing, then
- * `realtime.set_capture('wal')` unless capture is 'wal' already (the order matters: an event
- * captured to the WAL before the slot exists would be lost). Errors say what to change.
+ * Makes this database capture to the WAL for `slot`, as `mode` says ('wal': the triggers write
+ * messages; 'publication': the watched tables' own changes, no trigger): the publication and the
+ * slot if missing, then `realtime.set_capture(mode)` unless capture is that already (the order
+ * matters: a change captured to the WAL before the slot exists would be lost). Errors say what to
+ * change.
  */
-export async function ensureWalCapture(db: Queryable, slot: string): Promise<{ createdSlot: boolean }> {
+export async function ensureWalCapture(db: Queryable, slot: string, mode: "wal" | "publication" = "wal"): Promise<{ createdSlot: boolean }> {
   const { rows: level } = await db.query<{ wal_level: string }>("show wal_level");
   if (level[0]?.wal_level !== "logical") {
     throw new WalSetupError(
-      `--source wal needs wal_level = logical, and this Postgres has ${level[0]?.wal_level}: run ALTER SYSTEM SET wal_level = logical and restart Postgres (on a managed database, turn on its logical replication setting), or run the relay with --source outbox`,
+      `--source ${mode} needs wal_level = logical, and this Postgres has ${level[0]?.wal_level}: run ALTER SYSTEM SET wal_level = logical and restart Postgres (on a managed database, turn on its logical replication setting), or run the relay with --source outbox`,
     );
   }
   const step = async (what: string, sql: string, hint: string) => {
     try {
       return await db.query(sql);
     } catch (err) {
-      throw new WalSetupError(`--source wal could not ${what}: ${(err as Error).message}. ${hint}`);
+      throw new WalSetupError(`--source ${mode} could not ${what}: ${(err as Error).message}. ${hint}`);
     }
   };
   await step(
     `create the publication ${WAL_PUBLICATION}`,
-    `do $$ begin if not exists (select from pg_publication where pubname = '${WAL_PUBLICATION}') then create publication ${WAL_PUBLICATION}; end if; end $$`,
+    `do $$ begin if not exists (select from pg_publication where pubname = '${WAL_PUBLICATION}') then create publication ${WAL_PUBLICATION} with (publish_via_partition_root = true); end if; end $$`,
     `Create it once as the database owner: create publication ${WAL_PUBLICATION};`,
   );
   const { rows } = await db.query<{ plugin: string }>("select plugin from pg_replication_slots where slot_name = $1 and database = current_database()", [slot]);
@@ -391,9 +462,9 @@ export async function ensureWalCapture(db: Queryable, slot: string): Promise<{ c
   } else if (rows[0]!.plugin !== "pgoutput") {
     throw new WalSetupError(`replication slot ${slot} exists with plugin ${rows[0]!.plugin}, not pgoutput: drop it (select pg_drop_replication_slot('${slot}')) or give the relay another --name`);
   }
-  const { rows: mode } = await db.query<{ capture: string }>("select capture from realtime.installation");
-  if (mode[0]?.capture !== "wal") {
-    await step("switch capture to wal", "select realtime.set_capture('wal')", "Run it as the owner of the realtime schema and the watched tables: select realtime.set_capture('wal');");
+  const { rows: current } = await db.query<{ capture: string }>("select capture from realtime.installation");
+  if (current[0]?.capture !== mode) {
+    await step(`switch capture to ${mode}`, `select realtime.set_capture('${mode}')`, `Run it as the owner of the realtime schema and the watched tables: select realtime.set_capture('${mode}');`);
   }
   return { createdSlot };
 }

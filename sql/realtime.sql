@@ -30,15 +30,38 @@ create table if not exists realtime.installation (
   installed_at timestamptz not null default now()
 );
 insert into realtime.installation default values on conflict do nothing;
--- Where captured events go: 'outbox' (rows of realtime.outbox, the default) or 'wal' (transactional
--- logical decoding messages, read by a relay started with --source wal over a replication slot).
--- Change it with realtime.set_capture(), never by hand: the capture functions are generated for it.
+-- How changes are captured:
+--   'outbox'       a trigger writes a row of realtime.outbox per change (the default; any Postgres);
+--   'wal'          a trigger writes a transactional logical decoding message per change, read by a
+--                  relay started with --source wal over a replication slot (wal_level = logical);
+--   'publication'  no trigger: watched tables are in the publication `realtime`, and a relay
+--                  started with --source publication decodes their own changes from the WAL.
+-- Change it with realtime.set_capture(), never by hand: capture is set up anew for it.
 alter table realtime.installation add column if not exists capture text not null default 'outbox';
 do $$
 begin
-  if not exists (select from pg_constraint where conname = 'installation_capture_valid') then
-    alter table realtime.installation add constraint installation_capture_valid check (capture in ('outbox', 'wal'));
+  if not exists (select from pg_constraint where conname = 'installation_capture_valid' and pg_get_constraintdef(oid) like '%publication%') then
+    alter table realtime.installation drop constraint if exists installation_capture_valid;
+    alter table realtime.installation add constraint installation_capture_valid check (capture in ('outbox', 'wal', 'publication'));
   end if;
+end $$;
+
+-- The publication the relay streams. Under capture 'publication' each watched table is in it, and
+-- pgoutput sends their row changes; under the others it holds no table (the triggers' messages
+-- are decoded whatever it holds). From Postgres 18 it publishes stored generated columns too, so
+-- that a row arrives whole, as to_json(row) writes it in the trigger modes; the changes of a
+-- partitioned table are published as its own (publish_via_partition_root), as its triggers see them.
+do $$
+begin
+  if not exists (select from pg_publication where pubname = 'realtime') then
+    if current_setting('server_version_num')::int >= 180000 then
+      execute 'create publication realtime with (publish_via_partition_root = true, publish_generated_columns = stored)';
+    else
+      create publication realtime with (publish_via_partition_root = true);
+    end if;
+  end if;
+exception when insufficient_privilege then
+  raise notice 'realtime: could not create the publication realtime (%): capture ''publication'' needs it; create it as the database owner: create publication realtime', sqlerrm;
 end $$;
 
 -- The outbox. `xid` is the writing transaction's id: the relay delivers rows in the order their
@@ -167,8 +190,7 @@ end $$;
 drop function if exists realtime.sink_sql(text, text, text);
 create or replace function realtime.sink_sql(query text, capture text, keyword text default 'perform', table_expr text default 'TG_TABLE_NAME') returns text
 language sql immutable as $$
-  select case capture
-    when 'wal' then
+  select case when capture in ('wal', 'publication') then
       keyword || ' pg_logical_emit_message(true, ''realtime'', '
         || 'e.channel || E''\n'' || e.event || E''\n'' || (case when e.retain::boolean then ''1'' else ''0'' end) || E''\n'' || e.payload::text)'
         || ' from (' || query || ') e(channel, event, payload, retain)'
@@ -187,18 +209,22 @@ $$;
 create or replace function realtime.set_capture(mode text) returns void
 language plpgsql as $$
 begin
-  if mode is null or mode not in ('outbox', 'wal') then
+  if mode is null or mode not in ('outbox', 'wal', 'publication') then
     raise exception 'realtime.set_capture: % is not a capture mode', coalesce(quote_literal(mode), 'NULL')
-      using hint = 'Use ''outbox'' or ''wal''', errcode = '22023';
+      using hint = 'Use ''outbox'', ''wal'' or ''publication''', errcode = '22023';
   end if;
-  if mode = 'wal' then
+  if mode in ('wal', 'publication') then
     if current_setting('wal_level') <> 'logical' then
       raise exception 'realtime.set_capture: wal capture needs wal_level = logical, and it is %', current_setting('wal_level')
         using hint = 'Run ALTER SYSTEM SET wal_level = logical and restart Postgres (on a managed database: turn on its logical replication setting)', errcode = '55000';
     end if;
     if not exists (select from pg_replication_slots where database = current_database() and plugin = 'pgoutput' and slot_name like 'realtime%') then
-      raise exception 'realtime.set_capture: this database has no relay replication slot, so wal events would be lost'
-        using hint = 'Start the relay with --source wal: it creates its slot, then switches capture itself', errcode = '55000';
+      raise exception 'realtime.set_capture: this database has no relay replication slot, so % events would be lost', mode
+        using hint = format('Start the relay with --source %s: it creates its slot, then switches capture itself', mode), errcode = '55000';
+    end if;
+    if mode = 'publication' and not exists (select from pg_publication where pubname = 'realtime') then
+      raise exception 'realtime.set_capture: capture ''publication'' needs the publication realtime'
+        using hint = 'Create it as the database owner: create publication realtime', errcode = '55000';
     end if;
   end if;
   update realtime.installation set capture = mode where capture is distinct from mode;
@@ -221,7 +247,7 @@ begin
     raise exception 'realtime.publish: event % is not a valid event name', coalesce(quote_literal(event), 'NULL')
       using hint = 'Event names are 1-64 of A-Z a-z 0-9 _ . : -', errcode = '22023';
   end if;
-  if (select capture from realtime.installation) = 'wal' then
+  if (select capture from realtime.installation) in ('wal', 'publication') then
     perform pg_logical_emit_message(true, 'realtime', channel || E'\n' || event || E'\n0\n' || coalesce(payload, 'null')::text);
     return null;
   end if;
@@ -434,6 +460,53 @@ language sql as $$
      and (w.table_schema, w.table_name) is distinct from (n.nspname::text, c.relname::text)
 $$;
 
+-- Under capture 'publication': puts `tbl` in the publication realtime, once its replica identity
+-- lets the relay route every change from the WAL alone. A delete's WAL record holds only the
+-- replica identity's columns (the primary key, by default), so a table needs one (a primary key,
+-- an index, or FULL), and its channel template's columns must be among them.
+create or replace function realtime.publish_table(tbl regclass, label text, template_attnums int2[], key_attnums int2[])
+returns void
+language plpgsql as $$
+declare
+  ident "char" := (select c.relreplident from pg_class c where c.oid = tbl);
+  identity int2[];
+  outside text;
+begin
+  identity := case ident
+    when 'd' then key_attnums
+    when 'i' then (select i.indkey::int2[] from pg_index i where i.indrelid = tbl and i.indisreplident)
+    when 'f' then null -- every column
+    else '{}' end;
+  if ident = 'n' or (ident <> 'f' and coalesce(cardinality(identity), 0) = 0) then
+    raise exception '% has no replica identity, so the WAL holds nothing of a deleted row to route it by', label
+      using errcode = '42P10',
+            hint = format('Give it a primary key, or: alter table %s replica identity full', label);
+  end if;
+  if identity is not null then
+    select quote_ident(a.attname) into outside
+      from unnest(template_attnums) t(n) join pg_attribute a on a.attrelid = tbl and a.attnum = t.n
+     where t.n <> all (identity) limit 1;
+    if outside is not null then
+      raise exception '% routes by column %, which the WAL does not hold for a deleted row (it is not in the replica identity)', label, outside
+        using errcode = '55000',
+              hint = format('Let the WAL hold whole old rows: alter table %s replica identity full; or route by key columns', label);
+    end if;
+  end if;
+  if not exists (select from pg_publication_rel pr join pg_publication p on p.oid = pr.prpubid where p.pubname = 'realtime' and pr.prrelid = tbl) then
+    execute format('alter publication realtime add table %s', tbl);
+  end if;
+end $$;
+
+-- Takes `tbl` out of the publication realtime, if it is in it.
+create or replace function realtime.unpublish_table(tbl oid)
+returns void
+language plpgsql as $$
+begin
+  if exists (select from pg_publication_rel pr join pg_publication p on p.oid = pr.prpubid where p.pubname = 'realtime' and pr.prrelid = tbl) then
+    execute format('alter publication realtime drop table %s', tbl::regclass);
+  end if;
+end $$;
+
 -- Generates the capture function of the watch of `tbl` from its realtime.watches row and the
 -- catalog as it is now (the template's columns by attnum, the current primary key), and makes
 -- its triggers exist. Raises when the table cannot be captured: it has no primary key, or a
@@ -492,6 +565,22 @@ begin
                       join pg_attribute a on a.attrelid = tbl and a.attname = p.name and a.attnum > 0 and not a.attisdropped
                      order by p.n);
   select * into pk from realtime.primary_key(tbl);
+  select i.capture into capture from realtime.installation i;
+  if capture = 'publication' then
+    -- No trigger: the table's own changes are decoded from the WAL (relay/changes.ts routes them,
+    -- following renames by itself); the table is in the publication, and nothing else is needed.
+    perform realtime.publish_table(tbl, label, tattnums, pk.key_attnums);
+    perform realtime.drop_capture_triggers(tbl);
+    execute format('drop function if exists realtime.%I()', fname);
+    update realtime.watches x
+       set channel = template, template_attnums = tattnums, key_columns = coalesce(pk.key_columns, '{}'), capture_function = fname,
+           table_schema = rel.nspname, table_name = rel.relname, suspended = null, suspended_at = null
+     where x.tbl = generate_capture.tbl
+       and (x.channel, x.template_attnums, x.key_columns, x.capture_function, x.table_schema, x.table_name, x.suspended)
+           is distinct from (template, tattnums, coalesce(pk.key_columns, '{}'), fname, rel.nspname::text, rel.relname::text, null::text);
+    return;
+  end if;
+  perform realtime.unpublish_table(tbl);
   if pk.key_columns is null then
     raise exception '% has no primary key', label
       using errcode = '42P10',
@@ -500,7 +589,6 @@ begin
                           case when followed then 'and capture resumes by itself' else format('then run select realtime.watch(%L, %L) again', label, template) end,
                           label);
   end if;
-  select i.capture into capture from realtime.installation i;
 
   -- Without event triggers (the install was not run by a superuser), nothing regenerates this
   -- function when its table changes: the guard checks, once per statement, that the columns the
@@ -647,6 +735,11 @@ begin
   -- Checks the template (its syntax, and that its columns exist) with the messages users see.
   perform realtime.channel_expression(tbl, template, 'n', 'null');
   keys := (select p.key_columns from realtime.primary_key(tbl) p);
+  if keys is null and (select i.capture from realtime.installation i) = 'publication'
+     and (select c.relreplident from pg_class c where c.oid = tbl) = 'f' then
+    -- Decoded from the WAL, a table without a key is identified by its whole row (FULL).
+    keys := '{}';
+  end if;
   if keys is null then
     raise exception 'realtime.watch: % has no primary key', tbl
       using hint = 'Change events identify rows by primary key: add one (alter table ... add primary key (...))',
@@ -693,6 +786,7 @@ begin
   end;
   begin
     perform realtime.drop_capture_triggers(tbl);
+    perform realtime.unpublish_table(tbl);
     update realtime.watches x set suspended = msg, suspended_at = now()
      where x.tbl = follow_table.tbl and x.suspended is distinct from msg;
   exception when others then
@@ -919,6 +1013,7 @@ begin
   delete from realtime.watches w where w.tbl = remove_watch.tbl returning w.capture_function into fn;
   if exists (select from pg_class c where c.oid = tbl) then
     perform realtime.drop_capture_triggers(tbl);
+    perform realtime.unpublish_table(tbl);
   end if;
   if fn is not null then
     execute format('drop function if exists realtime.%I()', fn);
@@ -936,8 +1031,9 @@ begin
   if exists (select from realtime.watches w where w.tbl = unwatch.tbl) then
     perform realtime.remove_watch(tbl);
   elsif exists (select from pg_class c where c.oid = tbl) then
-    -- Not watched: nothing to do, but capture triggers left by hand go.
+    -- Not watched: nothing to do, but capture triggers (or a publication entry) left by hand go.
     perform realtime.drop_capture_triggers(tbl);
+    perform realtime.unpublish_table(tbl);
   else
     raise exception 'realtime.unwatch: no table has oid %, and no watch names it', tbl::oid
       using hint = 'Watched tables: ' || realtime.watched_tables(), errcode = '42P01';

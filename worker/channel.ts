@@ -15,6 +15,7 @@ import {
   channelMatches,
   eventJson,
   eventsFrame,
+  fillUnchanged,
   markerJson,
   matchesEvent,
   matchesRowText,
@@ -292,6 +293,8 @@ export class Channel extends SocketHub {
     const retained: { seq: number; change: ChangeText }[] = [];
     const rows: { s: number; i: string; e: string; d: string; p: number; t: number }[] = [];
     const parts: [seq: number, part: number, chunk: string][] = [];
+    // Rows this batch changed, by key: their latest version (for filling unchanged columns).
+    const latest = new Map<string, string | null | undefined>();
     let duplicates = 0;
     let markers = 0;
     const now = Date.now();
@@ -316,13 +319,29 @@ export class Channel extends SocketHub {
           let data = e.data;
           if (e.retain) {
             let change = readChange(data);
+            if (change?.unchanged && change.key !== null) {
+              // Decoded from a publication, an update carries no value for a TOASTed column it did
+              // not change: the row this channel retains has it (or an earlier event of this
+              // batch, which it does not retain yet). Filled here, before it is stored, so live
+              // sockets, replay and the snapshot all get the whole row.
+              const k = rowKey(change.schema, change.table, change.key);
+              const base = latest.has(k) ? latest.get(k) : this.state.active && !this.state.overflowed ? this.state.get(k) : undefined;
+              const filled = base ? fillUnchanged(data, base) : null;
+              if (filled !== null) {
+                data = filled;
+                change = readChange(data);
+              }
+            }
             if (change?.new != null && !change.marker && utf8Length(change.new) > this.config.stateMaxRowBytes) {
               log("warn", "row too large to retain; a marker takes its place", { channel: this.name, id: e.id, bytes: utf8Length(data), limit: this.config.stateMaxRowBytes });
               data = markerJson(data, "row_too_large");
               change = { ...change, new: null, marker: true };
               markers++;
             }
-            if (change) retained.push({ seq, change });
+            if (change) {
+              retained.push({ seq, change });
+              if (change.key !== null) latest.set(rowKey(change.schema, change.table, change.key), change.op === "DELETE" ? undefined : change.new);
+            }
           }
           const [head, ...rest] = chunks(data);
           rows.push({ s: seq, i: e.id, e: e.event, d: head ?? "", p: rest.length, t: e.ts });

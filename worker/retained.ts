@@ -127,6 +127,12 @@ export class RetainedState {
     this.meta.set("state_bytes", String(bytes));
   }
 
+  /** The retained version of row `k` (see rowKey): its JSON text, null when kept as too large, undefined when none. */
+  get(k: string): string | null | undefined {
+    const r = this.sql.exec<{ row: string; oversized: number }>("select row, oversized from state where k = ?", k).toArray()[0];
+    return r === undefined ? undefined : r.oversized ? null : r.row;
+  }
+
   /** Every retained row, oldest key first. */
   rows(): StoredRow[] {
     return this.sql

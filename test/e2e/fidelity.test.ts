@@ -561,7 +561,7 @@ const TABLE = "vals";
 const SHARDED_TABLE = "vals_s";
 
 interface Stack {
-  mode: "outbox" | "wal";
+  mode: "outbox" | "wal" | "publication";
   /** The Worker's host:port, for the client library. */
   host: string;
   db: TestDatabase;
@@ -588,7 +588,7 @@ afterAll(async () => {
   await worker?.dispose();
 });
 
-async function startStack(mode: "outbox" | "wal"): Promise<Stack> {
+async function startStack(mode: "outbox" | "wal" | "publication"): Promise<Stack> {
   const db = await testDatabase(`fidelity_${mode}`);
   const admin = await db.client();
   await admin.query(`alter database ${admin.escapeIdentifier(new URL(db.url).pathname.slice(1))} set max_stack_depth = '7MB'`);
@@ -596,7 +596,12 @@ async function startStack(mode: "outbox" | "wal"): Promise<Stack> {
   await admin.query(`create type fid_mood as enum (${MOODS.map((m) => admin.escapeLiteral(m)).join(", ")})`);
   await admin.query(`create table ${TABLE} (id int8 primary key, ${COLUMN_NAMES.map((c) => `${ident(c)} ${COLUMNS[c]}`).join(", ")})`);
   await admin.query(`create table ${SHARDED_TABLE} (like ${TABLE} including all)`);
-  for (const [table, channel] of Object.entries(channels)) await admin.query("select realtime.watch($1, $2, retain => true)", [table, channel]);
+  for (const [table, channel] of Object.entries(channels)) {
+    // Decoded from a publication, an update's and a delete's old row is whole only under REPLICA
+    // IDENTITY FULL (by default the WAL holds the key's columns): with it, events equal the triggers'.
+    if (mode === "publication") await admin.query(`alter table ${table} replica identity full`);
+    await admin.query("select realtime.watch($1, $2, retain => true)", [table, channel]);
+  }
 
   const live: Record<string, TestSubscriber> = {};
   const trouble: string[] = [];
@@ -615,12 +620,18 @@ async function startStack(mode: "outbox" | "wal"): Promise<Stack> {
   await Promise.all([exact, bigint].map((c) => c.until(() => c.seen.statuses.includes("open"), "the client's welcome")));
 
   const relay = startRelay({ databaseUrl: db.url, workerUrl: worker.url, source: mode });
-  await relayEvent(relay, mode === "wal" ? "streaming" : "idle", undefined, 60_000);
-  if (mode === "wal") expect((await db.sql<{ capture: string }>("select capture from realtime.installation"))[0]!.capture).toBe("wal");
+  await relayEvent(relay, mode === "outbox" ? "idle" : "streaming", undefined, 60_000);
+  expect((await db.sql<{ capture: string }>("select capture from realtime.installation"))[0]!.capture).toBe(mode);
+  if (mode === "publication") {
+    // No trigger at all: the tables' own changes are decoded.
+    expect(await db.sql("select tgname from pg_trigger where tgrelid in ($1::regclass, $2::regclass)", [TABLE, SHARDED_TABLE])).toEqual([]);
+  }
 
-  // The writer's session: a zone with a 45-minute offset, so timestamptz text is not UTC's.
+  // The writer's session: a zone with a 45-minute offset, so timestamptz text is not UTC's. Decoded
+  // from a publication, a timestamptz is written at UTC's offset whatever the writer's zone (the
+  // same instant; the README says so), so that mode's writer is compared in UTC.
   const writer = await db.client();
-  await writer.query("set timezone = 'Asia/Kathmandu'");
+  await writer.query(mode === "publication" ? "set timezone = 'UTC'" : "set timezone = 'Asia/Kathmandu'");
   expect((await writer.query<{ max_stack_depth: string }>("show max_stack_depth")).rows[0]!.max_stack_depth).toBe("7MB");
   return { mode, host, db, relay, writer, channels, live, epochs, trouble, exact, bigint };
 }
@@ -862,7 +873,7 @@ function checkTheComparisons(): void {
   expect(appRowMismatches("x", { id: 9007199254740993n }, '{"id":9007199254740993}', "bigint")).toEqual([]);
 }
 
-for (const mode of ["outbox", "wal"] as const) {
+for (const mode of ["outbox", "wal", "publication"] as const) {
   describe(`${mode} capture: what Postgres wrote is what arrives`, () => {
     let s: Stack;
 

@@ -31,9 +31,26 @@ export async function writeNumbered(db: TestDatabase, channel: string, from: num
   }
 }
 
+/**
+ * Inserts rows `n = from..to` of `channel` into `table` (watched with the template `{channel}`),
+ * `perTx` rows per transaction: the table's own changes, for capture that decodes them.
+ */
+export async function insertNumbered(db: TestDatabase, table: string, channel: string, from: number, to: number, perTx = 1): Promise<void> {
+  const c = await db.client();
+  for (let n = from; n <= to; n += perTx) {
+    await c.query(`insert into ${table} (channel, n) select $1, g from generate_series($2::int, $3::int) g`, [channel, n, Math.min(to, n + perTx - 1)]);
+  }
+}
+
+/** The number of a numbered event: a published one's `n`, or a change event's `new.n`. */
+function numberOf(e: ChannelEvent): number {
+  const d = e.data as Numbered & { new?: Numbered };
+  return d.new?.n ?? d.n;
+}
+
 /** Asserts `events` are exactly `n = 1..count` of `channel`, once each, in order, seqs gapless. */
 export function expectExactlyOnceInOrder(events: readonly ChannelEvent[], channel: string, count: number): void {
-  const ns = events.map((e) => (e.data as Numbered).n);
+  const ns = events.map(numberOf);
   const missing = count - new Set(ns).size;
   const duplicates = ns.length - new Set(ns).size;
   expect({ channel, received: ns.length, missing, duplicates }).toEqual({ channel, received: count, missing: 0, duplicates: 0 });
@@ -57,6 +74,8 @@ export async function killTwiceDuringBurst(options: {
   perChannel: number;
   env?: Record<string, string>;
   ready: string;
+  /** Write rows into this table (watched with `{channel}`) instead of publishing events. */
+  table?: string;
 }): Promise<void> {
   const { db, channels, perChannel } = options;
   const start = () =>
@@ -76,7 +95,7 @@ export async function killTwiceDuringBurst(options: {
   const killed: number[] = [];
   try {
     await relay.waitForLog(options.ready);
-    const writing = Promise.all(channels.map((c) => writeNumbered(db, c, 1, perChannel, 5)));
+    const writing = Promise.all(channels.map((c) => (options.table ? insertNumbered(db, options.table, c, 1, perChannel, 5) : writeNumbered(db, c, 1, perChannel, 5))));
     for (const atLeast of [300, 900]) {
       // Kill while events are flowing: some batches acknowledged, one possibly in flight.
       await subs[0]!.waitForEvents(atLeast, 60_000);

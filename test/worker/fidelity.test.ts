@@ -200,6 +200,22 @@ describe("no event can stop the others", () => {
     expect(unstorable).toBe("1");
   });
 
+  it("fills an update's unchanged columns from the retained row, from an earlier batch or the same one; names them when it keeps none", async () => {
+    const ins = (id: number) => `{"op" : "INSERT", "schema" : "public", "table" : "t", "key" : {"id" : ${id}}, "new" : {"id":${id},"title":"a","body":"${"b".repeat(50)}","n":9007199254740993}, "old" : null}`;
+    const upd = (id: number) => `{"op" : "UPDATE", "schema" : "public", "table" : "t", "key" : {"id" : ${id}}, "new" : {"id":${id},"title":"z","n":9007199254740993}, "old" : null, "unchanged" : ["body"]}`;
+    const filled = (id: number) => `{"op" : "UPDATE", "schema" : "public", "table" : "t", "key" : {"id" : ${id}}, "new" : {"id":${id},"title":"z","body":"${"b".repeat(50)}","n":9007199254740993}, "old" : null}`;
+    const sock = await Socket.open("toast");
+    await ingest([raw("toast", ins(1), { event: "insert", retain: true })]);
+    await ingest([raw("toast", upd(1), { event: "update", retain: true }), raw("toast", ins(2), { event: "insert", retain: true }), raw("toast", upd(2), { event: "update", retain: true })]);
+    // Not retained: nothing to fill from, the event names the column.
+    await ingest([raw("toast", upd(3), { event: "update" })]);
+    await sock.eventCount(5);
+    expect(dataTexts(sock)).toEqual([ins(1), filled(1), ins(2), filled(2), upd(3)]);
+    const joining = await Socket.open("toast");
+    await joining.frameCount(2);
+    expect(snapshotTexts(joining).map((r) => r.row)).toEqual([1, 2].map((id) => `{"id":${id},"title":"z","body":"${"b".repeat(50)}","n":9007199254740993}`));
+  });
+
   it("sends an empty snapshot to a socket that asks for one on a channel that holds no rows yet", async () => {
     const sock = await Socket.open("empty-retained", "?snapshot=1");
     const frames = await sock.frameCount(2);
