@@ -12,7 +12,7 @@ export function ingestBody(events: readonly IngestEvent[]): string {
   for (let i = 0; i < events.length; i++) {
     const e = events[i]!;
     if (i > 0) body += ",";
-    body += `{"id":${JSON.stringify(e.id)},"channel":${JSON.stringify(e.channel)},"event":${JSON.stringify(e.event)},"data":${e.data},"ts":${e.ts}${e.retain ? ',"retain":true' : ""}}`;
+    body += `{"id":${JSON.stringify(e.id)},"channel":${JSON.stringify(e.channel)},"event":${JSON.stringify(e.event)},"data":${e.data},"ts":${e.ts}${e.retain ? ',"retain":true' : ""}${e.reset ? ',"reset":true' : ""}}`;
   }
   return `${body}]}`;
 }

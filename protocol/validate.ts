@@ -9,7 +9,7 @@ import { CHANNEL_PATTERN, EVENT_NAME_PATTERN, MAX_EVENT_ID_LENGTH, MAX_INGEST_EV
 /** Result of {@link parseIngestBody}. */
 export type ParseResult<T> = { ok: true; value: T } | { ok: false; code: ErrorCode; message: string };
 
-const EVENT_KEYS = new Set(["id", "channel", "event", "data", "ts", "retain"]);
+const EVENT_KEYS = new Set(["id", "channel", "event", "data", "ts", "retain", "reset"]);
 
 function fail(code: ErrorCode, message: string): ParseResult<never> {
   return { ok: false, code, message };
@@ -111,10 +111,10 @@ function readEvent(r: TextReader): IngestEvent | null {
         const n = Number(ts);
         if (ts === null || ts.charCodeAt(0) === 0x22 || !Number.isSafeInteger(n) || n < 0) return null;
         e.ts = n;
-      } else if (name === "retain") {
-        const retain = r.value();
-        if (retain !== "true" && retain !== "false") return null;
-        e.retain = retain === "true";
+      } else if (name === "retain" || name === "reset") {
+        const flag = r.value();
+        if (flag !== "true" && flag !== "false") return null;
+        e[name] = flag === "true";
       } else {
         return null;
       }
@@ -125,7 +125,7 @@ function readEvent(r: TextReader): IngestEvent | null {
   if (id === undefined || id.length === 0 || id.length > MAX_EVENT_ID_LENGTH) return null;
   if (!isValidChannel(channel) || event === undefined || !EVENT_NAME_PATTERN.test(event)) return null;
   if (data === undefined || ts === undefined || !Number.isSafeInteger(ts)) return null;
-  return e.retain ? { id, channel, event, data, ts, retain: true } : { id, channel, event, data, ts };
+  return { id, channel, event, data, ts, ...(e.retain ? { retain: true } : {}), ...(e.reset ? { reset: true } : {}) };
 }
 
 /** A cursor over JSON text: punctuation, member names, and values as raw text. */
@@ -200,7 +200,8 @@ function eventProblem(e: unknown): { code: ErrorCode; message: string } | null {
   if (typeof ts !== "number" || !Number.isSafeInteger(ts) || ts < 0) {
     return { code: "invalid_body", message: "ts must be a non-negative integer (milliseconds since the Unix epoch)" };
   }
-  const { retain } = e as Record<string, unknown>;
+  const { retain, reset } = e as Record<string, unknown>;
   if (retain !== undefined && typeof retain !== "boolean") return { code: "invalid_body", message: "retain must be a boolean" };
+  if (reset !== undefined && typeof reset !== "boolean") return { code: "invalid_body", message: "reset must be a boolean" };
   return null;
 }

@@ -44,6 +44,12 @@ export interface IngestEvent {
   ts: number;
   /** The channel keeps this change event's row as retained state (`realtime.watch(..., retain => true)`). */
   retain?: boolean;
+  /**
+   * Not an event but a notice that events of this channel were lost at the source (the relay's
+   * replication slot was invalidated): the channel starts a new epoch, with an empty log and no
+   * retained rows, and every client resets. `data` says why; its id is deduplicated as any.
+   */
+  reset?: boolean;
 }
 
 /** Body of `POST /ingest`. */
@@ -119,10 +125,12 @@ export interface ChannelEvent<Name extends string = string, Data = unknown> {
  * Why a resuming subscriber cannot be given what it missed:
  * - `epoch`: the channel's history is not the one the client saw (new epoch, or a `since`
  *   beyond the channel's last seq);
- * - `gap`: the events after `since` are older than the replay log keeps.
+ * - `gap`: the events after `since` are older than the replay log keeps;
+ * - `lost`: events were lost at the source (the relay's replication slot was invalidated): the
+ *   channel started a new epoch, and its retained rows are captured again.
  * Either way the client reloads its state and continues from the `welcome` seq.
  */
-export type ResetReason = "epoch" | "gap";
+export type ResetReason = "epoch" | "gap" | "lost";
 
 /** Frames the server sends on a channel's WebSocket, keyed on `type`. */
 export type ServerFrame =

@@ -31,6 +31,7 @@ export const OPTION_SPECS: OptionSpec[] = [
   { flag: "prune-interval", env: "RELAY_PRUNE_INTERVAL_MS", key: "pruneIntervalMs", kind: "int", doc: "ms between prunes of delivered rows" },
   { flag: "prune-batch", env: "RELAY_PRUNE_BATCH", key: "pruneBatch", kind: "int", doc: "most rows deleted per prune statement" },
   { flag: "partition", env: "RELAY_PARTITION", key: "partition", kind: "partition", doc: "ship only channels whose hash % count = index: 0/4 (one relay per partition)" },
+  { flag: "heartbeat", env: "RELAY_HEARTBEAT_MS", key: "heartbeatMs", kind: "int", doc: "slot sources: ms between heartbeat messages that keep the slot moving (0: none)" },
   { flag: "log-level", env: "LOG_LEVEL", key: "logLevel", kind: "string", doc: "debug, info, warn, error or silent" },
 ];
 

@@ -64,6 +64,13 @@ export interface RelayOptions {
   pruneBatch?: number;
   /** Only this share of the channels (`{index, count}`, by channel hash); several relays ship in parallel. Default: all. */
   partition?: Partition | null;
+  /**
+   * With a slot source: every this many ms, a tiny logical message is written in this database
+   * (`pg_logical_emit_message(false, 'realtime_heartbeat', '')`), so that the slot moves on even
+   * when nothing here is written while other databases of the cluster write WAL (which the slot
+   * would otherwise keep). 0: never. Default 10000.
+   */
+  heartbeatMs?: number;
   /** Log level. Default `"info"`. */
   logLevel?: LogLevel;
 }
@@ -89,6 +96,7 @@ export const RELAY_DEFAULTS = {
   pruneIntervalMs: 10_000,
   pruneBatch: 10_000,
   partition: null as Partition | null,
+  heartbeatMs: 10_000,
   logLevel: "info" as LogLevel,
 } satisfies Omit<ResolvedRelayOptions, "databaseUrl" | "workerUrl" | "ingestSecret">;
 
@@ -139,6 +147,7 @@ export function resolveRelayOptions(options: RelayOptions): ResolvedRelayOptions
   intIn("--retention", o.retentionSeconds, 0, 10 * 365 * 86_400);
   intIn("--prune-interval", o.pruneIntervalMs, 10, 86_400_000);
   intIn("--prune-batch", o.pruneBatch, 1, 1_000_000);
+  if (o.heartbeatMs !== 0) intIn("--heartbeat", o.heartbeatMs, 100, 3_600_000);
   if (o.source !== "outbox" && o.source !== "wal" && o.source !== "publication") {
     throw new RelayConfigError(`--source must be outbox, wal or publication, got ${JSON.stringify(o.source)}`);
   }

@@ -64,6 +64,40 @@ export function relayMetrics(relay: Relay): Registry {
       if (lag) this.set(lag.bytes);
     },
   });
+  // One read of pg_replication_slots per scrape feeds the three slot gauges below.
+  let slot: Promise<Awaited<ReturnType<Relay["slotHealth"]>>> | null = null;
+  const slotHealth = () => (slot ??= relay.slotHealth().catch(() => null).finally(() => setTimeout(() => (slot = null), 0)));
+  new Gauge({
+    name: "relay_slot_retained_wal_bytes",
+    help: "With a slot source: bytes of WAL its replication slot makes Postgres keep (from restart_lsn; leader only)",
+    registers: [registry],
+    async collect(this: Gauge) {
+      const h = await slotHealth();
+      if (h) this.set(h.retainedBytes);
+    },
+  });
+  new Gauge({
+    name: "relay_slot_safe_wal_size_bytes",
+    help: "With a slot source: bytes the slot may still fall behind before max_slot_wal_keep_size invalidates it (absent when unlimited; leader only)",
+    registers: [registry],
+    async collect(this: Gauge) {
+      const h = await slotHealth();
+      if (h?.safeWalSize != null) this.set(h.safeWalSize);
+    },
+  });
+  new Gauge({
+    name: "relay_slot_wal_status",
+    help: "With a slot source: 1 for the slot's wal_status (reserved, extended: fine; unreserved: about to be invalidated; lost: invalidated; leader only)",
+    labelNames: ["status"],
+    registers: [registry],
+    async collect(this: Gauge) {
+      const h = await slotHealth();
+      this.reset();
+      if (h?.walStatus) this.set({ status: h.walStatus }, 1);
+    },
+  });
+  const slotLost = new Counter({ name: "relay_slot_lost_total", help: "Replication slots found invalidated and made anew (their events were lost; every channel started a new epoch)", registers: [registry] });
+  relay.on("slotLost", () => slotLost.inc());
   new Gauge({
     name: "relay_cursor_xmin",
     help: "xmin of the last acknowledged snapshot: every transaction below it is delivered",

@@ -5,7 +5,7 @@
  * batch, whose copies the channels drop as duplicates.
  */
 import { EventEmitter } from "node:events";
-import { randomUUID } from "node:crypto";
+import { createHash, randomUUID } from "node:crypto";
 import pg from "pg";
 import { isJson } from "../protocol/index.ts";
 import { backoffDelay, sleep } from "./backoff.ts";
@@ -53,6 +53,8 @@ export interface RelayEvents {
   unroutable: [info: Unroutable];
   /** The Worker refused this event on its own; it was skipped so the others go on. */
   refused: [event: RefusedEvent];
+  /** The replication slot had been invalidated: its events since then are lost; a new slot and a new epoch for every channel follow. */
+  slotLost: [info: { slot: string; generation: string }];
   /** The relay cannot deliver until its configuration changes (the Worker refuses its secret or URL); it stopped. */
   failed: [error: Error];
   /** NOTIFY payloads were dropped because the queue was full (at-most-once path). */
@@ -88,6 +90,8 @@ export class Relay extends EventEmitter<RelayEvents> {
   private walSlot: string | null = null;
   /** Why the relay stopped by itself (see the `failed` event), or null. */
   private failure: Error | null = null;
+  /** Channel names already in realtime.channels. */
+  private readonly knownChannels = new Set<string>();
 
   constructor(options: RelayOptions, deps: RelayDeps = {}) {
     super();
@@ -158,6 +162,28 @@ export class Relay extends EventEmitter<RelayEvents> {
       [this.walSlot],
     );
     return rows[0]?.bytes == null ? null : { bytes: Math.max(0, Number(rows[0].bytes)) };
+  }
+
+  /**
+   * The slot-reading source's replication slot as Postgres reports it (pg_replication_slots), for
+   * the leader; null otherwise: WAL it keeps (`retainedBytes`, from restart_lsn), WAL not yet
+   * acknowledged (`lagBytes`, from confirmed_flush_lsn), `walStatus` (reserved, extended,
+   * unreserved: at risk; lost: invalidated) and `safeWalSize` (bytes it may still fall behind
+   * before max_slot_wal_keep_size invalidates it; null when that is unlimited).
+   */
+  async slotHealth(): Promise<{ retainedBytes: number; lagBytes: number; walStatus: string | null; safeWalSize: number | null } | null> {
+    const session = this.session;
+    if (!session || !session.leader || !this.walSlot || session.closed) return null;
+    const { rows } = await session.listener.query<{ retained: string | null; lag: string | null; wal_status: string | null; safe_wal_size: string | null }>(
+      `select (pg_current_wal_lsn() - restart_lsn)::text as retained, (pg_current_wal_lsn() - confirmed_flush_lsn)::text as lag,
+              wal_status, safe_wal_size::text as safe_wal_size
+         from pg_replication_slots where slot_name = $1`,
+      [this.walSlot],
+    );
+    const r = rows[0];
+    if (!r) return null;
+    const num = (v: string | null) => (v === null ? null : Math.max(0, Number(v)));
+    return { retainedBytes: num(r.retained) ?? 0, lagBytes: num(r.lag) ?? 0, walStatus: r.wal_status, safeWalSize: r.safe_wal_size === null ? null : Number(r.safe_wal_size) };
   }
 
   /** Starts connecting and working in the background. */
@@ -320,8 +346,10 @@ export class Relay extends EventEmitter<RelayEvents> {
     const { batchSize, batchBytes } = this.options;
     const installId = await session.installId();
     const slot = slotName(installId, this.cursorName);
+    await this.replaceLostSlot(session, slot);
     const { createdSlot } = await ensureWalCapture(session.query, slot, this.options.source === "publication" ? "publication" : "wal");
     if (createdSlot) this.log.info("created replication slot", { slot });
+    await this.announceLostEvents(session, slot, installId);
     // Row changes of published tables become events through the watches' routes and the types' JSON rules.
     const changes = { routes: new WatchRoutes(session.listener), catalog: new TypeCatalog(session.listener) };
     const stream = await this.openStream(session, slot, (relation) => changes.routes.forget(relation.oid));
@@ -334,6 +362,16 @@ export class Relay extends EventEmitter<RelayEvents> {
     const onStop = () => void (inFlight ? undefined : stream.close());
     this.stopController.signal.addEventListener("abort", onStop, { once: true });
     this.walSlot = slot;
+    // A heartbeat: a message in this database's WAL now and then, so the slot moves on while
+    // nothing watched is written here (the stream then has something to confirm past).
+    const heartbeat = this.options.heartbeatMs > 0 ? setInterval(() => {
+      if (session.closed) return;
+      session.listener.query("select pg_logical_emit_message(false, 'realtime_heartbeat', '')").catch(() => undefined);
+    }, this.options.heartbeatMs) : null;
+    heartbeat?.unref();
+    session.onClose(async () => {
+      if (heartbeat) clearInterval(heartbeat);
+    });
     try {
       while (!this.stopping && !session.closed) {
         const batch = await stream.take(batchSize, batchBytes);
@@ -358,6 +396,70 @@ export class Relay extends EventEmitter<RelayEvents> {
       this.stopController.signal.removeEventListener("abort", onStop);
       await stream.close();
     }
+  }
+
+  /**
+   * A slot Postgres invalidated (it held more WAL than max_slot_wal_keep_size, or a standby's
+   * conflict) can no longer stream: the events written since it fell behind are lost. It is
+   * dropped (ensureWalCapture then makes it anew) and the loss recorded, to be announced.
+   */
+  private async replaceLostSlot(session: Session, slot: string): Promise<void> {
+    const { rows } = await session.query.query<{ s: Record<string, unknown> }>("select to_jsonb(s) as s from pg_replication_slots s where slot_name = $1", [slot]);
+    const state = rows[0]?.s;
+    if (!state || (state.wal_status !== "lost" && (state.invalidation_reason ?? null) === null)) return;
+    const generation = `${Date.now().toString(36)}${randomUUID().slice(0, 4)}`;
+    this.log.error("the replication slot was invalidated: events written since it fell behind are lost; making a new slot, and every channel starts a new epoch", {
+      slot,
+      walStatus: state.wal_status,
+      reason: state.invalidation_reason ?? null,
+      generation,
+    });
+    await session.query.query("select pg_drop_replication_slot($1)", [slot]);
+    await session.query.query(
+      "insert into realtime.slot_epochs (slot, generation, announced, lost_at) values ($1, $2, false, now()) on conflict (slot) do update set generation = excluded.generation, announced = false, lost_at = now()",
+      [slot, generation],
+    );
+    this.emit("slotLost", { slot, generation });
+  }
+
+  /**
+   * After a lost slot (see replaceLostSlot), tells every channel this installation delivered to
+   * that its history has a hole: a reset notice each (they start a new epoch; their clients reset),
+   * then captures the retaining watches' rows again, through the new slot. Done once per loss; a
+   * relay stopped half-way does it again (the notices' ids are the same: channels drop repeats).
+   */
+  private async announceLostEvents(session: Session, slot: string, installId: string): Promise<void> {
+    const { rows } = await session.query.query<{ generation: string }>("select generation from realtime.slot_epochs where slot = $1 and not announced", [slot]);
+    const generation = rows[0]?.generation;
+    if (!generation) return;
+    const { rows: channels } = await session.query.query<{ name: string }>("select name from realtime.channels order by name");
+    const data = JSON.stringify({ reason: "slot_lost", slot });
+    const now = Date.now();
+    for (let i = 0; i < channels.length; i += this.options.batchSize) {
+      const notices = channels.slice(i, i + this.options.batchSize).map(({ name }) => ({
+        id: `${installId}-lost-${generation}-${createHash("sha256").update(name).digest("hex").slice(0, 24)}`,
+        channel: name,
+        event: "reset",
+        data,
+        ts: now,
+        reset: true,
+      }));
+      await this.ingest.deliver(notices, this.stopController.signal);
+    }
+    const { rows: recaptured } = await session.query.query<{ n: string }>("select realtime.recapture_retained() as n");
+    await session.query.query("update realtime.slot_epochs set announced = true where slot = $1 and generation = $2", [slot, generation]);
+    this.log.warn("announced the lost events: channels start a new epoch, retained rows captured again", { slot, channels: channels.length, recapturedRows: Number(recaptured[0]?.n ?? 0) });
+  }
+
+  /**
+   * Records channel names this relay delivered to for the first time (realtime.channels), which
+   * are the ones told of a loss at the source. Known names cost nothing; new ones one insert.
+   */
+  private async rememberChannels(channels: Iterable<string>): Promise<void> {
+    const fresh = [...new Set(channels)].filter((c) => !this.knownChannels.has(c));
+    if (fresh.length === 0 || !this.session || this.session.closed) return;
+    await this.session.listener.query("insert into realtime.channels (name) select unnest($1::text[]) on conflict (name) do nothing", [fresh]);
+    for (const c of fresh) this.knownChannels.add(c);
   }
 
   /**
@@ -443,6 +545,7 @@ export class Relay extends EventEmitter<RelayEvents> {
   private async deliver(source: BatchInfo["source"], events: OutgoingEvent[]): Promise<BatchInfo> {
     const started = performance.now();
     const delivery: Delivery = await this.ingest.deliver(events, this.stopController.signal);
+    await this.rememberChannels(events.map((e) => e.channel));
     for (const refused of delivery.refused) {
       this.log.error("the Worker refused an event; skipped so that the others go on", { ...refused, source });
       this.emit("refused", refused);

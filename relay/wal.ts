@@ -317,7 +317,17 @@ export class WalStream {
         this.inTransaction = true;
         return;
       case "message": {
-        if (message.prefix !== WAL_PREFIX) return;
+        if (message.prefix !== WAL_PREFIX) {
+          // Someone else's message (the relay's own heartbeat among them): outside a transaction
+          // it is a point the slot may move past at once, when nothing of ours waits before it.
+          if (!message.transactional) {
+            if (message.lsn > this.serverEnd) this.serverEnd = message.lsn;
+            const before = this.confirmed;
+            this.advanceIdle();
+            if (this.confirmed !== before) this.sendStatus();
+          }
+          return;
+        }
         let parsed: Omit<WalEvent, "lsn" | "ts">;
         try {
           parsed = parseMessage(message.content.toString("utf8"));

@@ -119,6 +119,25 @@ create table if not exists realtime.doorbells (
 -- Before 0.2 there was one doorbell for one relay.
 drop table if exists realtime.doorbell;
 
+-- The channels relays have delivered to (written by the relay, once per new channel name). When
+-- events are lost at the source (a relay's replication slot was invalidated), these are the
+-- channels told to start a new epoch (their clients reset), so no client is left with a silent hole.
+create table if not exists realtime.channels (
+  name text primary key,
+  first_seen timestamptz not null default now()
+);
+
+-- A slot-reading relay's replication slot that had to be made anew because the old one was
+-- invalidated (its events since then are lost): `generation` names the new one, and `announced`
+-- says whether every known channel was told (a reset notice) and the retained rows captured
+-- again. A relay that stops half-way announces again when it starts (the notices are deduplicated).
+create table if not exists realtime.slot_epochs (
+  slot text primary key,
+  generation text not null,
+  announced boolean not null default false,
+  lost_at timestamptz not null default now()
+);
+
 -- Tables under watch and how their events are routed.
 create table if not exists realtime.watches (
   tbl regclass primary key,
@@ -507,6 +526,46 @@ begin
   end if;
 end $$;
 
+-- The UPDATE branch of a capture function fired per row: NEW and OLD at hand, no transition
+-- tables, no join of them, one statement per event. A single-row update (the commonest
+-- statement of an application) costs the per-statement form's transition tables, join, union and
+-- sort; per row it costs about half (docs/benchmarks.md). The events are the per-statement form's:
+-- an update, or, when the key or the channel changed, a delete of the old then an insert of the
+-- new. Their order within a statement is the rows' order, which is right for a key that is not
+-- deferrable: Postgres checks such a key row by row, so a row can take a key only after the row
+-- that held it moved away, earlier in the same statement, and its delete precedes this insert.
+-- (A deferrable key lets two rows swap keys in one statement: those tables keep the per-statement
+-- form, which sends every delete before any insert.) A bulk update costs more per row than in the
+-- per-statement form: inserts and deletes, where bulk statements are common, stay per statement.
+create or replace function realtime.row_update_sql(tbl regclass, template text, keys text[], retain boolean, capture text)
+returns text
+language plpgsql stable as $$
+declare
+  head text := format('%L, TG_TABLE_SCHEMA, %L, TG_TABLE_NAME', 'schema', 'table');
+  keep text := quote_literal(coalesce(retain, false));
+  key_new text;
+  key_old text;
+  same_key text;
+  nc text := realtime.channel_expression(tbl, template, 'NEW', 'TG_TABLE_NAME');
+  oc text := realtime.channel_expression(tbl, template, 'OLD', 'TG_TABLE_NAME');
+begin
+  select 'json_build_object(' || string_agg(format('%L, NEW.%I', k, k), ', ' order by o) || ')',
+         'json_build_object(' || string_agg(format('%L, OLD.%I', k, k), ', ' order by o) || ')',
+         string_agg(format('NEW.%I is not distinct from OLD.%I', k, k), ' and ' order by o)
+    into key_new, key_old, same_key
+    from unnest(keys) with ordinality u(k, o);
+  return format($b$if %1$s and (%2$s) is not distinct from (%3$s) then
+          %4$s;
+        else
+          %5$s;
+          %6$s;
+        end if$b$,
+    same_key, nc, oc,
+    realtime.sink_sql(format($q$select %s, 'update', json_build_object('op', 'UPDATE', %s, 'key', %s, 'new', to_json(NEW), 'old', to_json(OLD)), %s$q$, nc, head, key_new, keep), capture),
+    realtime.sink_sql(format($q$select %s, 'delete', json_build_object('op', 'DELETE', %s, 'key', %s, 'new', null, 'old', to_json(OLD)), %s$q$, oc, head, key_old, keep), capture),
+    realtime.sink_sql(format($q$select %s, 'insert', json_build_object('op', 'INSERT', %s, 'key', %s, 'new', to_json(NEW), 'old', null), %s$q$, nc, head, key_new, keep), capture));
+end $$;
+
 -- Generates the capture function of the watch of `tbl` from its realtime.watches row and the
 -- catalog as it is now (the template's columns by attnum, the current primary key), and makes
 -- its triggers exist. Raises when the table cannot be captured: it has no primary key, or a
@@ -534,6 +593,9 @@ declare
   decl text := '';
   ring text;
   fname text := 'capture_' || tbl::oid;
+  -- Updates are captured per row (see realtime.row_update_sql) when the key cannot be deferred and
+  -- event triggers follow the table; otherwise per statement, from the transition tables.
+  row_update boolean;
   body text;
   fn oid;
   wanted text[];
@@ -625,6 +687,8 @@ begin
       check_sql, template, tattnums, coalesce(w.retain, false), capture);
   end if;
 
+  row_update := followed and not exists (select from pg_constraint k where k.conrelid = tbl and k.contype = 'p' and k.condeferrable);
+
   -- Outbox capture rings the doorbell of an idle relay (realtime.ring(), inlined: a nested
   -- function call was a sixth of this trigger's time); wal capture needs none, decoding streams.
   ring := case when capture = 'wal' then '' else $r$
@@ -653,7 +717,8 @@ begin
     decl, branch,
     realtime.sink_sql(realtime.capture_query(tbl, 'INSERT', template, pk.key_columns, w.retain, 'TG_TABLE_SCHEMA', 'TG_TABLE_NAME'), capture),
     realtime.sink_sql(realtime.capture_query(tbl, 'DELETE', template, pk.key_columns, w.retain, 'TG_TABLE_SCHEMA', 'TG_TABLE_NAME'), capture),
-    realtime.sink_sql(realtime.capture_query(tbl, 'UPDATE', template, pk.key_columns, w.retain, 'TG_TABLE_SCHEMA', 'TG_TABLE_NAME'), capture),
+    case when row_update then realtime.row_update_sql(tbl, template, pk.key_columns, w.retain, capture)
+         else realtime.sink_sql(realtime.capture_query(tbl, 'UPDATE', template, pk.key_columns, w.retain, 'TG_TABLE_SCHEMA', 'TG_TABLE_NAME'), capture) end,
     realtime.sink_sql(realtime.capture_query(tbl, 'TRUNCATE', template, pk.key_columns, w.retain, 'TG_TABLE_SCHEMA', 'TG_TABLE_NAME'), capture),
     ring);
   select p.oid into fn from pg_proc p where p.pronamespace = 'realtime'::regnamespace and p.proname = fname and p.pronargs = 0;
@@ -667,10 +732,16 @@ begin
             || case when position('{' in template) = 0 then array['realtime_capture_truncate'] else '{}' end;
   if array(select t.tgname::text from pg_trigger t where t.tgrelid = tbl and t.tgname like 'realtime\_capture\_%' and t.tgfoid = fn order by 1)
        is distinct from array(select u from unnest(wanted) u order by 1)
-     or (select count(*) from pg_trigger t where t.tgrelid = tbl and t.tgname like 'realtime\_capture\_%') <> cardinality(wanted) then
+     or (select count(*) from pg_trigger t where t.tgrelid = tbl and t.tgname like 'realtime\_capture\_%') <> cardinality(wanted)
+     -- The update trigger is per row or per statement, as row_update says (tgtype's bit 0: ROW).
+     or not exists (select from pg_trigger t where t.tgrelid = tbl and t.tgname = 'realtime_capture_update' and ((t.tgtype & 1) = 1) = row_update) then
     perform realtime.drop_capture_triggers(tbl);
     execute format('create trigger realtime_capture_insert after insert on %s referencing new table as new_rows for each statement execute function realtime.%I()', tbl, fname);
-    execute format('create trigger realtime_capture_update after update on %s referencing old table as old_rows new table as new_rows for each statement execute function realtime.%I()', tbl, fname);
+    if row_update then
+      execute format('create trigger realtime_capture_update after update on %s for each row execute function realtime.%I()', tbl, fname);
+    else
+      execute format('create trigger realtime_capture_update after update on %s referencing old table as old_rows new table as new_rows for each statement execute function realtime.%I()', tbl, fname);
+    end if;
     execute format('create trigger realtime_capture_delete after delete on %s referencing old table as old_rows for each statement execute function realtime.%I()', tbl, fname);
     if 'realtime_capture_truncate' = any (wanted) then
       execute format('create trigger realtime_capture_truncate after truncate on %s for each statement execute function realtime.%I()', tbl, fname);
@@ -966,6 +1037,27 @@ begin
     perform realtime.ring();
   end if;
 end $$;
+
+-- After events were lost at the source (a relay's replication slot was invalidated), captures the
+-- rows of every retaining watch again (realtime.backfill), so that the channels, which start a new
+-- epoch with no retained rows, hold whole states again. The relay runs it, and may not read the
+-- watched tables itself: SECURITY DEFINER (the schema's owner), search_path pinned, and executable
+-- only by whom it is granted to (sql/relay-role.sql grants the relay's role). Returns the rows.
+create or replace function realtime.recapture_retained()
+returns bigint
+language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
+declare
+  total bigint := 0;
+  w record;
+begin
+  for w in select x.tbl from realtime.watches x
+            where x.retain and x.suspended is null and exists (select from pg_class c where c.oid = x.tbl)
+            order by x.tbl loop
+    total := total + realtime.backfill(w.tbl);
+  end loop;
+  return total;
+end $$;
+revoke execute on function realtime.recapture_retained() from public;
 
 -- Writes a retained `truncate` event for `schema_name`.`table_name` to `channel`, as a TRUNCATE of
 -- that table would: the channel's retained state, and subscribers applying events, drop the rows

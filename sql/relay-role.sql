@@ -9,6 +9,10 @@
 --   prefix event ids with the installation id              select on realtime.installation
 --   keep its cursor                                        select, insert, update on realtime.cursors
 --   tell writers when to ring the doorbell                 select, insert, update on realtime.doorbells
+--   remember the channels it delivered to                  select, insert on realtime.channels
+--   (slot sources) a lost slot: a new epoch, rows again    select, insert, update on realtime.slot_epochs,
+--                                                          execute on realtime.recapture_retained()
+--   (publication source) route the tables' own changes     select on realtime.watches
 --   LISTEN, advisory locks, pg_current_snapshot()          (no grant needed)
 -- It needs CONNECT on the database (PUBLIC has it unless revoked) and nothing on your tables:
 -- changes reach the outbox through the capture triggers, which run as the writer.
@@ -30,3 +34,7 @@ grant select, delete on realtime.outbox to realtime_relay;
 grant select on realtime.installation to realtime_relay;
 grant select, insert, update on realtime.cursors to realtime_relay;
 grant select, insert, update on realtime.doorbells to realtime_relay;
+grant select, insert on realtime.channels to realtime_relay;
+grant select, insert, update on realtime.slot_epochs to realtime_relay;
+grant execute on function realtime.recapture_retained() to realtime_relay;
+grant select on realtime.watches to realtime_relay;

@@ -117,7 +117,7 @@ export interface ChannelStats {
 }
 
 export class Channel extends SocketHub {
-  private readonly epoch: string;
+  private epoch: string;
   private readonly meta: Map<string, string>;
   private readonly state: RetainedState;
   private seq: number;
@@ -265,11 +265,17 @@ export class Channel extends SocketHub {
           this.setMeta("unstorable", String(Number(this.meta.get("unstorable") ?? 0) + 1));
         }
         for (const f of one.fresh) stored.fresh.push(f);
+        stored.resets = (stored.resets ?? 0) + (one.resets ?? 0);
         stored.duplicates += one.duplicates;
         stored.markers += one.markers;
       }
     }
     const { fresh, duplicates, markers } = stored;
+    if (stored.resets) {
+      // Every socket reconnects and is told (reset "lost", and the snapshot) as it joins again.
+      for (const ws of this.ctx.getWebSockets()) ws.close(1012, "events were lost at the source: reconnect");
+      await Promise.allSettled(this.shards().map((s) => s.deliver(this.name!, this.epoch, [])));
+    }
     if (fresh.length > 0) {
       const window = this.conflateMs;
       if (window === null) await this.deliver(fresh);
@@ -279,7 +285,8 @@ export class Channel extends SocketHub {
         void this.ctx.storage.setAlarm(Date.now() + window);
       }
     }
-    return markers > 0 ? { accepted: fresh.length, duplicates, markers } : { accepted: fresh.length, duplicates };
+    const accepted = fresh.length + (stored.resets ?? 0);
+    return markers > 0 ? { accepted, duplicates, markers } : { accepted, duplicates };
   }
 
   /**
@@ -295,6 +302,8 @@ export class Channel extends SocketHub {
     const parts: [seq: number, part: number, chunk: string][] = [];
     // Rows this batch changed, by key: their latest version (for filling unchanged columns).
     const latest = new Map<string, string | null | undefined>();
+    let resets = 0;
+    const epochBefore = this.epoch;
     let duplicates = 0;
     let markers = 0;
     const now = Date.now();
@@ -315,6 +324,27 @@ export class Channel extends SocketHub {
             continue;
           }
           known.add(e.id); // a repeat inside this batch is a duplicate too
+          if (e.reset) {
+            // Events of this channel were lost at the source: its history ends here. A new epoch,
+            // with an empty log and no retained rows (the relay captures the retained rows again);
+            // the ids stay known, so a re-sent batch is still dropped.
+            rows.length = 0;
+            parts.length = 0;
+            retained.length = 0;
+            fresh.length = 0;
+            latest.clear();
+            this.sql.exec("delete from log");
+            this.sql.exec("delete from log_part");
+            this.state.clear();
+            this.setMeta("previous_epoch", this.epoch);
+            this.setMeta("epoch_reason", "lost");
+            this.epoch = crypto.randomUUID();
+            this.setMeta("epoch", this.epoch);
+            this.sql.exec("insert into seen (id, seq, at) values (?, ?, ?)", e.id, this.seq, now);
+            resets++;
+            log("warn", "events were lost at the source: this channel starts a new epoch", { channel: this.name, id: e.id, epoch: this.epoch });
+            continue;
+          }
           const seq = ++this.seq;
           let data = e.data;
           if (e.retain) {
@@ -348,7 +378,10 @@ export class Channel extends SocketHub {
           rest.forEach((chunk, i) => parts.push([seq, i + 1, chunk]));
           fresh.push({ seq, json: eventJson(seq, e.id, e.event, data, e.ts), data });
         }
-        if (rows.length === 0) return;
+        if (rows.length === 0) {
+          if (resets > 0) this.setMeta("seq", String(this.seq));
+          return;
+        }
         const json = JSON.stringify(rows);
         this.sql.exec("insert into seen (id, seq, at) select value ->> '$.i', value ->> '$.s', ? from json_each(?)", now, json);
         this.sql.exec(
@@ -368,10 +401,11 @@ export class Channel extends SocketHub {
     } catch (err) {
       // Storage rolled back; so does what this object holds in memory.
       this.seq = before;
+      this.epoch = epochBefore;
       this.loadMeta();
       throw err;
     }
-    return { fresh, duplicates, markers };
+    return { fresh, duplicates, markers, resets };
   }
 
   /**
@@ -578,7 +612,11 @@ export class Channel extends SocketHub {
     if (since === null || since === "") return { ...base, frames: this.snapshotFrames(filter, snapshot) };
     if (!/^\d{1,15}$/.test(since)) return { ok: false, code: "invalid_query", message: "since must be a non-negative integer: the seq of the last event received" };
     const sinceSeq = Number(since);
-    if (epoch !== this.epoch || sinceSeq > this.seq) return { ...base, frames: this.resetFrames("epoch", filter, snapshot) };
+    if (epoch !== this.epoch || sinceSeq > this.seq) {
+      // A client of the epoch a source loss ended is told so; any other epoch is just not this one.
+      const lost = epoch !== null && epoch === this.meta.get("previous_epoch") && this.meta.get("epoch_reason") === "lost";
+      return { ...base, frames: this.resetFrames(lost ? "lost" : "epoch", filter, snapshot) };
+    }
     if (sinceSeq === this.seq) return { ...base, frames: [] };
     this.trim(Date.now());
     const oldest = this.sql.exec<{ seq: number | null }>("select min(seq) as seq from log").one().seq;
@@ -718,6 +756,8 @@ interface Stored {
   fresh: Outgoing[];
   duplicates: number;
   markers: number;
+  /** Reset notices that started a new epoch (accepted, not events). */
+  resets?: number;
 }
 
 /** An event on its way to a shard: its seq and its serialized JSON. */

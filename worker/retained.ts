@@ -127,6 +127,14 @@ export class RetainedState {
     this.meta.set("state_bytes", String(bytes));
   }
 
+  /** Drops every retained row and the overflow (a new epoch: the rows are captured again). */
+  clear(): void {
+    this.sql.exec("delete from state");
+    this.meta.set("state_rows", "0");
+    this.meta.set("state_bytes", "0");
+    if (this.overflowed) this.meta.set("state_overflow", "0");
+  }
+
   /** The retained version of row `k` (see rowKey): its JSON text, null when kept as too large, undefined when none. */
   get(k: string): string | null | undefined {
     const r = this.sql.exec<{ row: string; oversized: number }>("select row, oversized from state where k = ?", k).toArray()[0];

@@ -122,7 +122,6 @@ export class ChannelShard extends SocketHub {
   }
 
   private async apply(epoch: string, batch: { seq: number; json: string }[]): Promise<void> {
-    if (batch.length === 0) return;
     if (this.epoch !== null && epoch !== this.epoch) {
       // The root's history was replaced: every client must resume (and be told to reset).
       for (const ws of this.ctx.getWebSockets()) ws.close(1012, "channel restarted");
@@ -134,6 +133,7 @@ export class ChannelShard extends SocketHub {
       this.epoch = epoch;
       this.setMeta("epoch", epoch);
     }
+    if (batch.length === 0) return;
     let events = batch;
     if (this.synced && batch[0]!.seq > this.lastSeq + 1) {
       const gap = await this.root().eventsAfter(this.lastSeq, batch[0]!.seq - 1);

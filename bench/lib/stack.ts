@@ -11,7 +11,28 @@ import { fileURLToPath } from "node:url";
 import pg from "pg";
 import { installSchema } from "../../relay/install.ts";
 import { createDatabase, freePort, startEmbedded, type PostgresHandle } from "../../scripts/postgres.ts";
+import type { RelaySource } from "../../relay/config.ts";
 import type { ReceiverCommand, ReceiverReport } from "./receiver.ts";
+
+/** The multi-statement scenario's shape (pgbench's TPC-B tables, smaller): rows per table. */
+export const OLTP = { branches: 10, tellers: 100, accounts: 10_000 } as const;
+
+/**
+ * The multi-statement scenario's tables, three sets of the same three: `plain_*` (not watched),
+ * `ours_*` (watched on channel 'oltp', captured as the relay's source says) and `seeds_*` (the
+ * LISTEN design's per-row NOTIFY trigger).
+ */
+async function createOltpTables(db: pg.Client): Promise<void> {
+  for (const set of ["plain", "ours", "seeds"]) {
+    for (const [table, rows] of Object.entries(OLTP)) {
+      const t = `${set}_${table}`;
+      await db.query(`create table ${t} (id int primary key, bid int not null, balance int not null default 0, filler text not null default repeat(' ', 84))`);
+      await db.query(`insert into ${t} (id, bid) select g, g % ${OLTP.branches} from generate_series(1, ${rows}) g`);
+      if (set === "ours") await db.query("select realtime.watch($1, 'oltp')", [t]);
+      if (set === "seeds") await db.query(`create trigger ${t}_notify after insert or update on ${t} for each row execute function bench_notify_row_change()`);
+    }
+  }
+}
 
 const root = fileURLToPath(new URL("../..", import.meta.url));
 export const SECRET = "bench-ingest-secret-0123456789";
@@ -48,7 +69,7 @@ export interface Stack {
   baselineUrl: string;
   relay: ChildProcess;
   /** The source `relay` reads (and `startRelay` uses unless `env` says otherwise). */
-  source: "outbox" | "wal";
+  source: RelaySource;
   /** Stops the baseline server (its LISTEN connection goes with it). */
   stopBaseline(): Promise<void>;
   startBaseline(): Promise<void>;
@@ -58,7 +79,7 @@ export interface Stack {
 }
 
 /** Starts everything; `log` gets one line per step. */
-export async function startStack(log: (line: string) => void, source: "outbox" | "wal" = "outbox"): Promise<Stack> {
+export async function startStack(log: (line: string) => void, source: RelaySource = "outbox"): Promise<Stack> {
   process.env.CLOUDFLARE_CF_FETCH_ENABLED = "false";
   process.env.WRANGLER_SEND_METRICS = "false";
   const postgres = await startEmbedded({ dataDir: join(tmpdir(), `pg-edge-realtime-bench-${Date.now()}`) });
@@ -68,10 +89,15 @@ export async function startStack(log: (line: string) => void, source: "outbox" |
   await installSchema(db);
   await db.query(`create table bench_plain ${TABLE}`);
   await db.query(`create table bench_ours ${TABLE}`);
+  // Routed by a column outside the key: decoded from a publication, a change then needs the whole
+  // old row in the WAL (inserts, all this table sees, are logged the same either way).
+  await db.query("alter table bench_ours replica identity full");
   await db.query("select realtime.watch('bench_ours', '{channel}')");
+
   await db.query(`create table bench_seeds ${TABLE}`);
   await db.query(readFileSync(join(root, "bench/baseline/schema.sql"), "utf8"));
   await db.query("create trigger bench_seeds_notify after insert on bench_seeds for each row execute function bench_notify_data_change()");
+  await createOltpTables(db);
   await db.end();
   log(`postgres ready (${databaseUrl.replace(/:[^:@/]+@/, ":***@")})`);
 

@@ -67,3 +67,52 @@ export async function write(options: WriteOptions): Promise<WriteResult> {
   }
   return { rows, seconds: (lastCommitAt - started) / 1000, perChannel, firstSendAt: started, lastCommitAt };
 }
+
+/** Options of {@link oltp}. */
+export interface OltpOptions {
+  databaseUrl: string;
+  /** Which set of the scenario's tables (bench/lib/stack.ts, createOltpTables). */
+  set: "plain" | "ours" | "seeds";
+  writers: number;
+  seconds: number;
+  shape: { branches: number; tellers: number; accounts: number };
+}
+
+/**
+ * The multi-statement scenario: `writers` connections each run transactions of three updates, one
+ * row of each of the three tables (an account, a teller, a branch, as pgbench's TPC-B does, without
+ * its history insert), for `seconds`; returns the transactions per second.
+ */
+export async function oltp(options: OltpOptions): Promise<number> {
+  const clients = await Promise.all(
+    Array.from({ length: options.writers }, async () => {
+      const c = new pg.Client({ connectionString: options.databaseUrl });
+      await c.connect();
+      return c;
+    }),
+  );
+  const { set, shape } = options;
+  const statements = [`update ${set}_accounts set balance = balance + $2 where id = $1`, `update ${set}_tellers set balance = balance + $2 where id = $1`, `update ${set}_branches set balance = balance + $2 where id = $1`];
+  const random = (n: number) => 1 + Math.floor(Math.random() * n);
+  let transactions = 0;
+  const started = now();
+  const deadline = started + options.seconds * 1000;
+  try {
+    await Promise.all(
+      clients.map(async (c) => {
+        while (now() < deadline) {
+          const delta = random(10_000) - 5000;
+          await c.query("begin");
+          await c.query({ name: `${set}-a`, text: statements[0]!, values: [random(shape.accounts), delta] });
+          await c.query({ name: `${set}-t`, text: statements[1]!, values: [random(shape.tellers), delta] });
+          await c.query({ name: `${set}-b`, text: statements[2]!, values: [random(shape.branches), delta] });
+          await c.query("commit");
+          transactions++;
+        }
+      }),
+    );
+  } finally {
+    await Promise.all(clients.map((c) => c.end()));
+  }
+  return transactions / ((now() - started) / 1000);
+}

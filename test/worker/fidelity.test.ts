@@ -224,4 +224,30 @@ describe("no event can stop the others", () => {
     const shardFrames = await sharded.frameCount(2);
     expect(shardFrames[1]).toEqual({ type: "snapshot", seq: 0, rows: [] });
   });
+
+  it("starts a new epoch on a reset notice (events lost at the source): sockets reconnect, are told lost, and the retained rows start over", async () => {
+    const row = (id: number) => `{"op":"INSERT","schema":"public","table":"t","key":{"id":${id}},"new":{"id":${id}},"old":null}`;
+    await ingest([raw("lost-ch", row(1), { event: "insert", retain: true }), raw("lost-ch", row(2), { event: "insert", retain: true })]);
+    const before = await Socket.open("lost-ch");
+    const [welcome] = await before.frameCount(2);
+    const epoch = (welcome as { epoch: string }).epoch;
+    const notice = raw("lost-ch", '{"reason":"slot_lost"}', { event: "reset", reset: true });
+    expect((await ingest([notice])).body).toEqual({ accepted: 1, duplicates: 0 });
+    await before.until(() => before.closed);
+    expect(before.closed!.code).toBe(1012);
+    // The same notice again (a re-sent batch) changes nothing.
+    expect((await ingest([notice])).body).toEqual({ accepted: 0, duplicates: 1 });
+    const back = await Socket.open("lost-ch", `?since=2&epoch=${epoch}`);
+    const frames = await back.frameCount(3);
+    expect(frames.map((f) => f.type)).toEqual(["welcome", "reset", "snapshot"]);
+    expect(frames[1]).toMatchObject({ reason: "lost", epoch: (frames[0] as { epoch: string }).epoch });
+    expect((frames[0] as { epoch: string }).epoch).not.toBe(epoch);
+    expect((frames[2] as { rows: unknown[] }).rows).toEqual([]);
+    // The rows captured again are retained in the new epoch, and the channel goes on.
+    await ingest([raw("lost-ch", row(1), { event: "insert", retain: true })]);
+    await back.eventCount(1);
+    const fresh = await Socket.open("lost-ch");
+    const [, snapshot] = await fresh.frameCount(2);
+    expect((snapshot as { rows: SnapshotRow[] }).rows.map((r) => r.key)).toEqual([{ id: 1 }]);
+  });
 });
