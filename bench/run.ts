@@ -31,9 +31,9 @@ mkdirSync(resultsDir, { recursive: true });
 
 /** Sizes per mode. */
 const SIZES = {
-  quick: { writerRounds: 1, writerSeconds: 2, e2eSeconds: 2, paced: 100, pacedSubs: 10, fastSubs: 5, wideSubs: 50, channels: 10, perChannel: 5, fanoutOne: 200, fanoutMany: 500, fanoutChannels: 10, fanoutRate: 50, backlog: 5_000, idleSeconds: 0 },
-  default: { writerRounds: 3, writerSeconds: 4, e2eSeconds: 10, paced: 500, pacedSubs: 100, fastSubs: 10, wideSubs: 200, channels: 50, perChannel: 20, fanoutOne: 1000, fanoutMany: 5000, fanoutChannels: 50, fanoutRate: 100, backlog: 100_000, idleSeconds: 60 },
-  full: { writerRounds: 5, writerSeconds: 6, e2eSeconds: 20, paced: 500, pacedSubs: 100, fastSubs: 10, wideSubs: 200, channels: 50, perChannel: 20, fanoutOne: 1000, fanoutMany: 5000, fanoutChannels: 50, fanoutRate: 100, backlog: 1_000_000, idleSeconds: 60 },
+  quick: { writerRounds: 1, writerSeconds: 2, e2eSeconds: 2, paced: 100, pacedSubs: 10, fastSubs: 5, wideSubs: 50, channels: 10, perChannel: 5, fanoutOne: 200, fanoutMany: 500, fanoutChannels: 10, fanoutRate: 50, backlog: 5_000, bigTransaction: 20_000, idleSeconds: 0 },
+  default: { writerRounds: 3, writerSeconds: 4, e2eSeconds: 10, paced: 500, pacedSubs: 100, fastSubs: 10, wideSubs: 200, channels: 50, perChannel: 20, fanoutOne: 1000, fanoutMany: 5000, fanoutChannels: 50, fanoutRate: 100, backlog: 100_000, bigTransaction: 200_000, idleSeconds: 60 },
+  full: { writerRounds: 5, writerSeconds: 6, e2eSeconds: 20, paced: 500, pacedSubs: 100, fastSubs: 10, wideSubs: 200, channels: 50, perChannel: 20, fanoutOne: 1000, fanoutMany: 5000, fanoutChannels: 50, fanoutRate: 100, backlog: 1_000_000, bigTransaction: 1_000_000, idleSeconds: 60 },
 }[mode];
 
 const log = (line: string) => process.stderr.write(`[bench] ${line}\n`);
@@ -298,6 +298,57 @@ function cpuTable(workloads: Workload[], data: Record<string, { ours: Measured; 
 // ---------------------------------------------------------------------------------------------
 // 4. Backlog: the Worker unreachable while events pile up; relay memory, then the drain.
 
+/**
+ * One transaction of SIZES.bigTransaction rows into a watched table, decoded from a publication
+ * (no trigger): Postgres hands the relay the transaction only after it committed (it spills it to
+ * disk meanwhile), and the relay reads it with the socket paused past a few batches, so its memory
+ * stays bounded. Every row must arrive, in order per channel.
+ */
+async function bigTransaction(stack: Stack) {
+  const configured = stack.source;
+  await useSource(stack, "publication");
+  const channels = range(10, "bigtx-");
+  const relayPid = stack.relay.pid!;
+  let maxRss = rssMb(relayPid);
+  const sampler = setInterval(() => (maxRss = Math.max(maxRss, rssMb(relayPid))), 200);
+  const receivers = new Receivers();
+  try {
+    await receivers.connect("ours", stack.workerUrl, channels, 1, 1);
+    const db = new pg.Client({ connectionString: stack.databaseUrl });
+    await db.connect();
+    const written = now();
+    await db.query(
+      `insert into bench_ours (channel, w, n, t0, pad) select 'bigtx-' || (g % 10), g % 10, g, $1, repeat('x', 100) from generate_series(1, $2::int) g`,
+      [now(), SIZES.bigTransaction],
+    );
+    const committed = now();
+    await db.end();
+    const expect = Object.fromEntries(channels.map((c, i) => [c, Math.floor(SIZES.bigTransaction / 10) + (i < SIZES.bigTransaction % 10 ? 1 : 0)]));
+    const report = await receivers.wait(expect, 60_000);
+    clearInterval(sampler);
+    const seconds = (report.lastReceiveAt - committed) / 1000;
+    log(`big transaction: ${report.deliveries} rows in ${fmt(seconds)} s after its commit, relay RSS max ${fmt(maxRss)} MB`);
+    if (report.missing > 0 || report.duplicates > 0 || report.outOfOrder > 0) failures.push(`big transaction: lost ${report.missing}, duplicated ${report.duplicates}, reordered ${report.outOfOrder}`);
+    if (maxRss > 150) failures.push(`big transaction: relay RSS ${fmt(maxRss)} MB > 150 MB`);
+    emit(
+      "bigtx",
+      `4b. One transaction of ${SIZES.bigTransaction.toLocaleString("en-US")} rows, decoded from a publication`,
+      table(["", "ours"], [
+        ["the transaction took (s)", fmt((committed - written) / 1000)],
+        ["delivered after its commit in (s)", fmt(seconds)],
+        ["rows/s delivered", fmt(report.deliveries / seconds)],
+        ["relay RSS, max (MB)", fmt(maxRss)],
+        ["lost / duplicated / out of order", `${report.missing} / ${report.duplicates} / ${report.outOfOrder}`],
+      ]) + "\n\nTarget: every row, in order, with the relay's RSS below 150 MB.",
+      { rows: SIZES.bigTransaction, transactionSeconds: (committed - written) / 1000, deliverSeconds: seconds, rssMaxMb: maxRss, ...report },
+    );
+  } finally {
+    clearInterval(sampler);
+    await receivers.close();
+    await useSource(stack, configured);
+  }
+}
+
 async function backlog(stack: Stack) {
   const channels = range(10, "backlog-");
   // Our relay now goes through a proxy that refuses connections: the Worker is "down".
@@ -486,6 +537,7 @@ async function main() {
         `At ${SIZES.fanoutRate} events/s in all.`,
       );
     }
+    if (want("bigtx")) await bigTransaction(stack);
     if (want("backlog")) await backlog(stack);
     if (want("idle") && SIZES.idleSeconds > 0) await idle(stack);
   } finally {

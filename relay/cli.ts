@@ -17,7 +17,8 @@ import { createLogger, redactUrl, type LogLevel } from "./log.ts";
 import { serveObservability, type ObservabilityServer } from "./observe.ts";
 import { Relay } from "./relay.ts";
 
-async function install(databaseUrl: string | undefined): Promise<void> {
+/** Installs the schema; returns the capture mode to recommend for this Postgres, in a sentence. */
+async function install(databaseUrl: string | undefined): Promise<string> {
   if (!databaseUrl) throw new RelayConfigError("DATABASE_URL is not set: pass --database-url postgres://user:password@host:5432/db or set DATABASE_URL");
   const db = new pg.Client({ connectionString: databaseUrl });
   try {
@@ -27,6 +28,11 @@ async function install(databaseUrl: string | undefined): Promise<void> {
   }
   try {
     await installSchema(db);
+    const { rows } = await db.query<{ wal_level: string; capture: string }>("select current_setting('wal_level') as wal_level, capture from realtime.installation");
+    const { wal_level: level, capture } = rows[0]!;
+    return level === "logical"
+      ? `capture is '${capture}'; this Postgres has wal_level = logical, so run the relay with --source publication to capture without triggers (writers pay nothing; see the README's capture modes)`
+      : `capture is '${capture}'; this Postgres has wal_level = ${level}, so the outbox (the default) is the capture it supports (--source wal and publication need wal_level = logical)`;
   } finally {
     await db.end();
   }
@@ -107,8 +113,8 @@ async function main(): Promise<void> {
   if (command === "backfill") return backfill(options.databaseUrl, operand, 1000);
   if (command === "init") return init(operand ?? ".");
   if (command === "install") {
-    await install(options.databaseUrl);
-    process.stderr.write(`realtime schema installed in ${redactUrl(options.databaseUrl)}\n`);
+    const recommendation = await install(options.databaseUrl);
+    process.stderr.write(`realtime schema installed in ${redactUrl(options.databaseUrl)}\n${recommendation}\n`);
     return;
   }
   const resolved = resolveRelayOptions(options);

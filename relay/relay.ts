@@ -276,6 +276,17 @@ export class Relay extends EventEmitter<RelayEvents> {
     const name = this.cursorName;
     const db = session.query;
     const installId = await session.installId();
+    if (this.options.source === "outbox") {
+      const { rows } = await db.query<{ capture: string }>("select capture from realtime.installation");
+      const capture = rows[0]?.capture;
+      if (capture && capture !== "outbox") {
+        // Changes now go to the WAL, which no outbox relay reads: they wait in the slot.
+        this.log.warn("this relay reads the outbox, but capture is not 'outbox': changes captured since wait in the replication slot for a relay started with that source", {
+          capture,
+          fix: `start the relay with --source ${capture}, or switch back: select realtime.set_capture('outbox') (then drop the slot once it shipped everything)`,
+        });
+      }
+    }
     let cursor: Cursor = await loadCursor(db, name, partition);
     this.cursor = cursor;
     // Whether our row of realtime.doorbells says we are idle; unknown after a (re)start.

@@ -463,9 +463,13 @@ export async function ensureWalCapture(db: Queryable, slot: string, mode: "wal" 
   const { rows } = await db.query<{ plugin: string }>("select plugin from pg_replication_slots where slot_name = $1 and database = current_database()", [slot]);
   let createdSlot = false;
   if (rows.length === 0) {
+    // From Postgres 17 the slot is a failover slot: a standby with sync_replication_slots = on
+    // keeps a copy, so after a failover the relay resumes on the new primary where it stopped.
+    const { rows: version } = await db.query<{ v: string }>("select current_setting('server_version_num') as v");
+    const failover = Number(version[0]?.v ?? 0) >= 170000;
     await step(
       `create its replication slot ${slot}`,
-      `select pg_create_logical_replication_slot('${slot}', 'pgoutput')`,
+      failover ? `select pg_create_logical_replication_slot('${slot}', 'pgoutput', failover => true)` : `select pg_create_logical_replication_slot('${slot}', 'pgoutput')`,
       `The relay's role needs the REPLICATION attribute (alter role <relay role> replication), or create the slot once as a superuser: select pg_create_logical_replication_slot('${slot}', 'pgoutput');`,
     );
     createdSlot = true;

@@ -10,6 +10,7 @@ import { randomBytes } from "node:crypto";
 import { createWriteStream, mkdirSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import pg from "pg";
+import type { RelaySource } from "../relay/config.ts";
 import { installSchema } from "../relay/install.ts";
 import { createLogger } from "../relay/log.ts";
 import { serveObservability } from "../relay/observe.ts";
@@ -157,8 +158,23 @@ async function main(): Promise<void> {
   await waitForHealth(workerUrl, wrangler, logFile);
 
   // 3. The relay, in this process, and the demo's write API.
-  const relay = new Relay({ databaseUrl, workerUrl, ingestSecret: secret }, { logger: createLogger((process.env.LOG_LEVEL as never) ?? "warn") });
-  const leading = new Promise<void>((resolve) => relay.once("leader", () => resolve()));
+  // RELAY_SOURCE picks the capture mode (outbox, wal or publication: the last two need the
+  // embedded Postgres's wal_level = logical, which it has); the relay switches capture itself.
+  const source = (process.env.RELAY_SOURCE || "outbox") as RelaySource;
+  if (source === "outbox") {
+    // A dev database last run with another source captures to the WAL: back to the outbox (a slot
+    // source switches capture itself when it starts).
+    const admin = new pg.Client({ connectionString: databaseUrl });
+    admin.on("error", () => undefined);
+    await admin.connect();
+    try {
+      await admin.query("select realtime.set_capture('outbox') from realtime.installation where capture <> 'outbox'");
+    } finally {
+      await admin.end();
+    }
+  }
+  const relay = new Relay({ databaseUrl, workerUrl, ingestSecret: secret, source }, { logger: createLogger((process.env.LOG_LEVEL as never) ?? "warn") });
+  const leading = new Promise<void>((resolve) => relay.once(source === "outbox" ? "leader" : "streaming", () => resolve()));
   relay.start();
   cleanups.push(() => relay.stop());
   const observability = await serveObservability(relay, "127.0.0.1", Number(process.env.RELAY_HTTP_PORT ?? 0));
@@ -173,7 +189,7 @@ async function main(): Promise<void> {
       `database: ${databaseUrl}`,
       `demo: ${workerUrl}/?api=${encodeURIComponent(api.url)}&token=${token}`,
       `token: ${token}`,
-      `relay: ${observability.url}`,
+      `relay: ${observability.url} (capture: ${source})`,
       "",
       `Try: psql "${databaseUrl}" -c "insert into todos (title) values ('hello from psql')"`,
       `Join by hand: ${workerUrl.replace(/^http/, "ws")}/parties/main/todos?token=<the token above> (valid 7 days, channel todos; it may broadcast there)`,

@@ -15,11 +15,14 @@ import { TestSubscriber, upgradeStatus, waitUntil } from "../support/subscriber.
 
 const root = fileURLToPath(new URL("../..", import.meta.url));
 
-it("npm run dev prints worker/database/demo/token/relay, relays a psql insert to the todos channel, and stops cleanly on SIGTERM", async () => {
+it.each([
+  ["outbox", "(the default)"],
+  ["publication", "(RELAY_SOURCE=publication: no trigger)"],
+])("npm run dev prints worker/database/demo/token/relay, relays a psql insert to the todos channel, and stops cleanly on SIGTERM: capture %s %s", async (source) => {
   const dataDir = mkdtempSync(join(tmpdir(), "dev-stack-"));
   chmodSync(dataDir, 0o755); // as root, Postgres runs as the postgres user and must reach its data
   const port = await freePort();
-  const env: NodeJS.ProcessEnv = { ...process.env, PORT: String(port), DEV_DATA_DIR: dataDir };
+  const env: NodeJS.ProcessEnv = { ...process.env, PORT: String(port), DEV_DATA_DIR: dataDir, RELAY_SOURCE: source };
   delete env.DATABASE_URL;
   // As package.json's "dev" runs it: one process, so SIGTERM reaches the stack's own handler.
   const child = spawn(process.execPath, ["--import", "tsx", join(root, "scripts/dev.ts")], { cwd: root, env, stdio: ["ignore", "pipe", "pipe"] });
@@ -36,14 +39,15 @@ it("npm run dev prints worker/database/demo/token/relay, relays a psql insert to
     const lines = await waitUntil(
       () => {
         if (child.exitCode !== null) throw new Error(`npm run dev exited ${child.exitCode}: ${out.slice(-800)}`);
-        const m = /worker: (\S+)\ndatabase: (\S+)\ndemo: (\S+)\ntoken: (\S+)\nrelay: (\S+)\n/.exec(out);
-        return m ? { worker: m[1]!, database: m[2]!, demo: m[3]!, token: m[4]!, relay: m[5]! } : undefined;
+        const m = /worker: (\S+)\ndatabase: (\S+)\ndemo: (\S+)\ntoken: (\S+)\nrelay: (\S+) \(capture: (\w+)\)\n/.exec(out);
+        return m ? { worker: m[1]!, database: m[2]!, demo: m[3]!, token: m[4]!, relay: m[5]!, capture: m[6]! } : undefined;
       },
       (n) => (listeners.add(n), () => listeners.delete(n)),
       () => `the three lines (output: ${out.slice(-800)})`,
       90_000,
     );
     expect(lines.worker).toBe(`http://127.0.0.1:${port}`);
+    expect(lines.capture).toBe(source);
     expect(lines.demo.startsWith(`${lines.worker}/?api=`)).toBe(true);
 
     expect(await (await fetch(`${lines.relay}/readyz`)).json()).toEqual({ ready: true, role: "leader" });

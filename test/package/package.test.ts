@@ -185,6 +185,8 @@ export function Todos({ token }: { token: string }) {
       await fresh.sql("drop schema realtime cascade");
       const installed = await run(system, [bin, "install", "--database-url", fresh.url]);
       expect(installed.stderr).toMatch(/realtime schema installed/);
+      // The test Postgres runs with wal_level = logical: install recommends capture without triggers.
+      expect(installed.stderr).toMatch(/wal_level = logical, so run the relay with --source publication/);
       expect(await fresh.sql("select count(*)::int as n from realtime.installation")).toEqual([{ n: 1 }]);
     } finally {
       await fresh.drop();

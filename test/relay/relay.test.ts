@@ -226,7 +226,8 @@ describe("CLI", () => {
     [{ RELAY_BATCH_SIZE: "lots" }, /--batch-size \(RELAY_BATCH_SIZE\) must be a whole number/],
     [{ RELAY_BATCH_SIZE: "5000" }, /--batch-size must be an integer from 1 to 1000/],
     [{ RELAY_NOTIFY: "bad-name" }, /is not a plain Postgres channel name/],
-    [{ RELAY_SOURCE: "logs" }, /--source must be outbox or wal, got "logs"/],
+    [{ RELAY_SOURCE: "logs" }, /--source must be outbox, wal or publication, got "logs"/],
+    [{ RELAY_HEARTBEAT_MS: "5" }, /--heartbeat must be an integer from 100 to 3600000/],
     [{ RELAY_SOURCE: "wal", RELAY_PARTITION: "0/2" }, /--partition works with --source outbox only/],
   ])("exits 2 with one line saying what to fix: %o", async (over, message) => {
     const child = spawnCli(["relay"], env(over));

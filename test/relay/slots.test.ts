@@ -66,6 +66,8 @@ const lsnAtLeast = async (lsn: string) => (await sql<{ ok: boolean }>(db.url, "s
 
 describe("the replication slot", () => {
   it("shows its health in the metrics, and moves on while only another database writes (the heartbeat)", async () => {
+    // Postgres 17 and later: a failover slot, which a standby with sync_replication_slots keeps.
+    expect(await sql(db.url, "select failover from pg_replication_slots where slot_name like 'realtime%'")).toEqual([{ failover: true }]);
     const metrics = await relayMetrics(relay).metrics();
     expect(metrics).toMatch(/relay_slot_wal_status\{status="reserved"[^}]*\} 1/);
     expect(metrics).toMatch(/relay_slot_retained_wal_bytes\{[^}]*\} \d+/);
