@@ -12,7 +12,7 @@ import { startFaultProxy, type FaultProxy } from "../support/fault-proxy.ts";
 import { relayEvent, startRelay } from "../support/relay.ts";
 import { TestSubscriber } from "../support/subscriber.ts";
 import { startTestWorker, type TestWorker } from "../support/worker.ts";
-import { expectExactlyOnceInOrder, writeNumbered } from "./ledger.ts";
+import { expectExactlyOnceInOrder, insertNumbered, writeNumbered } from "./ledger.ts";
 
 let worker: TestWorker;
 
@@ -56,23 +56,30 @@ it("survives a Worker outage (refused, then 500): bounded retries of one batch, 
   }
 });
 
-it("reconnects when Postgres restarts under it and carries on from its cursor", async () => {
+it.each([
+  ["outbox", "its cursor"],
+  ["publication", "its slot (the tables' own changes, no trigger)"],
+] as const)("reconnects when Postgres restarts under it and carries on from where it was: %s, %s", async (source) => {
   // Its own server, so that restarting it disturbs no other test.
   const server: PostgresHandle = await startEmbedded();
   const db = await testDatabase("restart", server.url);
-  const sub = await TestSubscriber.connect(worker.url, "restart");
-  const relay = startRelay({ databaseUrl: db.url, workerUrl: worker.url });
+  const channel = `restart-${source}`;
+  await db.sql("create table ledger (channel text, n int, primary key (channel, n)); select realtime.watch('ledger', '{channel}')");
+  // The outbox source numbers published events; the publication source, rows of a watched table.
+  const write = (from: number, to: number) => (source === "outbox" ? writeNumbered(db, channel, from, to, 10) : insertNumbered(db, "ledger", channel, from, to, 10));
+  const sub = await TestSubscriber.connect(worker.url, channel);
+  const relay = startRelay({ databaseUrl: db.url, workerUrl: worker.url, source });
   try {
-    await relayEvent(relay, "idle");
-    await writeNumbered(db, "restart", 1, 500, 10);
+    await relayEvent(relay, source === "outbox" ? "idle" : "streaming", () => true, 60_000);
+    await write(1, 500);
     await sub.waitForEvents(500);
     const disconnected = relayEvent(relay, "disconnected");
     await server.restart!();
     await disconnected;
-    const back = relayEvent(relay, "leader", () => true, 30_000);
-    await writeNumbered(db, "restart", 501, 1000, 10);
+    const back = relayEvent(relay, source === "outbox" ? "leader" : "streaming", () => true, 30_000);
+    await write(501, 1000);
     await back;
-    expectExactlyOnceInOrder(await sub.waitForEvents(1000, 60_000), "restart", 1000);
+    expectExactlyOnceInOrder(await sub.waitForEvents(1000, 60_000), channel, 1000);
   } finally {
     sub.close();
     await relay.stop();
