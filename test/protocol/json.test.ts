@@ -108,7 +108,8 @@ describe("change events read as text", () => {
   const data = '{"op" : "UPDATE", "schema" : "public", "table" : "t", "key" : {"id" : 9007199254740993}, "new" : {"id":9007199254740993,"v":"é"}, "old" : {"id":9007199254740993}}';
 
   it("reads op, table and the key's compact text without parsing the row", () => {
-    expect(readChange(data)).toEqual({ op: "UPDATE", schema: "public", table: "t", key: '{"id":9007199254740993}', new: '{"id":9007199254740993,"v":"é"}', marker: false });
+    expect(readChange(data)).toEqual({ op: "UPDATE", schema: "public", table: "t", key: '{"id":9007199254740993}', new: '{"id":9007199254740993,"v":"é"}', marker: false, unchanged: null });
+    expect(readChange(data.replace('}}', '}, "unchanged" : ["body"]}'))?.unchanged).toEqual(["body"]);
     expect(readChange('{"op":"NOPE","schema":"s","table":"t"}')).toBeNull();
     expect(readChange("[1,2]")).toBeNull();
   });

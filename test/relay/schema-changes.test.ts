@@ -585,7 +585,7 @@ describe("npm run dev", () => {
       await waitUntil(
         () => {
           if (child.exitCode !== null) throw new Error(`npm run dev exited ${child.exitCode}: ${out.slice(-800)}`);
-          return /\nrelay: \S+\n/.test(out) || undefined;
+          return /\nrelay: \S+ \(capture: \w+\)\n/.test(out) || undefined;
         },
         (n) => (listeners.add(n), () => listeners.delete(n)),
         () => `the stack to start (output: ${out.slice(-800)})`,
