@@ -6,7 +6,7 @@
  * `--write-docs` also writes docs/benchmarks.md and docs/benchmarks.svg.
  */
 import { execSync } from "node:child_process";
-import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { cpus, totalmem } from "node:os";
 import { fileURLToPath } from "node:url";
 import pg from "pg";
@@ -553,7 +553,8 @@ async function main() {
   if (args.includes("--write-docs")) {
     mkdirSync(`${root}docs`, { recursive: true });
     writeFileSync(`${root}docs/benchmarks.svg`, svg);
-    writeFileSync(`${root}docs/benchmarks.md`, docs(sections, e2e));
+    const path = `${root}docs/benchmarks.md`;
+    writeFileSync(path, spliceDocs(existsSync(path) ? readFileSync(path, "utf8") : "", docs(sections, e2e)));
     log("wrote docs/benchmarks.md and docs/benchmarks.svg");
   }
   if (failures.length > 0) {
@@ -599,7 +600,8 @@ function writersVerdict(): string {
 
 function docs(sections: string[], e2e: Record<string, { ours: Measured; baseline: Measured }>): string {
   const verdict = verdicts(e2e);
-  return `# Benchmarks
+  return `${GENERATED_BEGIN}
+# Benchmarks
 
 pg-edge-realtime beside the LISTEN design (LISTEN + a per-row NOTIFY trigger + a ws server), measured in the same run on the same machine by
 \`npm run bench -- ${mode === "default" ? "" : `--${mode} `}--write-docs\`. The baseline
@@ -643,41 +645,21 @@ ${sections.join("\n")}
   has ranged from 36 to 247 ms over this machine's runs), so read the ratio with the absolute
   figures. In production each Durable Object
   runs apart from the others; locally all share one workerd.
-
-## Optimizations and their before/after (same machine, same harness)
-
-| change | before | after |
-| --- | --- | --- |
-| Durable Object publish: a constant number of SQL statements per batch (rows as one JSON parameter) instead of three per event | POST of 400 events: 87-125 ms | 19-24 ms |
-| Harness, not product: the benchmark's Worker runs without two things wrangler dev adds locally and a deployed Worker does not run, a trace collector fed every request's tail events and an asset router in front of every request (bench/lib/worker-process.ts) | 1-event ingest: 6.85 ms, 4.8 ms of workerd CPU; 200 events to 10 sockets: 18.5 ms, 16.0 ms of CPU | 2.88 ms, 1.9 ms; 15.7 ms, 13.5 ms |
-| Channel trim reads only the rows it deletes: its log and dedupe-id deletes scanned every row past one bound to test the other, a cost growing with the ids kept for 10 minutes | 200-event publishes to 10 sockets on one channel, workerd CPU per event with 10k / 30k / 50k events stored: 61 / 71 / 80 us; one trim over 30,001 young ids read 20,004 rows | 56 / 50 / 49 us; under 100 rows |
-| Relay POSTs through node:http with a kept-alive agent instead of fetch | 1-event ingest: 12.7 ms | 8.0 ms |
-| Capture trigger: doorbell check inlined, no NULL check for NOT NULL template columns, json payload | 48.2 us per row | 39.7 us per row |
-| Relay's own writes (cursor, doorbell) with synchronous_commit off; doorbell update while the batch is in flight; Worker reached without wrangler's dev proxy | 16 writers: p50 673 ms, p99 1,000 ms | p50 155 ms, p99 362 ms |
-| Relay reads the next page while the batch is in flight | 16 writers, 10 subs: p99 373 ms | 194-362 ms (noisy) |
-| ... but only while the window has more rows: a finished window is read afresh after the ack, so rows committed during the flight go in the next batch, not the one after | 500 ev/s: p50 45.4 ms, p99 87.5 ms; 16 writers: p50 155 ms, p99 415 ms | p50 28.2 ms, p99 65.6 ms; p50 93.0 ms, p99 218 ms |
-| Relay reads a window from its first row (found through the xid index) instead of walking the primary key past every delivered row kept for \`--retention\` | one read with 200,000 kept rows: 30.5 ms (EXPLAIN ANALYZE); full run after the writer scenario, 500 ev/s: p50 156 ms, p99 261 ms | 0.11 ms; p50 16.5 ms, p99 38.8 ms |
-| Relay saves the acknowledged cursor in the statement that reads the next page (one round trip instead of two after each batch; a relay stopping right after an acknowledgement saves it on the way out) | 500 ev/s to 100 subs, CPU per event: the relay's Postgres backends 245-260 us, the relay 365-373 us (two runs) | 205-215 us, 360 us |
-| Relay batches up to 1000 events (was 500); log trimmed every 100 events, not every publish | 100,000-event drain: 6,250-7,487 events/s | 10,734-12,048 events/s |
-| Relay run with V8's young generation capped at 2 MB (the CLI's shebang) | 1,000,000-event backlog: RSS max 142 MB, drain 7,108 events/s | 87.6 MB, 7,457 events/s |
-| WAL capture (\`--source wal\`): events as logical decoding messages streamed over a replication slot instead of outbox rows (opt-in: needs \`wal_level = logical\`) | 16 pgbench writers, watched inserts vs a plain table: 0.66-0.70x; end to end, 16 writers and 10 subscribers, Postgres CPU per event (backends + the relay's reads): 451 us, 2,620 events/s | 0.80-0.82x; 369-405 us (backends + walsender), 2,784-2,930 events/s |
-| Worker reads a relay batch's body in one call when its length is declared (\`request.text()\`, not chunk by chunk), and is built without esbuild's \`keep_names\` (Hono's per-request arrow functions each got a \`__name()\` call) | workerd CPU per 86-event batch to 10 sockets (\`npm run bench:worker\`, three alternating runs): 5.63-6.10 ms | 5.13-5.40 ms (0.91x) |
-| Tried and reverted: the relay polling 30 ms before declaring itself idle (to avoid NOTIFY storms) | writers (b): 0.42x | 0.39x (no measurable gain) |
-| Tried and reverted: the relay waiting until 10 ms after a batch left before reading the next (fewer, larger batches under load) | writers (b), two runs: 0.55x, 0.51x | 0.58x, 0.48x (no measurable gain) |
-| Tried again with 15 ms, end to end (16 writers, 10 subscribers, two alternating pairs): batches grew, the Worker's and the relay's CPU per event fell by a third, events/s stayed within the noise (+17% in one pair, +1% in the other) and the median latency rose by 20-25 ms | workerd 105-117 us, relay 57-66 us per event; 1,797-2,018 events/s; p50 47-51 ms | 75-83 us, 43-45 us; 2,038-2,101 events/s; p50 69-75 ms |
-| Not taken: the relay's page read as a named prepared statement | unnamed, 8-row window with 200,000 kept rows: 0.8-1.1 ms per read | 0.3-0.75 ms once planned, but a generic plan made while the outbox was empty read the same window in 41 ms until the next ANALYZE; forcing custom plans kept 0.53-0.56 ms |
-
-## How to read and re-run
-
-- \`npm run bench\` (default sizes), \`npm run bench -- --full\` (1,000,000-event backlog),
-  \`npm run bench -- --quick\` (CI smoke). \`--only=writers,e2e,fanout,backlog,idle\` runs a subset;
-  \`--source=wal\` runs ours with WAL capture in every scenario.
-  JSON results land in \`bench/results/\`.
-- Latency is commit-to-receive: the writer stamps each row with the time just before its INSERT,
-  the subscriber subtracts it on receipt (same machine, same clock), on one probe socket per
-  channel; other sockets count events without parsing them.
-- "Lost" is per socket: events written to its channel minus distinct events it received.
+${GENERATED_END}
 `;
+}
+
+const GENERATED_BEGIN = "<!-- written by npm run bench -- --write-docs: edit below the end marker, not here -->";
+const GENERATED_END = "<!-- end of the written part -->";
+
+/**
+ * docs/benchmarks.md with its written part replaced by `generated`; what follows the end marker
+ * (the before/after tables and the figures behind the code, edited by hand) is kept.
+ */
+function spliceDocs(existing: string, generated: string): string {
+  const end = existing.indexOf(GENERATED_END);
+  const kept = end < 0 ? "" : existing.slice(end + GENERATED_END.length).replace(/^\n/, "");
+  return `${generated}${kept}`;
 }
 
 main().catch((err) => {

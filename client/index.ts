@@ -8,7 +8,7 @@
  */
 import PartySocket, { type PartySocketOptions } from "partysocket";
 import type { ChannelEvent, ClientFrame, ErrorCode, NumberMode, PresenceMember, ResetReason, RowFilter, ServerFrame, SnapshotRow } from "../protocol/index.ts";
-import { parseJson, PING, PONG } from "../protocol/index.ts";
+import { clientFrameJson, parseServerFrame, PING } from "../protocol/index.ts";
 
 export type { ChangeEvent, ChannelEvent, EventMarker, MarkerReason, OversizedEvent, PresenceMember, ResetReason, RowFilter, RowRef, ServerFrame, SnapshotRow } from "../protocol/index.ts";
 export { isMarker } from "../protocol/index.ts";
@@ -130,7 +130,7 @@ export function subscribe<Events extends Record<string, unknown> = Record<string
   let presenceState: unknown = options.presence?.state ?? null;
   const members = new Map<string, PresenceMember>();
   const sendFrame = (frame: ClientFrame) => {
-    if (socket.readyState === 1) socket.send(JSON.stringify(frame));
+    if (socket.readyState === 1) socket.send(clientFrameJson(frame));
   };
   const membersChanged = () => options.presence?.onChange?.([...members.values()]);
   const mode = options.numbers ?? "exact";
@@ -173,8 +173,9 @@ export function subscribe<Events extends Record<string, unknown> = Record<string
     if (status !== "closed") setStatus("connecting");
   });
   socket.addEventListener("message", (message: MessageEvent) => {
-    if (typeof message.data !== "string" || message.data === PONG) return;
-    const frame = parseJson(message.data, numberMode) as ServerFrame;
+    if (typeof message.data !== "string") return;
+    const frame = parseServerFrame(message.data, numberMode);
+    if (frame === null) return;
     switch (frame.type) {
       case "welcome":
         // A fresh client starts live from the welcome seq; a resuming one keeps its own

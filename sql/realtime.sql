@@ -786,9 +786,11 @@ end $$;
 -- key, new channel): a subscriber of the old channel never sees the row's new contents.
 -- With retain => true the channel keeps the latest version of every row (its retained state),
 -- sent to each new subscriber as a snapshot; realtime.backfill(table) seeds it with the rows the
--- table already has. Statement-level triggers with transition tables: 179k rows/s against 131k
--- for row triggers on 1000-row inserts, measured here. Calling watch() again replaces the
--- previous watch (and resumes a suspended one).
+-- table already has. Inserts and deletes are captured by statement-level triggers with
+-- transition tables (one statement per statement, whatever its rows: faster than row triggers
+-- on bulk writes); updates by a row trigger where the key cannot be deferred (cheaper for the
+-- single-row updates that dominate OLTP); docs/benchmarks.md has the figures. Calling watch()
+-- again replaces the previous watch (and resumes a suspended one).
 create or replace function realtime.watch(tbl regclass, channel text default null, retain boolean default false)
 returns void
 language plpgsql as $$

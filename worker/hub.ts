@@ -7,9 +7,10 @@
  */
 import { DurableObject } from "cloudflare:workers";
 import type { ErrorCode, PresenceMember, RowFilter, ServerFrame } from "../protocol/index.ts";
-import { EVENT_NAME_PATTERN, eventsFrame, jsonMembers, MAX_PRESENCE_STATE_BYTES, matchesEvent, parseFilter, PING, PONG, readData } from "../protocol/index.ts";
+import { broadcastFrame, errorBody, eventsFrame, frameJson, jsonMembers, matchesEvent, parseClientFrame, parseFilter, PING, PONG, readData } from "../protocol/index.ts";
 import { resolveWorkerConfig, type WorkerConfig } from "./config.ts";
 import type { Env } from "./env.ts";
+import type { Join } from "./join.ts";
 
 /** Header the Worker sets on a forwarded upgrade: the channel's name. */
 export const CHANNEL_NAME_HEADER = "X-Realtime-Channel";
@@ -66,6 +67,11 @@ export function filterData(e: Outgoing): unknown {
   return e.parsed;
 }
 
+/** True for a WebSocket upgrade request. */
+export function isUpgrade(request: Request): boolean {
+  return request.headers.get("Upgrade")?.toLowerCase() === "websocket";
+}
+
 /** A socket just accepted by {@link SocketHub.accept}, or its refusal (a socket with the error frame, closing). */
 export type Accepted =
   | {
@@ -86,7 +92,7 @@ export type Accepted =
 export function refusal(code: ErrorCode, message: string): { refused: true; response: Response } {
   const { 0: client, 1: server } = new WebSocketPair();
   server.accept();
-  server.send(JSON.stringify({ type: "error", code, message } satisfies ServerFrame));
+  server.send(frameJson({ type: "error", code, message }));
   server.close(1008, code);
   return { refused: true, response: new Response(null, { status: 101, webSocket: client }) };
 }
@@ -171,6 +177,28 @@ export abstract class SocketHub extends DurableObject<Env> {
     return { refused: false, server, response: new Response(null, { status: 101, webSocket: client }), me, filter, filterText: filter ? filterText : null };
   }
 
+  /** The answer of either object to a request that is not a WebSocket upgrade. */
+  protected upgradeRequired(): Response {
+    return Response.json(errorBody("upgrade_required", "expected a WebSocket upgrade"), { status: 426 });
+  }
+
+  /**
+   * The join sequence of a socket just accepted: `welcome`, then the frames its join owes it
+   * (replay, or reset and snapshot), all sent before anything live. A refused join gets its
+   * `welcome` (at `at`, where the channel stands as far as this object knows) and the error frame,
+   * and is closed. Returns whether the socket joined.
+   */
+  protected welcome(server: WebSocket, me: SocketAttachment, join: Join, at: { channel: string; epoch: string; seq: number }, shard?: number): boolean {
+    if (!join.ok) {
+      send(server, { type: "welcome", channel: at.channel, epoch: at.epoch, seq: at.seq, member: me.id });
+      this.closeWith(server, me, join.code, join.message);
+      return false;
+    }
+    send(server, { type: "welcome", channel: join.channel, epoch: join.epoch, seq: join.seq, member: me.id, ...(shard === undefined ? {} : { shard }) });
+    for (const frame of join.frames) server.send(frame);
+    return true;
+  }
+
   /** Marks the socket as gone (no leave to announce), sends the error frame, closes. */
   protected closeWith(ws: WebSocket, me: SocketAttachment, code: ErrorCode, message: string): void {
     me.left = true;
@@ -235,36 +263,18 @@ export abstract class SocketHub extends DurableObject<Env> {
     if (me.windowCount > limits.messagesPerSecond) {
       return this.refuse(ws, "rate_limited", `at most ${limits.messagesPerSecond} messages per second (MAX_MESSAGES_PER_SECOND)`);
     }
-    let frame: { type?: unknown; state?: unknown; event?: unknown; data?: unknown } | null = null;
-    try {
-      frame = typeof message === "string" ? JSON.parse(message) : null;
-    } catch {
-      frame = null;
-    }
-    if (!frame || typeof frame !== "object") {
-      return send(ws, { type: "error", code: "unsupported_frame", message: `send JSON {"type":"presence"|"broadcast",...}, or "${PING}" for a heartbeat` });
-    }
+    const parsed = parseClientFrame(typeof message === "string" ? message : "");
+    const type = parsed.ok ? parsed.frame.type : parsed.type;
+    if (type === "presence" && !me.presence) return send(ws, { type: "error", code: "invalid_frame", message: "join with presence=1 to set a presence state" });
+    if (type === "broadcast" && !me.canPublish) return send(ws, { type: "error", code: "publish_forbidden", message: "the token's publish claim does not include this channel" });
+    if (!parsed.ok) return send(ws, { type: "error", code: parsed.code, message: parsed.message });
+    const frame = parsed.frame;
     if (frame.type === "presence") {
-      if (!me.presence) return send(ws, { type: "error", code: "invalid_frame", message: "join with presence=1 to set a presence state" });
-      const text = JSON.stringify(frame.state ?? null);
-      if (new TextEncoder().encode(text).byteLength > MAX_PRESENCE_STATE_BYTES) {
-        return send(ws, { type: "error", code: "invalid_frame", message: `presence state is limited to ${MAX_PRESENCE_STATE_BYTES} bytes of JSON` });
-      }
-      me.state = frame.state ?? null;
+      me.state = frame.state;
       ws.serializeAttachment(me);
       return this.presenceChanged(ws, me);
     }
-    if (frame.type === "broadcast") {
-      if (!me.canPublish) return send(ws, { type: "error", code: "publish_forbidden", message: "the token's publish claim does not include this channel" });
-      if (typeof frame.event !== "string" || !EVENT_NAME_PATTERN.test(frame.event)) {
-        return send(ws, { type: "error", code: "invalid_frame", message: "broadcast needs an event name of 1-64 of A-Z a-z 0-9 _ . : -" });
-      }
-      // The data goes on as the client wrote it (its text, not a re-serialized value).
-      const data = (typeof message === "string" && jsonMembers(message, DATA_MEMBER)?.get("data")) || "null";
-      const out = `{"type":"broadcast","event":${JSON.stringify(frame.event)},"data":${data},"from":${JSON.stringify({ id: me.id, user: me.user })}}`;
-      return this.broadcastFrom(ws, me, out);
-    }
-    send(ws, { type: "error", code: "unsupported_frame", message: `unknown message type ${JSON.stringify(String(frame.type)).slice(0, 40)}; this channel accepts presence and broadcast` });
+    this.broadcastFrom(ws, me, broadcastFrame(frame.event, frame.data, me));
   }
 
   override webSocketClose(ws: WebSocket, code: number, reason: string): void {
@@ -326,8 +336,9 @@ async function sha256(text: string): Promise<string> {
   return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
-export function send(ws: WebSocket, frame: ServerFrame): void {
-  ws.send(JSON.stringify(frame));
+/** Sends a frame that carries no event data (events and snapshots are built as text: protocol/frames.ts). */
+export function send(ws: WebSocket, frame: Exclude<ServerFrame, { type: "events" | "snapshot" }>): void {
+  ws.send(frameJson(frame));
 }
 
 export function trySend(ws: WebSocket, text: string): void {

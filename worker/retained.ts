@@ -5,8 +5,8 @@
  * STATE_MAX_BYTES; past either, the channel stops retaining (for good, in this epoch), says so in
  * its snapshots (`overflow: true`) and logs an error, rather than serve a state with holes.
  */
-import type { ChangeText } from "../protocol/index.ts";
-import { rowKey, utf8Length } from "../protocol/index.ts";
+import type { ChangeText, RowFilter } from "../protocol/index.ts";
+import { matchesRowText, rowKey, snapshotFrame, snapshotRowJson, utf8Length } from "../protocol/index.ts";
 import { log } from "./log.ts";
 
 /** A retained row as stored: key and row are JSON text; row is null when too large to retain. */
@@ -18,7 +18,7 @@ export interface StoredRow {
   seq: number;
 }
 
-export const RETAINED_SCHEMA = `
+const SCHEMA = `
   create table if not exists state (
     k text primary key,
     schema text not null,
@@ -37,6 +37,7 @@ export class RetainedState {
     private readonly maxBytes: number,
     private readonly meta: { get(key: string): string | undefined; set(key: string, value: string): void },
   ) {
+    sql.exec(SCHEMA);
     // Rows too large to retain are kept as their key and this flag (state from before it existed has none).
     if (!sql.exec<{ name: string }>("pragma table_info(state)").toArray().some((c) => c.name === "oversized")) {
       sql.exec("alter table state add column oversized integer not null default 0");
@@ -147,6 +148,21 @@ export class RetainedState {
       .exec<{ schema: string; tbl: string; key: string; row: string; seq: number; oversized: number }>("select schema, tbl, key, row, seq, oversized from state order by k")
       .toArray()
       .map((r) => ({ schema: r.schema, tbl: r.tbl, key: r.key, row: r.oversized ? null : r.row, seq: r.seq }));
+  }
+
+  /**
+   * The `snapshot` frame a joining socket at `seq` is sent (the rows `filter` passes), if this
+   * channel retains rows or the socket asked for them (`requested`, `snapshot=1`): a channel that
+   * has not received a retained row yet holds none, and says so with an empty snapshot rather than
+   * nothing, so a client waiting for its state gets `[]`. A row too large to retain is listed with
+   * its key, `row: null` and `oversized: true`; a filter cannot judge it, so every filtered socket
+   * is told of it.
+   */
+  snapshotFrames(seq: number, filter: RowFilter | null, requested: boolean): string[] {
+    if (!this.active && !requested) return [];
+    if (this.overflowed) return [snapshotFrame(seq, [], true)];
+    const rows = this.rows().filter((r) => !filter || r.row === null || matchesRowText(filter, r.row));
+    return [snapshotFrame(seq, rows.map((r) => snapshotRowJson(r.schema, r.tbl, r.key, r.row, r.seq)))];
   }
 
   /** Counters for stats. */

@@ -9,12 +9,13 @@
 import { Hono } from "hono";
 import { CHANNEL_PATH_PREFIX, isValidChannel, SIGNATURE_HEADER, SIGNATURE_TOLERANCE_SECONDS, verifySignature } from "../protocol/index.ts";
 import { AuthError, authorize } from "./auth.ts";
-import { CAN_PUBLISH_HEADER, CHANNEL_NAME_HEADER, SHARD_HEADER, shardCount, shardName, USER_HEADER } from "./channel.ts";
-import { resolveWorkerConfig, WorkerConfigError } from "./config.ts";
+import { CAN_PUBLISH_HEADER, CHANNEL_NAME_HEADER, isUpgrade, SHARD_HEADER, USER_HEADER } from "./hub.ts";
+import { resolveWorkerConfig, type WorkerConfig, WorkerConfigError } from "./config.ts";
 import type { RealtimeEnv } from "./env.ts";
 import { jsonError } from "./errors.ts";
 import { ingest } from "./ingest.ts";
 import { log } from "./log.ts";
+import { shardCount, shardName } from "./shard-fanout.ts";
 
 /** The realtime routes: a Hono app whose Bindings include {@link RealtimeEnv}. */
 export function realtimeRoutes<E extends { Bindings: RealtimeEnv } = { Bindings: RealtimeEnv }>(): Hono<E> {
@@ -26,10 +27,8 @@ export function realtimeRoutes<E extends { Bindings: RealtimeEnv } = { Bindings:
   routes.get(`${CHANNEL_PATH_PREFIX}:channel`, async (c) => {
     const config = resolveWorkerConfig(c.env);
     const channel = c.req.param("channel");
-    if (!isValidChannel(channel) || channel.length > config.maxChannelLength) {
-      return jsonError(c, 400, "invalid_channel", `channel names are 1-${config.maxChannelLength} of A-Z a-z 0-9 _ . : @ -`);
-    }
-    if (c.req.header("Upgrade")?.toLowerCase() !== "websocket") {
+    if (!validChannel(channel, config)) return jsonError(c, 400, "invalid_channel", channelRule(config));
+    if (!isUpgrade(c.req.raw)) {
       return jsonError(c, 426, "upgrade_required", "connect with a WebSocket (for example new PartySocket({ host, room }))");
     }
     let identity;
@@ -70,7 +69,7 @@ export function realtimeRoutes<E extends { Bindings: RealtimeEnv } = { Bindings:
     if (config.ingestSecrets.length === 0) return jsonError(c, 503, "not_configured", "INGEST_SECRET is not set on the Worker");
     const verdict = await verifySignature(config.ingestSecrets, c.req.header(SIGNATURE_HEADER), `GET ${c.req.path}`, SIGNATURE_TOLERANCE_SECONDS);
     if (verdict !== "ok") return jsonError(c, 401, "signature_mismatch", `sign "GET ${c.req.path}" with INGEST_SECRET in ${SIGNATURE_HEADER} (${verdict})`);
-    if (!isValidChannel(channel)) return jsonError(c, 400, "invalid_channel", "channel names are 1-128 of A-Z a-z 0-9 _ . : @ -");
+    if (!validChannel(channel, config)) return jsonError(c, 400, "invalid_channel", channelRule(config));
     return c.json(await c.env.CHANNEL.get(c.env.CHANNEL.idFromName(channel)).stats());
   });
 
@@ -81,6 +80,15 @@ export function realtimeRoutes<E extends { Bindings: RealtimeEnv } = { Bindings:
     return jsonError(c, 500, "internal", "internal error");
   });
   return routes as unknown as Hono<E>;
+}
+
+/** A channel name this Worker serves: the protocol's characters, at most MAX_CHANNEL_LENGTH of them. */
+function validChannel(channel: string, config: WorkerConfig): boolean {
+  return isValidChannel(channel) && channel.length <= config.maxChannelLength;
+}
+
+function channelRule(config: WorkerConfig): string {
+  return `channel names are 1-${config.maxChannelLength} of A-Z a-z 0-9 _ . : @ -`;
 }
 
 const STATS_PATH = /^\/channels\/[^/]+\/stats$/;

@@ -14,10 +14,12 @@
  */
 import type { PresenceMember } from "../protocol/index.ts";
 import { eventsFrame, matchesEvent } from "../protocol/index.ts";
-import { joinQuery, type Channel } from "./channel.ts";
+import type { Channel } from "./channel.ts";
 import type { Env } from "./env.ts";
-import { CHANNEL_NAME_HEADER, filterData, member, send, SHARD_HEADER, SHARD_SOCKETS_HEADER, SocketHub, trySend, type Outgoing, type SocketAttachment } from "./hub.ts";
+import { CHANNEL_NAME_HEADER, filterData, isUpgrade, member, SHARD_HEADER, SHARD_SOCKETS_HEADER, SocketHub, send, trySend, type Outgoing, type SocketAttachment } from "./hub.ts";
+import { joinQuery } from "./join.ts";
 import { log } from "./log.ts";
+import { MetaTable } from "./meta.ts";
 
 /** Recent events kept in memory to catch up sockets whose join overlapped a delivery. */
 const RECENT_EVENTS = 2000;
@@ -37,25 +39,22 @@ export class ChannelShard extends SocketHub {
   /** Deliveries run one after another (a gap fill awaits the root). */
   private queue: Promise<void> = Promise.resolve();
 
+  private readonly meta: MetaTable;
+
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
-    this.sql.exec("create table if not exists meta (key text primary key, value text not null)");
-    const meta = new Map(this.sql.exec<{ key: string; value: string }>("select key, value from meta").toArray().map((r) => [r.key, r.value]));
-    this.channel = meta.get("channel") ?? null;
-    this.index = Number(meta.get("index") ?? 0);
-    this.epoch = meta.get("epoch") ?? null;
-    this.lastSeq = Number(meta.get("last_seq") ?? 0);
-    this.synced = meta.has("last_seq");
+    this.meta = new MetaTable(this.sql);
+    this.channel = this.meta.get("channel") ?? null;
+    this.index = this.meta.number("index");
+    this.epoch = this.meta.get("epoch") ?? null;
+    this.lastSeq = this.meta.number("last_seq");
+    this.synced = this.meta.has("last_seq");
   }
 
   private setLastSeq(seq: number): void {
     this.lastSeq = seq;
     this.synced = true;
-    this.setMeta("last_seq", String(seq));
-  }
-
-  private setMeta(key: string, value: string): void {
-    this.sql.exec("insert into meta (key, value) values (?, ?) on conflict (key) do update set value = excluded.value", key, value);
+    this.meta.set("last_seq", seq);
   }
 
   private root(): DurableObjectStub<Channel> {
@@ -64,16 +63,14 @@ export class ChannelShard extends SocketHub {
 
   /** Accepts a socket, asks the root what it is owed, sends that, then catches it up. */
   override async fetch(request: Request): Promise<Response> {
-    if (request.headers.get("Upgrade")?.toLowerCase() !== "websocket") {
-      return Response.json({ error: { code: "upgrade_required", message: "expected a WebSocket upgrade" } }, { status: 426 });
-    }
+    if (!isUpgrade(request)) return this.upgradeRequired();
     const channel = request.headers.get(CHANNEL_NAME_HEADER)!;
     if (this.channel !== channel) {
       this.channel = channel;
-      this.setMeta("channel", channel);
+      this.meta.set("channel", channel);
     }
     this.index = Number(request.headers.get(SHARD_HEADER) ?? 0);
-    this.setMeta("index", String(this.index));
+    this.meta.set("index", this.index);
     const accepted = await this.accept(request);
     if (accepted.refused) return accepted.response;
     const { server, me, filter } = accepted;
@@ -81,13 +78,7 @@ export class ChannelShard extends SocketHub {
     this.pending.add(server);
     try {
       const join = await this.root().sync(channel, joinQuery(url), accepted.filterText);
-      if (!join.ok) {
-        send(server, { type: "welcome", channel, epoch: this.epoch ?? "", seq: this.lastSeq, member: me.id });
-        this.closeWith(server, me, join.code, join.message);
-        return accepted.response;
-      }
-      send(server, { type: "welcome", channel: join.channel, epoch: join.epoch, seq: join.seq, member: me.id, shard: this.index });
-      for (const frame of join.frames) server.send(frame);
+      if (!this.welcome(server, me, join, { channel, epoch: this.epoch ?? "", seq: this.lastSeq }, this.index) || !join.ok) return accepted.response;
       // Events this shard received while the root answered, after the seq the answer ends at.
       const missed = this.recent.filter((e) => e.seq > join.seq && (!filter || matchesEvent(filter, filterData(e))));
       if (missed.length > 0) server.send(eventsFrame(missed.map((e) => e.json)));
@@ -131,7 +122,7 @@ export class ChannelShard extends SocketHub {
     }
     if (this.epoch !== epoch) {
       this.epoch = epoch;
-      this.setMeta("epoch", epoch);
+      this.meta.set("epoch", epoch);
     }
     if (batch.length === 0) return;
     let events = batch;

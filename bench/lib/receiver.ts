@@ -1,6 +1,6 @@
 /**
  * The subscribers, in a process of their own so that receiving does not slow the writers (and
- * the writers do not delay receipt timestamps). Driven over IPC by bench/lib/receivers.ts.
+ * the writers do not delay receipt timestamps). Driven over IPC by bench/lib/stack.ts.
  *
  * A few "probe" sockets parse every event and record its latency (receipt time minus the `t0` the
  * writer stamped just before its INSERT, both on the machine's clock); the rest count events

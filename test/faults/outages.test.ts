@@ -59,7 +59,7 @@ it("survives a Worker outage (refused, then 500): bounded retries of one batch, 
 it.each([
   ["outbox", "its cursor"],
   ["publication", "its slot (the tables' own changes, no trigger)"],
-] as const)("reconnects when Postgres restarts under it and carries on from where it was: %s, %s", async (source) => {
+] as const)("reconnects when Postgres restarts under it and carries on from where it was: %s, %s", async (source, _carriesOnFrom) => {
   // Its own server, so that restarting it disturbs no other test.
   const server: PostgresHandle = await startEmbedded();
   const db = await testDatabase("restart", server.url);

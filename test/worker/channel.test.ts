@@ -2,6 +2,8 @@
 import { env, exports } from "cloudflare:workers";
 import { evictDurableObject, runInDurableObject } from "cloudflare:test";
 import { describe, expect, it } from "vitest";
+import { resolveWorkerConfig } from "../../worker/config.ts";
+import { EventLog } from "../../worker/event-log.ts";
 import { event, ingest, Socket } from "./helpers.ts";
 
 const stubOf = (channel: string) => env.CHANNEL.get(env.CHANNEL.idFromName(channel));
@@ -184,7 +186,7 @@ describe("trimming the log and the dedupe ids", () => {
   it("keeps an id while it is among the last 10,000 or younger than 10 minutes, reading only about the rows it drops", async () => {
     const channel = "trim-seen";
     expect((await ingest([event(channel)])).status).toBe(200);
-    const result = await runInDurableObject(stubOf(channel), (instance, state) => {
+    const result = await runInDurableObject(stubOf(channel), (_, state) => {
       const sql = state.storage.sql;
       const now = Date.now();
       // A busy channel's last minutes: ids 2..30,001 after the one published, all of them young.
@@ -193,24 +195,22 @@ describe("trimming the log and the dedupe ids", () => {
          insert into seen (id, seq, at) select 'bulk-' || n, n, ? from g`,
         now,
       );
-      const channelObject = instance as unknown as { seq: number; sql: SqlStorage; trim(now: number): void };
-      channelObject.seq = 30_001;
-      // Runs one trim, counting the rows its statements read.
+      // The channel's log, alone, on a connection that counts the rows each statement reads.
+      let rowsRead = 0;
+      const counting = {
+        exec: (query: string, ...bindings: unknown[]) => {
+          const cursor = sql.exec(query, ...bindings);
+          const rows = cursor.toArray();
+          rowsRead += cursor.rowsRead;
+          return { toArray: () => rows, one: () => rows[0], [Symbol.iterator]: () => rows[Symbol.iterator]() };
+        },
+      } as unknown as SqlStorage;
+      const config = resolveWorkerConfig(env);
+      const log = new EventLog(counting, { maxEvents: config.replayMaxEvents, maxAgeMs: config.replayMaxAgeMs });
+      // Runs one trim at seq 30,001, counting the rows its statements read.
       const trim = () => {
-        let rowsRead = 0;
-        channelObject.sql = {
-          exec: (query: string, ...bindings: unknown[]) => {
-            const cursor = sql.exec(query, ...bindings);
-            cursor.toArray();
-            rowsRead += cursor.rowsRead;
-            return cursor;
-          },
-        } as SqlStorage;
-        try {
-          channelObject.trim(now);
-        } finally {
-          channelObject.sql = sql;
-        }
+        rowsRead = 0;
+        log.trim(30_001, now, 30_001);
         const left = sql.exec<{ low: number; n: number }>("select min(seq) as low, count(*) as n from seen").one();
         return { rowsRead, ...left };
       };
