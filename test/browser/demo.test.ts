@@ -3,41 +3,37 @@
  * fed by the real relay from a real Postgres: a row inserted with SQL appears on the page, and the
  * page's own form makes the round trip through the edge.
  */
+import { useStack } from "../support/stack.ts";
 import { chromium, type Browser } from "playwright-core";
 import { afterAll, beforeAll, expect, it } from "vitest";
-import type { Relay } from "../../relay/relay.ts";
 import { startDemoApi, TODOS_DDL, type DemoApi } from "../../scripts/demo-api.ts";
-import { testDatabase, type TestDatabase } from "../support/db.ts";
-import { relayEvent, startRelay } from "../support/relay.ts";
-import { startTestWorker, TEST_JWT_SECRET, type TestWorker } from "../support/worker.ts";
+import { TEST_JWT_SECRET } from "../support/worker.ts";
 import { CHROMIUM, CHROMIUM_ARGS } from "./chromium.ts";
 
 
-let db: TestDatabase;
-let worker: TestWorker;
-let relay: Relay;
 let api: DemoApi;
 let browser: Browser;
 
+// As in `npm run dev`: todos is private (the page joins with a token), a row that existed before,
+// then watch with retain and backfill.
+const stack = useStack({
+  database: "browser",
+  worker: { PUBLIC_CHANNELS: "" },
+  setup: `${TODOS_DDL};
+    insert into todos (title) values ('already there');
+    select realtime.watch('todos', retain => true);
+    select realtime.backfill('todos');`,
+  relay: {},
+});
+
 beforeAll(async () => {
-  // As in `npm run dev`: todos is private, the page joins with a token.
-  [db, worker] = await Promise.all([testDatabase("browser"), startTestWorker({ PUBLIC_CHANNELS: "" })]);
-  await db.sql(TODOS_DDL);
-  // As `npm run dev` does: a row that existed before, then watch with retain and backfill.
-  await db.sql("insert into todos (title) values ('already there')");
-  await db.sql("select realtime.watch('todos', retain => true)");
-  await db.sql("select realtime.backfill('todos')");
-  relay = startRelay({ databaseUrl: db.url, workerUrl: worker.url });
-  api = await startDemoApi(db.url, 0, { jwtSecret: TEST_JWT_SECRET });
-  await relayEvent(relay, "idle");
+  api = await startDemoApi(stack.db.url, 0, { jwtSecret: TEST_JWT_SECRET });
   browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
 });
 
 afterAll(async () => {
   await browser?.close();
-  await relay?.stop();
   await api?.close();
-  await Promise.allSettled([worker?.dispose(), db?.drop()]);
 });
 
 it("joins the private todos channel with a token, shows the retained rows, rows changed with SQL live, and the form's todo after its round trip", async () => {
@@ -45,20 +41,20 @@ it("joins the private todos channel with a token, shows the retained rows, rows 
   const errors: string[] = [];
   page.on("pageerror", (e) => errors.push(e.message));
   try {
-    await page.goto(`${worker.url}/?api=${encodeURIComponent(api.url)}`);
+    await page.goto(`${stack.worker.url}/?api=${encodeURIComponent(api.url)}`);
     await page.locator('#status[data-status="open"]').waitFor();
     // Current rows come from the channel's retained state (the snapshot), not from the database.
     await page.locator("#rows tr", { hasText: "already there" }).waitFor();
 
-    await db.sql("insert into todos (title) values ('typed into psql')");
+    await stack.db.sql("insert into todos (title) values ('typed into psql')");
     const row = page.locator("#rows tr", { hasText: "typed into psql" });
     await row.waitFor();
     await expect(row.locator("td").nth(2).textContent()).resolves.toBe("no");
 
-    await db.sql("update todos set done = true where title = 'typed into psql'");
+    await stack.db.sql("update todos set done = true where title = 'typed into psql'");
     await page.locator("#rows tr", { hasText: "typed into psql" }).locator("td", { hasText: "yes" }).waitFor();
 
-    await db.sql("delete from todos where title = 'already there'");
+    await stack.db.sql("delete from todos where title = 'already there'");
     await page.locator("#rows tr", { hasText: "already there" }).waitFor({ state: "detached" });
 
     // The recent-changes list shows each operation.
@@ -69,7 +65,7 @@ it("joins the private todos channel with a token, shows the retained rows, rows 
     await page.fill("#title", "added from the page");
     await page.click('#add button[type="submit"]');
     await page.locator("#rows tr", { hasText: "added from the page" }).waitFor();
-    const inDb = await db.sql("select title from todos where title = 'added from the page'");
+    const inDb = await stack.db.sql("select title from todos where title = 'added from the page'");
     expect(inDb).toHaveLength(1);
     expect(errors).toEqual([]);
   } finally {
@@ -80,9 +76,9 @@ it("joins the private todos channel with a token, shows the retained rows, rows 
 it("shows who else is watching, and a wave (a client broadcast) from another tab", async () => {
   const [first, second] = [await browser.newPage(), await browser.newPage()];
   try {
-    await first.goto(`${worker.url}/?api=${encodeURIComponent(api.url)}`);
+    await first.goto(`${stack.worker.url}/?api=${encodeURIComponent(api.url)}`);
     await first.locator("#watching", { hasText: "1" }).waitFor();
-    await second.goto(`${worker.url}/?api=${encodeURIComponent(api.url)}`);
+    await second.goto(`${stack.worker.url}/?api=${encodeURIComponent(api.url)}`);
     await first.locator("#watching", { hasText: "2" }).waitFor();
     await second.locator("#watching", { hasText: "2" }).waitFor();
     expect(await first.locator("#members li", { hasText: "(you)" }).count()).toBe(1);

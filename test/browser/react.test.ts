@@ -6,29 +6,29 @@ import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { build } from "esbuild";
 import { chromium, type Browser } from "playwright-core";
+import { useStack } from "../support/stack.ts";
 import { afterAll, beforeAll, expect, it } from "vitest";
-import type { Relay } from "../../relay/relay.ts";
 import { mintToken } from "../../token/index.ts";
-import { testDatabase, type TestDatabase } from "../support/db.ts";
-import { caughtUp, relayEvent, startRelay } from "../support/relay.ts";
-import { startTestWorker, TEST_JWT_SECRET, type TestWorker } from "../support/worker.ts";
+import { caughtUp } from "../support/relay.ts";
+import { TEST_JWT_SECRET } from "../support/worker.ts";
 import { CHROMIUM, CHROMIUM_ARGS } from "./chromium.ts";
 
-let db: TestDatabase;
-let worker: TestWorker;
-let relay: Relay;
 let browser: Browser;
 let page: Server;
 let pageUrl: string;
 
+const stack = useStack({
+  database: "react",
+  worker: { PUBLIC_CHANNELS: "" },
+  setup: `
+    create table items (id int primary key, title text not null); insert into items values (1, 'from the snapshot');
+    select realtime.watch('items', retain => true); select realtime.backfill('items');
+    create table big_items (id bigint primary key, title text not null); select realtime.watch('big_items', retain => true);`,
+  relay: {},
+});
+
 beforeAll(async () => {
-  [db, worker] = await Promise.all([testDatabase("react"), startTestWorker({ PUBLIC_CHANNELS: "" })]);
-  await db.sql("create table items (id int primary key, title text not null); insert into items values (1, 'from the snapshot')");
-  await db.sql("select realtime.watch('items', retain => true); select realtime.backfill('items')");
-  await db.sql("create table big_items (id bigint primary key, title text not null); select realtime.watch('big_items', retain => true)");
-  relay = startRelay({ databaseUrl: db.url, workerUrl: worker.url });
-  await relayEvent(relay, "idle");
-  await caughtUp(relay);
+  await caughtUp(stack.relay);
   const bundle = await build({
     entryPoints: [new URL("./react-app.tsx", import.meta.url).pathname],
     bundle: true,
@@ -51,8 +51,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await browser?.close();
   page?.close();
-  await relay?.stop();
-  await Promise.allSettled([worker?.dispose(), db?.drop()]);
 });
 
 it("renders the channel's rows from the snapshot and keeps them current as rows change", async () => {
@@ -61,14 +59,14 @@ it("renders the channel's rows from the snapshot and keeps them current as rows 
   tab.on("pageerror", (e) => errors.push(e.message));
   try {
     const token = await mintToken({ secret: TEST_JWT_SECRET, sub: "react", channels: ["items"] });
-    await tab.goto(`${pageUrl}/?host=${encodeURIComponent(new URL(worker.url).host)}&token=${token}`);
+    await tab.goto(`${pageUrl}/?host=${encodeURIComponent(new URL(stack.worker.url).host)}&token=${token}`);
     await tab.locator("#status", { hasText: "open" }).waitFor();
     await tab.locator("#rows li", { hasText: "from the snapshot" }).waitFor();
 
-    await db.sql("insert into items values (2, 'inserted'), (3, 'to delete')");
+    await stack.db.sql("insert into items values (2, 'inserted'), (3, 'to delete')");
     await tab.locator("#rows li", { hasText: "inserted" }).waitFor();
-    await db.sql("update items set title = 'updated' where id = 1");
-    await db.sql("delete from items where id = 3");
+    await stack.db.sql("update items set title = 'updated' where id = 1");
+    await stack.db.sql("delete from items where id = 3");
     await tab.locator("#rows li", { hasText: "updated" }).waitFor();
     await tab.locator("#rows li", { hasText: "to delete" }).waitFor({ state: "detached" });
     expect(await tab.locator("#rows li").allTextContents()).toEqual(["updated", "inserted"]);
@@ -84,21 +82,21 @@ it("shows an empty retained channel as no rows (not loading), an id past 2^53 di
   const errors: string[] = [];
   tab.on("pageerror", (e) => errors.push(e.message));
   const token = await mintToken({ secret: TEST_JWT_SECRET, sub: "react-big", channels: ["big_items"] });
-  const url = `${pageUrl}/?host=${encodeURIComponent(new URL(worker.url).host)}&token=${token}&channel=big_items`;
+  const url = `${pageUrl}/?host=${encodeURIComponent(new URL(stack.worker.url).host)}&token=${token}&channel=big_items`;
   try {
     await tab.goto(url);
     await tab.locator("#status", { hasText: "open" }).waitFor();
     // The channel has never received a row: its state is empty, not loading.
     await tab.locator("#count", { hasText: "0" }).waitFor();
 
-    await db.sql("insert into big_items values (9007199254740993, 'exact id'), (9007199254740992, 'its neighbour')");
+    await stack.db.sql("insert into big_items values (9007199254740993, 'exact id'), (9007199254740992, 'its neighbour')");
     await tab.locator("#count", { hasText: "2" }).waitFor();
     expect(await tab.locator("#rows li").evaluateAll((lis) => lis.map((li) => [li.getAttribute("data-id"), li.getAttribute("data-type"), li.textContent]))).toEqual([
       ["9007199254740992", "string", "its neighbour"],
       ["9007199254740993", "string", "exact id"],
     ]);
     // Over STATE_MAX_ROW_BYTES (1 MiB): retained as its key alone, for live and joining clients alike.
-    await db.sql("insert into big_items values (7, repeat('x', 1100000))");
+    await stack.db.sql("insert into big_items values (7, repeat('x', 1100000))");
     await tab.locator("#oversized li", { hasText: "7" }).waitFor();
     expect(await tab.locator("#count").textContent()).toBe("2");
 

@@ -2,45 +2,34 @@
  * Retained state, filters, presence and broadcast through the whole stack and the real client:
  * Postgres -> relay -> Worker -> Channel -> partysocket in Node.
  */
-import { afterAll, beforeAll, expect, it } from "vitest";
-import type { Relay } from "../../relay/relay.ts";
+import { expect, it } from "vitest";
 import { mintToken } from "../../token/index.ts";
-import { testDatabase, type TestDatabase } from "../support/db.ts";
-import { caughtUp, relayEvent, startRelay } from "../support/relay.ts";
+import { caughtUp } from "../support/relay.ts";
 import { recordingClient } from "../support/client.ts";
-import { startTcpProxy, type TcpProxy } from "../support/tcp-proxy.ts";
-import { startTestWorker, TEST_JWT_SECRET, type TestWorker } from "../support/worker.ts";
+import { TEST_JWT_SECRET } from "../support/worker.ts";
+import { useStack } from "../support/stack.ts";
 
-let db: TestDatabase;
-let worker: TestWorker;
-let relay: Relay;
-let net: TcpProxy;
-
-beforeAll(async () => {
-  [db, worker] = await Promise.all([testDatabase("features"), startTestWorker({ PUBLIC_CHANNELS: "" })]);
-  net = await startTcpProxy(worker.url);
-  await db.sql(`create table items (id int primary key, title text not null, done boolean not null default false)`);
-  await db.sql(`insert into items values (1, 'existed before the watch', false), (2, 'done already', true)`);
-  relay = startRelay({ databaseUrl: db.url, workerUrl: worker.url });
-  await relayEvent(relay, "idle");
-});
-
-afterAll(async () => {
-  await relay?.stop();
-  await net?.close();
-  await Promise.allSettled([worker?.dispose(), db?.drop()]);
+const stack = useStack({
+  database: "features",
+  worker: { PUBLIC_CHANNELS: "" },
+  clientProxy: true,
+  setup: `
+    create table items (id int primary key, title text not null, done boolean not null default false);
+    insert into items values (1, 'existed before the watch', false), (2, 'done already', true);
+  `,
+  relay: {},
 });
 
 const token = (sub: string, extra: { publish?: string[] } = {}) => mintToken({ secret: TEST_JWT_SECRET, sub, channels: ["items", "room"], ...extra });
 
 /** A client through the TCP proxy, with a token for `sub`. */
 const client = (channel: string, options: Partial<Parameters<typeof recordingClient>[0]> & { sub: string; publish?: string[] }) =>
-  recordingClient({ host: net.host, channel, token: () => token(options.sub, { publish: options.publish }), ...options });
+  recordingClient({ host: stack.net.host, channel, token: () => token(options.sub, { publish: options.publish }), ...options });
 
 it("backfills a table's existing rows into a retaining channel: a new client gets them as a snapshot, then live changes", async () => {
-  await db.sql("select realtime.watch('items', retain => true)");
-  expect(await db.sql("select realtime.backfill('items') as n")).toEqual([{ n: "2" }]);
-  await caughtUp(relay);
+  await stack.db.sql("select realtime.watch('items', retain => true)");
+  expect(await stack.db.sql("select realtime.backfill('items') as n")).toEqual([{ n: "2" }]);
+  await caughtUp(stack.relay);
   const c = client("items", { sub: "reader" });
   try {
     const [snapshot] = await c.until(() => c.seen.snapshots.length > 0 && c.seen.snapshots, "a snapshot");
@@ -48,7 +37,7 @@ it("backfills a table's existing rows into a retaining channel: a new client get
       { id: 1, title: "existed before the watch", done: false },
       { id: 2, title: "done already", done: true },
     ]);
-    await db.sql("update items set done = true where id = 1");
+    await stack.db.sql("update items set done = true where id = 1");
     const [e] = await c.until(() => c.seen.events.length > 0 && c.seen.events, "the update");
     expect(e!.seq).toBe(snapshot!.seq + 1);
     expect((e!.data as { new: { done: boolean } }).new.done).toBe(true);
@@ -62,9 +51,9 @@ it("filters what the client asked for, in the snapshot and live", async () => {
   try {
     const [snapshot] = await c.until(() => c.seen.snapshots.length > 0 && c.seen.snapshots, "a snapshot");
     expect(snapshot!.rows).toEqual([]); // both rows are done by now
-    await db.sql("insert into items values (3, 'open', false), (4, 'closed', true)");
+    await stack.db.sql("insert into items values (3, 'open', false), (4, 'closed', true)");
     const events = await c.until(() => c.seen.events.length > 0 && c.seen.events, "an event");
-    await caughtUp(relay);
+    await caughtUp(stack.relay);
     expect(events.map((e) => (e.data as { new: { id: number } }).new.id)).toEqual([3]);
   } finally {
     c.sub.close();
@@ -84,7 +73,7 @@ it("keeps presence right when a member's connection is cut abruptly, and relays 
 
     // Cut every TCP connection: no close frame reaches the Worker for either. Alice reconnects
     // (a new member); Bob, with no retries, is gone and must be dropped from the list.
-    net.cut();
+    stack.net.cut();
     await alice.until(() => alice.seen.members.length === 1 && alice.seen.members[0]!.user === "alice", "bob's leave");
     expect(alice.seen.members[0]!.id).toBe(alice.sub.member);
   } finally {

@@ -31,7 +31,9 @@ import { recordingClient } from "../support/client.ts";
 import { testDatabase, type TestDatabase } from "../support/db.ts";
 import { relayEvent, startRelay } from "../support/relay.ts";
 import { TestSubscriber } from "../support/subscriber.ts";
-import { startTestWorker, type TestWorker } from "../support/worker.ts";
+import { useStack } from "../support/stack.ts";
+
+const stack = useStack({ worker: { SHARDS: "fidshard:*=4" } });
 
 // ---------------------------------------------------------------------------------------------
 // The table
@@ -578,16 +580,6 @@ interface Stack {
   bigint: ReturnType<typeof recordingClient>;
 }
 
-let worker: TestWorker;
-
-beforeAll(async () => {
-  worker = await startTestWorker({ SHARDS: "fidshard:*=4" });
-});
-
-afterAll(async () => {
-  await worker?.dispose();
-});
-
 async function startStack(mode: "outbox" | "wal" | "publication"): Promise<Stack> {
   const db = await testDatabase(`fidelity_${mode}`);
   const admin = await db.client();
@@ -606,7 +598,7 @@ async function startStack(mode: "outbox" | "wal" | "publication"): Promise<Stack
   const live: Record<string, TestSubscriber> = {};
   const trouble: string[] = [];
   for (const [table, channel] of Object.entries(channels)) {
-    const sub = (live[table] = await TestSubscriber.connect(worker.url, channel));
+    const sub = (live[table] = await TestSubscriber.connect(stack.worker.url, channel));
     // A live socket must stay connected for the whole file: say why if it does not.
     sub.ws.on("error", (err) => trouble.push(`live socket on ${channel}: ${err.message}`));
     sub.ws.on("close", (code, reason) => trouble.push(`live socket on ${channel} closed ${code} ${reason.toString()} after ${sub.raw.length} frames (last: ${show(sub.raw.at(-1))})`));
@@ -614,12 +606,12 @@ async function startStack(mode: "outbox" | "wal" | "publication"): Promise<Stack
   expect(live[SHARDED_TABLE]!.welcome).toHaveProperty("shard");
   expect(live[TABLE]!.welcome).not.toHaveProperty("shard");
   const epochs = Object.fromEntries(Object.entries(live).map(([t, s]) => [t, s.welcome.epoch]));
-  const host = new URL(worker.url).host;
+  const host = new URL(stack.worker.url).host;
   const exact = recordingClient({ host, channel: channels[TABLE]! });
   const bigint = recordingClient({ host, channel: channels[TABLE]!, numbers: "bigint" });
   await Promise.all([exact, bigint].map((c) => c.until(() => c.seen.statuses.includes("open"), "the client's welcome")));
 
-  const relay = startRelay({ databaseUrl: db.url, workerUrl: worker.url, source: mode });
+  const relay = startRelay({ databaseUrl: db.url, workerUrl: stack.worker.url, source: mode });
   await relayEvent(relay, mode === "outbox" ? "idle" : "streaming", undefined, 60_000);
   expect((await db.sql<{ capture: string }>("select capture from realtime.installation"))[0]!.capture).toBe(mode);
   if (mode === "publication") {
@@ -734,7 +726,7 @@ async function eventsAfter(sub: TestSubscriber, from: number, n: number, what: s
 async function snapshotMismatches(s: Stack, table: string, lastSeq: number, rowSeqs: Map<string, number>): Promise<string[]> {
   const out: string[] = [];
   const where = `snapshot of ${s.channels[table]}`;
-  const sub = await TestSubscriber.connect(worker.url, s.channels[table]!, { snapshot: "1" });
+  const sub = await TestSubscriber.connect(stack.worker.url, s.channels[table]!, { snapshot: "1" });
   try {
     await sub.waitFor(() => sub.frames.some((f) => f.type === "snapshot") || undefined, "snapshot");
     if (table === SHARDED_TABLE && !("shard" in sub.welcome)) out.push(`${where}: the socket is not on a shard`);
@@ -787,7 +779,7 @@ async function clientSnapshotMismatches(s: Stack): Promise<string[]> {
 
 /** A replaying socket (since/epoch): the events after `since`, compared with what Postgres wrote. */
 async function replayMismatches(s: Stack, table: string, since: number, expected: Expected[]): Promise<string[]> {
-  const sub = await TestSubscriber.connect(worker.url, s.channels[table]!, { since: String(since), epoch: s.epochs[table]! });
+  const sub = await TestSubscriber.connect(stack.worker.url, s.channels[table]!, { since: String(since), epoch: s.epochs[table]! });
   try {
     const events = await eventsAfter(sub, 0, expected.length, `replay of ${s.channels[table]} since ${since}`);
     const out = eventMismatches(`replay since=${since} of ${s.channels[table]}`, events, expected);
@@ -911,7 +903,7 @@ for (const mode of ["outbox", "wal", "publication"] as const) {
       for (const table of [TABLE, SHARDED_TABLE]) {
         const liveEvents = rawEvents(s.live[table]!);
         expect(liveEvents.map((e) => e.seq)).toEqual(liveEvents.map((_, i) => i + 1));
-        const replay = await TestSubscriber.connect(worker.url, s.channels[table]!, { since: "0", epoch: s.epochs[table]! });
+        const replay = await TestSubscriber.connect(stack.worker.url, s.channels[table]!, { since: "0", epoch: s.epochs[table]! });
         try {
           const replayed = await eventsAfter(replay, 0, liveEvents.length, `replay of ${s.channels[table]} from 0`);
           const out: string[] = [];

@@ -3,46 +3,34 @@
  * Rows written from several concurrent connections reach every client complete, once each, and
  * in commit order: every update of a row arrives, in the order the row's versions committed.
  */
-import { afterAll, beforeAll, expect, it } from "vitest";
+import { expect, it } from "vitest";
 import type { ChangeEvent, ChannelEvent } from "../../protocol/index.ts";
-import type { Relay } from "../../relay/relay.ts";
-import { testDatabase, type TestDatabase } from "../support/db.ts";
-import { relayEvent, startRelay } from "../support/relay.ts";
 import { recordingClient } from "../support/client.ts";
 import { TestSubscriber } from "../support/subscriber.ts";
-import { startTestWorker, type TestWorker } from "../support/worker.ts";
+import { useStack } from "../support/stack.ts";
 
-let db: TestDatabase;
-let worker: TestWorker;
-let relay: Relay;
-
-beforeAll(async () => {
-  [db, worker] = await Promise.all([testDatabase("e2e"), startTestWorker()]);
-  await db.sql(`
+const stack = useStack({
+  database: "e2e",
+  worker: {},
+  setup: `
     create table counters (id int primary key, v int not null);
     insert into counters select g, 0 from generate_series(1, 8) g;
     select realtime.watch('counters', 'counters');
     create table notes (id bigint generated always as identity primary key, writer int not null, n int not null);
     select realtime.watch('notes', 'counters');
-  `);
-  relay = startRelay({ databaseUrl: db.url, workerUrl: worker.url, batchSize: 50 });
-  await relayEvent(relay, "idle");
-});
-
-afterAll(async () => {
-  await relay?.stop();
-  await Promise.allSettled([worker?.dispose(), db?.drop()]);
+  `,
+  relay: { batchSize: 50 },
 });
 
 it("delivers rows written by 8 concurrent connections to 5 clients, complete, once each, in per-row commit order", async () => {
-  const subscribers = await Promise.all(Array.from({ length: 5 }, () => TestSubscriber.connect(worker.url, "counters")));
+  const subscribers = await Promise.all(Array.from({ length: 5 }, () => TestSubscriber.connect(stack.worker.url, "counters")));
   const WRITERS = 8;
   const TX_PER_WRITER = 60;
   try {
     // Each transaction bumps one counter (rows contend, so commit order matters) and adds a note.
     await Promise.all(
       Array.from({ length: WRITERS }, async (_, w) => {
-        const c = await db.client();
+        const c = await stack.db.client();
         for (let i = 0; i < TX_PER_WRITER; i++) {
           await c.query("begin");
           await c.query("update counters set v = v + 1 where id = $1", [((w * 7 + i * 3) % 8) + 1]);
@@ -52,7 +40,7 @@ it("delivers rows written by 8 concurrent connections to 5 clients, complete, on
       }),
     );
     const total = WRITERS * TX_PER_WRITER * 2;
-    const outbox = await db.sql<{ id: string }>("select (select install_id from realtime.installation) || '-' || id as id from realtime.outbox where channel = 'counters'");
+    const outbox = await stack.db.sql<{ id: string }>("select (select install_id from realtime.installation) || '-' || id as id from realtime.outbox where channel = 'counters'");
     expect(outbox).toHaveLength(total);
     for (const sub of subscribers) {
       const events = await sub.waitForEvents(total, 60_000);
@@ -87,14 +75,14 @@ it("delivers rows written by 8 concurrent connections to 5 clients, complete, on
 });
 
 it("client/ resumes across a dropped connection: the partysocket subscriber gets every event once, in order", async () => {
-  const c = recordingClient({ host: new URL(worker.url).host, channel: "resume-e2e" });
+  const c = recordingClient({ host: new URL(stack.worker.url).host, channel: "resume-e2e" });
   try {
     await c.until(() => c.sub.status === "open", "open");
-    for (let i = 1; i <= 5; i++) await db.sql("select realtime.publish('resume-e2e', 'n', $1::jsonb)", [String(i)]);
+    for (let i = 1; i <= 5; i++) await stack.db.sql("select realtime.publish('resume-e2e', 'n', $1::jsonb)", [String(i)]);
     await c.until(() => c.seen.events.length === 5, "5 events");
     // Cut the connection while events keep flowing; partysocket reconnects with since/epoch.
     c.sub.socket.reconnect();
-    for (let i = 6; i <= 15; i++) await db.sql("select realtime.publish('resume-e2e', 'n', $1::jsonb)", [String(i)]);
+    for (let i = 6; i <= 15; i++) await stack.db.sql("select realtime.publish('resume-e2e', 'n', $1::jsonb)", [String(i)]);
     await c.until(() => c.seen.events.length >= 15, "15 events");
     expect(c.seen.events.map((e) => e.data)).toEqual(Array.from({ length: 15 }, (_, i) => i + 1));
     expect(c.seen.events.map((e) => e.seq)).toEqual(Array.from({ length: 15 }, (_, i) => i + 1));

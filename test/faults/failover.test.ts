@@ -4,35 +4,26 @@
  * duplicated. With the default --standby-poll (1 s) the takeover is expected within about a
  * second of the leader's database session ending (README: "Run the relay beside your database").
  */
-import { afterAll, beforeAll, expect, it } from "vitest";
-import { testDatabase, type TestDatabase } from "../support/db.ts";
+import { expect, it } from "vitest";
 import { spawnCli, type CliProcess } from "../support/relay.ts";
 import { TestSubscriber } from "../support/subscriber.ts";
-import { startTestWorker, TEST_SECRET, type TestWorker } from "../support/worker.ts";
+import { TEST_SECRET } from "../support/worker.ts";
 import { expectExactlyOnceInOrder, writeNumbered } from "./ledger.ts";
+import { useStack } from "../support/stack.ts";
 
-let db: TestDatabase;
-let worker: TestWorker;
-
-beforeAll(async () => {
-  [db, worker] = await Promise.all([testDatabase("failover"), startTestWorker()]);
-});
-
-afterAll(async () => {
-  await Promise.allSettled([worker?.dispose(), db?.drop()]);
-});
+const stack = useStack({ database: "failover", worker: {} });
 
 const relay = (): CliProcess =>
   spawnCli(["relay"], {
-    DATABASE_URL: db.url,
-    WORKER_URL: worker.url,
+    DATABASE_URL: stack.db.url,
+    WORKER_URL: stack.worker.url,
     INGEST_SECRET: TEST_SECRET,
     RELAY_BATCH_SIZE: "50",
     RELAY_POLL_INTERVAL_MS: "200",
   });
 
 it("hands over to the standby when the leader is SIGKILLed mid-burst, losing and duplicating nothing", async () => {
-  const subs = await Promise.all(["ha-a", "ha-b"].map((c) => TestSubscriber.connect(worker.url, c)));
+  const subs = await Promise.all(["ha-a", "ha-b"].map((c) => TestSubscriber.connect(stack.worker.url, c)));
   const relays = [relay(), relay()];
   try {
     // Either may win the lock; the other stands by.
@@ -41,7 +32,7 @@ it("hands over to the standby when the leader is SIGKILLed mid-burst, losing and
     const standby = relays.find((r) => r !== leader)!;
     expect(standby.output()).toContain("another relay leads; standing by");
     expect(standby.output()).not.toContain('"msg":"leading"');
-    const writing = Promise.all([writeNumbered(db, "ha-a", 1, 2000, 4), writeNumbered(db, "ha-b", 1, 2000, 4)]);
+    const writing = Promise.all([writeNumbered(stack.db, "ha-a", 1, 2000, 4), writeNumbered(stack.db, "ha-b", 1, 2000, 4)]);
     await subs[0]!.waitForEvents(500, 60_000);
     const killedAt = Date.now();
     leader.kill("SIGKILL");

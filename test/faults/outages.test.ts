@@ -4,30 +4,22 @@
  * delivers everything after recovery. Postgres restarting under the relay: it reconnects and
  * carries on from its cursor.
  */
-import { afterAll, beforeAll, expect, it } from "vitest";
+import { expect, it } from "vitest";
 import type { Relay } from "../../relay/relay.ts";
 import { startEmbedded, type PostgresHandle } from "../../scripts/postgres.ts";
 import { testDatabase, type TestDatabase } from "../support/db.ts";
 import { startFaultProxy, type FaultProxy } from "../support/fault-proxy.ts";
 import { relayEvent, startRelay } from "../support/relay.ts";
 import { TestSubscriber } from "../support/subscriber.ts";
-import { startTestWorker, type TestWorker } from "../support/worker.ts";
 import { expectExactlyOnceInOrder, insertNumbered, writeNumbered } from "./ledger.ts";
+import { useStack } from "../support/stack.ts";
 
-let worker: TestWorker;
-
-beforeAll(async () => {
-  worker = await startTestWorker();
-});
-
-afterAll(async () => {
-  await worker?.dispose();
-});
+const stack = useStack({ worker: {} });
 
 it("survives a Worker outage (refused, then 500): bounded retries of one batch, then everything, once, in order", async () => {
   const db: TestDatabase = await testDatabase("outage");
-  const proxy: FaultProxy = await startFaultProxy(worker.url);
-  const subs = await Promise.all(["out-a", "out-b"].map((c) => TestSubscriber.connect(worker.url, c)));
+  const proxy: FaultProxy = await startFaultProxy(stack.worker.url);
+  const subs = await Promise.all(["out-a", "out-b"].map((c) => TestSubscriber.connect(stack.worker.url, c)));
   const relay: Relay = startRelay({ databaseUrl: db.url, workerUrl: proxy.url, batchSize: 100 });
   try {
     await relayEvent(relay, "idle");
@@ -67,8 +59,8 @@ it.each([
   await db.sql("create table ledger (channel text, n int, primary key (channel, n)); select realtime.watch('ledger', '{channel}')");
   // The outbox source numbers published events; the publication source, rows of a watched table.
   const write = (from: number, to: number) => (source === "outbox" ? writeNumbered(db, channel, from, to, 10) : insertNumbered(db, "ledger", channel, from, to, 10));
-  const sub = await TestSubscriber.connect(worker.url, channel);
-  const relay = startRelay({ databaseUrl: db.url, workerUrl: worker.url, source });
+  const sub = await TestSubscriber.connect(stack.worker.url, channel);
+  const relay = startRelay({ databaseUrl: db.url, workerUrl: stack.worker.url, source });
   try {
     await relayEvent(relay, source === "outbox" ? "idle" : "streaming", () => true, 60_000);
     await write(1, 500);

@@ -3,45 +3,30 @@
  * rows not yet delivered are never deleted, however old; writers are never blocked by a prune; and
  * pruning as often as possible during a burst with a Worker outage loses nothing.
  */
-import { afterAll, beforeAll, expect, it } from "vitest";
+import { expect, it } from "vitest";
 import { pruneDelivered } from "../../relay/outbox.ts";
-import type { Relay } from "../../relay/relay.ts";
-import { testDatabase, type TestDatabase } from "../support/db.ts";
-import { startFaultProxy, type FaultProxy } from "../support/fault-proxy.ts";
 import { caughtUp, relayEvent, startRelay } from "../support/relay.ts";
 import { TestSubscriber } from "../support/subscriber.ts";
-import { startTestWorker, type TestWorker } from "../support/worker.ts";
 import { expectExactlyOnceInOrder, writeNumbered } from "./ledger.ts";
+import { useStack } from "../support/stack.ts";
 
-let db: TestDatabase;
-let worker: TestWorker;
-let proxy: FaultProxy;
-
-beforeAll(async () => {
-  [db, worker] = await Promise.all([testDatabase("retention"), startTestWorker()]);
-  proxy = await startFaultProxy(worker.url);
-});
-
-afterAll(async () => {
-  await proxy?.close();
-  await Promise.allSettled([worker?.dispose(), db?.drop()]);
-});
+const stack = useStack({ database: "retention", worker: {}, ingestProxy: true });
 
 const count = async (channel: string) =>
-  Number((await db.sql<{ n: string }>("select count(*) as n from realtime.outbox where channel = $1", [channel]))[0]!.n);
+  Number((await stack.db.sql<{ n: string }>("select count(*) as n from realtime.outbox where channel = $1", [channel]))[0]!.n);
 const age = (channel: string, interval: string) =>
-  db.sql(`update realtime.outbox set created_at = created_at - interval '${interval}' where channel = $1`, [channel]);
+  stack.db.sql(`update realtime.outbox set created_at = created_at - interval '${interval}' where channel = $1`, [channel]);
 
 it("deletes delivered rows past the retention in statements of --prune-batch, and keeps younger ones", async () => {
-  const relay = startRelay({ databaseUrl: db.url, workerUrl: worker.url, retentionSeconds: 3600, pruneBatch: 100, pruneIntervalMs: 60_000 });
+  const relay = startRelay({ databaseUrl: stack.db.url, workerUrl: stack.worker.url, retentionSeconds: 3600, pruneBatch: 100, pruneIntervalMs: 60_000 });
   try {
     await relayEvent(relay, "idle");
-    await writeNumbered(db, "old", 1, 250, 50);
-    await writeNumbered(db, "young", 1, 30);
+    await writeNumbered(stack.db, "old", 1, 250, 50);
+    await writeNumbered(stack.db, "young", 1, 30);
     await caughtUp(relay);
     await age("old", "2 hours");
     await relay.stop();
-    const restarted = startRelay({ databaseUrl: db.url, workerUrl: worker.url, retentionSeconds: 3600, pruneBatch: 100, pruneIntervalMs: 60_000 });
+    const restarted = startRelay({ databaseUrl: stack.db.url, workerUrl: stack.worker.url, retentionSeconds: 3600, pruneBatch: 100, pruneIntervalMs: 60_000 });
     try {
       let round: { rows: number; statements: number } | null = null;
       restarted.on("pruned", (r) => (round ??= r));
@@ -58,19 +43,19 @@ it("deletes delivered rows past the retention in statements of --prune-batch, an
 });
 
 it("never deletes a row that is not delivered yet, however old, and delivers it later", async () => {
-  const sub = await TestSubscriber.connect(worker.url, "undelivered");
-  const relay = startRelay({ databaseUrl: db.url, workerUrl: proxy.url, retentionSeconds: 0, pruneIntervalMs: 20 });
+  const sub = await TestSubscriber.connect(stack.worker.url, "undelivered");
+  const relay = startRelay({ databaseUrl: stack.db.url, workerUrl: stack.ingestProxy.url, retentionSeconds: 0, pruneIntervalMs: 20 });
   try {
     await relayEvent(relay, "idle");
-    proxy.mode = "error500";
-    await writeNumbered(db, "undelivered", 1, 40, 10);
+    stack.ingestProxy.mode = "error500";
+    await writeNumbered(stack.db, "undelivered", 1, 40, 10);
     await age("undelivered", "30 days");
     await relayEvent(relay, "retry", (r) => r.attempt >= 2);
     // Prunes keep running during the outage; none touches the waiting rows.
     await relayEvent(relay, "pruned");
     await relayEvent(relay, "pruned");
     expect(await count("undelivered")).toBe(40);
-    proxy.mode = "pass";
+    stack.ingestProxy.mode = "pass";
     expectExactlyOnceInOrder(await sub.waitForEvents(40), "undelivered", 40);
     // Delivered now, so the next prunes remove them.
     await caughtUp(relay);
@@ -78,25 +63,25 @@ it("never deletes a row that is not delivered yet, however old, and delivers it 
     await relayEvent(relay, "pruned");
     expect(await count("undelivered")).toBe(0);
   } finally {
-    proxy.mode = "pass";
+    stack.ingestProxy.mode = "pass";
     sub.close();
     await relay.stop();
   }
 });
 
 it("does not block writers: an uncommitted prune does not make an insert wait", async () => {
-  const relay = startRelay({ databaseUrl: db.url, workerUrl: worker.url, retentionSeconds: 0, pruneIntervalMs: 60_000 });
+  const relay = startRelay({ databaseUrl: stack.db.url, workerUrl: stack.worker.url, retentionSeconds: 0, pruneIntervalMs: 60_000 });
   try {
     await relayEvent(relay, "idle");
-    await writeNumbered(db, "nowait", 1, 100, 100);
+    await writeNumbered(stack.db, "nowait", 1, 100, 100);
     await caughtUp(relay);
     await relay.stop();
-    const pruner = await db.client();
+    const pruner = await stack.db.client();
     await pruner.query("begin");
     const deleted = await pruneDelivered(pruner, 0, 1000);
     expect(deleted).toBeGreaterThan(0);
     // Inside the open prune, a writer inserts and commits with a 1 s lock timeout: no wait.
-    const writer = await db.client();
+    const writer = await stack.db.client();
     await writer.query("set lock_timeout = '1s'");
     await writer.query("select realtime.publish('nowait', 'n', '{\"n\":101}')");
     await pruner.query("commit");
@@ -106,22 +91,22 @@ it("does not block writers: an uncommitted prune does not make an insert wait", 
 });
 
 it("loses nothing when pruning runs constantly during a burst interrupted by a Worker outage", async () => {
-  const sub = await TestSubscriber.connect(worker.url, "race");
-  const relay = startRelay({ databaseUrl: db.url, workerUrl: proxy.url, retentionSeconds: 0, pruneIntervalMs: 10, pruneBatch: 50, batchSize: 40 });
+  const sub = await TestSubscriber.connect(stack.worker.url, "race");
+  const relay = startRelay({ databaseUrl: stack.db.url, workerUrl: stack.ingestProxy.url, retentionSeconds: 0, pruneIntervalMs: 10, pruneBatch: 50, batchSize: 40 });
   let pruned = 0;
   relay.on("pruned", (r) => (pruned += r.rows));
   try {
     await relayEvent(relay, "idle");
-    const writing = writeNumbered(db, "race", 1, 3000, 3);
+    const writing = writeNumbered(stack.db, "race", 1, 3000, 3);
     await sub.waitForEvents(800, 60_000);
-    proxy.mode = "error500";
+    stack.ingestProxy.mode = "error500";
     await relayEvent(relay, "retry", (r) => r.attempt >= 3);
-    proxy.mode = "pass";
+    stack.ingestProxy.mode = "pass";
     await writing;
     expectExactlyOnceInOrder(await sub.waitForEvents(3000, 60_000), "race", 3000);
     expect(pruned).toBeGreaterThan(0);
   } finally {
-    proxy.mode = "pass";
+    stack.ingestProxy.mode = "pass";
     sub.close();
     await relay.stop();
   }
