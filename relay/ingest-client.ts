@@ -153,8 +153,8 @@ export class IngestClient {
   }
 
   /**
-   * One HTTP request on a kept-alive connection. node:http rather than fetch: measured here,
-   * a one-event ingest took 8.0 ms through node:http against 12.7 ms through fetch (undici).
+   * One HTTP request on a kept-alive connection. node:http rather than fetch (undici): it costs
+   * less per request, which is most of a small batch's latency (docs/benchmarks.md has the figures).
    */
   private request(body: string, signature: string): Promise<{ status: number; text: string }> {
     const url = new URL(this.url);

@@ -6,7 +6,10 @@
 import pino from "pino";
 
 /** Log levels, least to most severe. */
-export type LogLevel = "debug" | "info" | "warn" | "error" | "silent";
+export const LOG_LEVELS = ["debug", "info", "warn", "error", "silent"] as const;
+
+/** One of {@link LOG_LEVELS}. */
+export type LogLevel = (typeof LOG_LEVELS)[number];
 
 /** What the relay writes its logs to. */
 export interface Logger {

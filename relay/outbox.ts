@@ -172,7 +172,7 @@ export const READ_PAGE_SQL = `with saved as (
              -- does not see (found through the xid index: "offset 0" keeps the planner from
              -- turning min() into a pkey scan from the first row), not at the outbox's first
              -- row: the pkey scan then skips the delivered rows kept for retention instead of
-             -- filtering every one of them (200,000 retained rows cost each read 30 ms that way).
+             -- filtering every one of them (a cost growing with the retention; docs/benchmarks.md).
              and o.id > coalesce($3::bigint, (select min(x.id) - 1 from (select id from realtime.outbox where xid >= pg_snapshot_xmin(snap.done) offset 0) x), 0)
              and ($6::int is null or ${partitionSql("hashtext(o.channel)", "$6::int")} = $7::int)
            order by o.id

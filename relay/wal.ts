@@ -6,8 +6,8 @@
  * Why: in `outbox` capture every captured row is a second row for the writer (heap, two indexes,
  * their WAL, a later delete). A message is one WAL record and nothing else, and decoding hands
  * transactions over in commit order, so the relay needs no snapshots, no cursor table and no
- * doorbell. Measured here with 16 writers: watched inserts ran at 0.66x of a plain table with the
- * outbox, 0.81x with messages (docs/benchmarks.md has the end-to-end figures).
+ * doorbell, and writers pay less for capture than with the outbox (docs/benchmarks.md has the
+ * figures).
  *
  * Delivery: the replication slot's confirmed position is the cursor. It moves (a standby status
  * update) only to the end of a transaction whose every event the Worker acknowledged, so a relay
