@@ -29,14 +29,14 @@ export default defineConfig({
       },
       {
         // Units that need neither Postgres nor workerd (protocol/, the benchmark's accounting): plain Node.
-        test: { name: "unit", include: ["test/protocol/**/*.test.ts", "test/client/**/*.test.ts", "test/bench/**/*.test.ts"] },
+        test: { name: "unit", include: ["test/protocol/**/*.test.ts", "test/client/**/*.test.ts", "test/bench/**/*.test.ts", "test/relay/config.test.ts"] },
       },
       {
         // Relay, end-to-end and browser tests, in Node against a real Postgres.
         test: {
           name: "node",
           include: ["test/relay/**/*.test.ts", "test/e2e/**/*.test.ts", "test/faults/**/*.test.ts", "test/browser/**/*.test.ts", "test/package/**/*.test.ts"],
-          exclude: ["test/faults/**/*.worker.test.ts"],
+          exclude: ["test/faults/**/*.worker.test.ts", "test/relay/config.test.ts"],
           globalSetup: ["test/support/global-setup.ts"],
           testTimeout: 60_000,
           hookTimeout: 120_000,

@@ -17,6 +17,12 @@ export const CHANNEL_PATTERN = /^[A-Za-z0-9_.:@-]{1,128}$/;
 /** Event names (`insert`, `update`, `delete`, `notify`, or what `realtime.publish` was given). */
 export const EVENT_NAME_PATTERN = /^[A-Za-z0-9_.:-]{1,64}$/;
 
+/**
+ * Shortest JWT_SECRET the Worker, the token minter and the CLI accept: an HS256 key shorter than
+ * the hash's 32 bytes is weaker than the signature it makes.
+ */
+export const MIN_JWT_SECRET_LENGTH = 32;
+
 /** Largest number of events one ingest request may carry. */
 export const MAX_INGEST_EVENTS = 1000;
 

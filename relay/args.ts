@@ -1,5 +1,6 @@
 /** Command-line and environment parsing for the relay CLI; every option comes from relay/options.ts. */
 import { parseArgs } from "node:util";
+import { MIN_JWT_SECRET_LENGTH } from "../protocol/index.ts";
 import { RelayConfigError, type HttpListen, type RelayOptions } from "./config.ts";
 import { CLI_OPTIONS, OPTIONS, optionKeys, RELAY_OPTIONS, type OptionSpec, type Settings } from "./options.ts";
 
@@ -121,7 +122,9 @@ export function tokenArgs(argv: string[], env: NodeJS.ProcessEnv): TokenArgs {
     throw new RelayConfigError(`${(err as Error).message} (usage: token --sub <user> --channels a,b [--ttl seconds])`);
   }
   const secret = values["jwt-secret"] ?? env.JWT_SECRET ?? "";
-  if (secret.length < 32) throw new RelayConfigError("JWT_SECRET is not set (or shorter than 32 characters): use the Worker's JWT_SECRET");
+  if (secret.length < MIN_JWT_SECRET_LENGTH) {
+    throw new RelayConfigError(`JWT_SECRET is not set (or shorter than ${MIN_JWT_SECRET_LENGTH} characters): use the Worker's JWT_SECRET`);
+  }
   if (!values.sub) throw new RelayConfigError("--sub is required: the user the token is for");
   const channels = (values.channels ?? "").split(",").map((c) => c.trim()).filter(Boolean);
   if (channels.length === 0) throw new RelayConfigError("--channels is required: the channels (or patterns) the token may join, comma-separated");

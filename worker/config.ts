@@ -1,5 +1,5 @@
 /** The Worker's configuration: defaults in one place, parsed and checked once per isolate. */
-import { MAX_INGEST_EVENTS } from "../protocol/index.ts";
+import { MAX_INGEST_EVENTS, MIN_JWT_SECRET_LENGTH } from "../protocol/index.ts";
 import type { Env } from "./env.ts";
 
 /** Parsed Worker configuration. */
@@ -126,8 +126,8 @@ export function resolveWorkerConfig(env: Env): WorkerConfig {
   const hit = cache.get(env);
   if (hit) return hit;
   const jwtSecret = optional(env.JWT_SECRET);
-  if (jwtSecret && jwtSecret.length < 32) {
-    throw new WorkerConfigError("JWT_SECRET must be at least 32 characters (try: openssl rand -hex 32)");
+  if (jwtSecret && jwtSecret.length < MIN_JWT_SECRET_LENGTH) {
+    throw new WorkerConfigError(`JWT_SECRET must be at least ${MIN_JWT_SECRET_LENGTH} characters (try: openssl rand -hex 32)`);
   }
   const jwksUrl = optional(env.JWT_JWKS_URL);
   if (jwksUrl && !/^https?:\/\//.test(jwksUrl)) throw new WorkerConfigError("JWT_JWKS_URL must be an http(s) URL");
