@@ -65,7 +65,7 @@ it.each([
     await db.connect();
     try {
       await db.query("insert into todos (title) values ('hello from psql')");
-      const [e] = await sub.waitFor(() => sub.events.length > 0 && sub.events, "the insert");
+      const [e] = await sub.until(() => sub.events.length > 0 && sub.events, "the insert");
       expect(e).toMatchObject({ event: "insert", data: { table: "todos", new: { title: "hello from psql" } } });
     } finally {
       sub.close();

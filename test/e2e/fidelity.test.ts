@@ -706,7 +706,7 @@ async function barrier(s: Stack): Promise<{ live: Record<string, number>; seq: R
   const live: Record<string, number> = {};
   const seq: Record<string, number> = {};
   for (const [table, sub] of Object.entries(s.live)) {
-    live[table] = await sub.waitFor(() => after(sub.events), `barrier ${n}`);
+    live[table] = await sub.until(() => after(sub.events), `barrier ${n}`);
     seq[table] = sub.events[live[table]! - 1]!.seq;
   }
   const exact = await s.exact.until(() => after(s.exact.seen.events), `barrier ${n} (client, exact)`);
@@ -716,7 +716,7 @@ async function barrier(s: Stack): Promise<{ live: Record<string, number>; seq: R
 
 /** Waits until `sub` has `n` events after index `from`; returns them, read from the frames' text. */
 async function eventsAfter(sub: TestSubscriber, from: number, n: number, what: string): Promise<RawEvent[]> {
-  await sub.waitFor(() => sub.events.length >= from + n || undefined, what, 30_000);
+  await sub.until(() => sub.events.length >= from + n || undefined, what, 30_000);
   const raw = rawEvents(sub);
   expect(raw.map((e) => e.seq)).toEqual(sub.events.map((e) => e.seq)); // the text reading saw every event
   return raw.slice(from);
@@ -728,7 +728,7 @@ async function snapshotMismatches(s: Stack, table: string, lastSeq: number, rowS
   const where = `snapshot of ${s.channels[table]}`;
   const sub = await TestSubscriber.connect(stack.worker.url, s.channels[table]!, { snapshot: "1" });
   try {
-    await sub.waitFor(() => sub.frames.some((f) => f.type === "snapshot") || undefined, "snapshot");
+    await sub.until(() => sub.frames.some((f) => f.type === "snapshot") || undefined, "snapshot");
     if (table === SHARDED_TABLE && !("shard" in sub.welcome)) out.push(`${where}: the socket is not on a shard`);
     const snapshot = rawSnapshot(sub);
     const { rows } = await s.writer.query<{ id: string; key: string; row: string }>(`select id::text as id, json_build_object('id', id)::text as key, to_json(t.*)::text as row from ${table} t`);

@@ -29,9 +29,9 @@ it("delivers the same 300 events, in order, to 2,000 sockets spread over 4 shard
     expect(await stats("live:score")).toMatchObject({ shards: 4, sockets: 2000 });
 
     await writeNumbered(stack.db, "live:score", 1, 300, 10);
-    const reference = (await sockets[0]!.waitForEvents(300, 60_000)).map((e) => `${e.seq}:${e.id}`);
+    const reference = (await sockets[0]!.eventCount(300, 60_000)).map((e) => `${e.seq}:${e.id}`);
     expect(reference.map((r) => Number(r.split(":")[0]))).toEqual(Array.from({ length: 300 }, (_, i) => i + 1));
-    for (const s of sockets) expect((await s.waitForEvents(300, 60_000)).map((e) => `${e.seq}:${e.id}`)).toEqual(reference);
+    for (const s of sockets) expect((await s.eventCount(300, 60_000)).map((e) => `${e.seq}:${e.id}`)).toEqual(reference);
   } finally {
     for (const s of sockets) s.close();
   }
@@ -80,9 +80,9 @@ it("grows a channel onto shards by itself past AUTO_SHARD_SOCKETS, filling each 
     expect(await stats("crowd")).toMatchObject({ shards: 3, sockets: 350 });
 
     await writeNumbered(stack.db, "crowd", 1, 200, 10);
-    const reference = (await sockets[0]!.waitForEvents(200, 60_000)).map((e) => `${e.seq}:${e.id}`);
+    const reference = (await sockets[0]!.eventCount(200, 60_000)).map((e) => `${e.seq}:${e.id}`);
     expect(reference.map((r) => Number(r.split(":")[0]))).toEqual(Array.from({ length: 200 }, (_, i) => i + 1));
-    for (const s of sockets) expect((await s.waitForEvents(200, 60_000)).map((e) => `${e.seq}:${e.id}`)).toEqual(reference);
+    for (const s of sockets) expect((await s.eventCount(200, 60_000)).map((e) => `${e.seq}:${e.id}`)).toEqual(reference);
 
     // A client of shard 2 leaves, events go on, and it comes back (on shard 2 again, the least
     // full): it gets exactly what it missed.
@@ -90,11 +90,11 @@ it("grows a channel onto shards by itself past AUTO_SHARD_SOCKETS, filling each 
     const { epoch } = leaver.welcome;
     leaver.close();
     await writeNumbered(stack.db, "crowd", 201, 220, 10);
-    await sockets[0]!.waitForEvents(220, 60_000);
+    await sockets[0]!.eventCount(220, 60_000);
     const back = await TestSubscriber.connect(stack.worker.url, "crowd", { since: "200", epoch });
     sockets.push(back);
     expect((back.welcome as { shard?: number }).shard).toBe(2);
-    expect((await back.waitForEvents(20, 60_000)).map((e) => e.seq)).toEqual(Array.from({ length: 20 }, (_, i) => 201 + i));
+    expect((await back.eventCount(20, 60_000)).map((e) => e.seq)).toEqual(Array.from({ length: 20 }, (_, i) => 201 + i));
   } finally {
     for (const s of sockets) s.close();
   }

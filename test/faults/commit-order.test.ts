@@ -28,10 +28,10 @@ it("delivers both when A takes the smaller outbox id but commits after B: nothin
     await a.query("select realtime.publish('ab', 'a')");
     await b.query("select realtime.publish('ab', 'b')"); // commits now
     // B is delivered while A is still open: a reader tracking "last id sent" would now be past A.
-    const [first] = await sub.waitForEvents(1);
+    const [first] = await sub.eventCount(1);
     expect(first!.event).toBe("b");
     await a.query("commit");
-    const events = await sub.waitForEvents(2);
+    const events = await sub.eventCount(2);
     expect(events.map((e) => e.event)).toEqual(["b", "a"]);
     expect(outboxId(events[1]!) < outboxId(events[0]!)).toBe(true);
   } finally {
@@ -61,7 +61,7 @@ for (const sameWindow of [false, true]) {
         // The new relay's first window holds both commits.
         await relayEvent(stack.relay, "batch", (b) => b.events >= 2);
       }
-      const events = await sub.waitForEvents(2);
+      const events = await sub.eventCount(2);
       const versions = events.map((e) => [(e.data as ChangeEvent<{ v: string }>).old!.v, (e.data as ChangeEvent<{ v: string }>).new!.v]);
       expect(versions.slice(-2).map(([, v]) => v)).toEqual([`t1 ${tag}`, `t2 ${tag}`]);
       expect(versions.at(-1)![0]).toBe(`t1 ${tag}`);
@@ -80,11 +80,11 @@ it("delays nothing and loses nothing around a long-running open transaction", as
     await long.query("select realtime.publish('long', 'n', '{\"channel\":\"long\",\"n\":1}')");
     // 300 events commit while the long transaction stays open; all are delivered meanwhile.
     await writeNumbered(stack.db, "around", 1, 300, 7);
-    const events = await around.waitForEvents(300);
+    const events = await around.eventCount(300);
     expectExactlyOnceInOrder(events, "around", 300);
     expect(longSub.events).toEqual([]);
     await long.query("commit");
-    expectExactlyOnceInOrder(await longSub.waitForEvents(1), "long", 1);
+    expectExactlyOnceInOrder(await longSub.eventCount(1), "long", 1);
     // And nothing else arrived late or twice.
     expect(around.events).toHaveLength(300);
   } finally {

@@ -33,14 +33,14 @@ it("hands over to the standby when the leader is SIGKILLed mid-burst, losing and
     expect(standby.output()).toContain("another relay leads; standing by");
     expect(standby.output()).not.toContain('"msg":"leading"');
     const writing = Promise.all([writeNumbered(stack.db, "ha-a", 1, 2000, 4), writeNumbered(stack.db, "ha-b", 1, 2000, 4)]);
-    await subs[0]!.waitForEvents(500, 60_000);
+    await subs[0]!.eventCount(500, 60_000);
     const killedAt = Date.now();
     leader.kill("SIGKILL");
     await standby.waitForLog("leading");
     const takeoverMs = Date.now() - killedAt;
     await writing;
-    expectExactlyOnceInOrder(await subs[0]!.waitForEvents(2000, 60_000), "ha-a", 2000);
-    expectExactlyOnceInOrder(await subs[1]!.waitForEvents(2000, 60_000), "ha-b", 2000);
+    expectExactlyOnceInOrder(await subs[0]!.eventCount(2000, 60_000), "ha-a", 2000);
+    expectExactlyOnceInOrder(await subs[1]!.eventCount(2000, 60_000), "ha-b", 2000);
     expect(subs[0]!.events.length).toBe(2000);
     // Informational, for the README's figure; the bound is the wait above, not a timing assertion.
     process.stdout.write(`failover: standby led ${takeoverMs} ms after the leader was killed\n`);

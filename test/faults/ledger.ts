@@ -98,14 +98,14 @@ export async function killTwiceDuringBurst(options: {
     const writing = Promise.all(channels.map((c) => (options.table ? insertNumbered(db, options.table, c, 1, perChannel, 5) : writeNumbered(db, c, 1, perChannel, 5))));
     for (const atLeast of [300, 900]) {
       // Kill while events are flowing: some batches acknowledged, one possibly in flight.
-      await subs[0]!.waitForEvents(atLeast, 60_000);
+      await subs[0]!.eventCount(atLeast, 60_000);
       relay.kill("SIGKILL");
       await relay.exited;
       killed.push(subs[0]!.events.length);
       relay = start();
     }
     await writing;
-    for (const [i, sub] of subs.entries()) expectExactlyOnceInOrder(await sub.waitForEvents(perChannel, 60_000), channels[i]!, perChannel);
+    for (const [i, sub] of subs.entries()) expectExactlyOnceInOrder(await sub.eventCount(perChannel, 60_000), channels[i]!, perChannel);
     // The kills happened mid-burst, not after it.
     expect(killed.every((n) => n < perChannel)).toBe(true);
     // Every event the Worker was sent twice was dropped as a duplicate, never shown twice.

@@ -38,8 +38,8 @@ it("survives a Worker outage (refused, then 500): bounded retries of one batch, 
       expect(ids.length).toBeLessThanOrEqual(100);
       expect(ids).toEqual(during[0]);
     }
-    expectExactlyOnceInOrder(await subs[0]!.waitForEvents(2000, 60_000), "out-a", 2000);
-    expectExactlyOnceInOrder(await subs[1]!.waitForEvents(2000, 60_000), "out-b", 2000);
+    expectExactlyOnceInOrder(await subs[0]!.eventCount(2000, 60_000), "out-a", 2000);
+    expectExactlyOnceInOrder(await subs[1]!.eventCount(2000, 60_000), "out-b", 2000);
   } finally {
     for (const s of subs) s.close();
     await relay.stop();
@@ -64,14 +64,14 @@ it.each([
   try {
     await relayEvent(relay, source === "outbox" ? "idle" : "streaming", () => true, 60_000);
     await write(1, 500);
-    await sub.waitForEvents(500);
+    await sub.eventCount(500);
     const disconnected = relayEvent(relay, "disconnected");
     await server.restart!();
     await disconnected;
     const back = relayEvent(relay, source === "outbox" ? "leader" : "streaming", () => true, 30_000);
     await write(501, 1000);
     await back;
-    expectExactlyOnceInOrder(await sub.waitForEvents(1000, 60_000), channel, 1000);
+    expectExactlyOnceInOrder(await sub.eventCount(1000, 60_000), channel, 1000);
   } finally {
     sub.close();
     await relay.stop();

@@ -27,7 +27,7 @@ it("ships 12 channels under load with two partition relays: every event once, pe
     await Promise.all(relays.map((r) => relayEvent(r, "idle")));
     // Four writers, three channels each, interleaving transactions across partitions.
     await Promise.all([0, 1, 2, 3].map((w) => Promise.all(CHANNELS.filter((_, i) => i % 4 === w).map((c) => writeNumbered(stack.db, c, 1, PER_CHANNEL, 7)))));
-    for (const [i, sub] of subs.entries()) expectExactlyOnceInOrder(await sub.waitForEvents(PER_CHANNEL, 60_000), CHANNELS[i]!, PER_CHANNEL);
+    for (const [i, sub] of subs.entries()) expectExactlyOnceInOrder(await sub.eventCount(PER_CHANNEL, 60_000), CHANNELS[i]!, PER_CHANNEL);
     await Promise.all(relays.map((r) => caughtUp(r))); // the last acknowledgements are counted
     expect(shipped[0]! + shipped[1]!).toBe(CHANNELS.length * PER_CHANNEL);
     expect(shipped[0]).toBeGreaterThan(0);
@@ -69,7 +69,7 @@ it("moves from one relay to two partitions and back without skipping or re-sendi
     await write(101, 150);
     await own.sql("delete from realtime.cursors where name = 'grow'");
     expect(await run([startRelay(options)])).toEqual({ accepted: 200, duplicates: 0 });
-    for (const [i, sub] of subs.entries()) expectExactlyOnceInOrder(await sub.waitForEvents(150), CHANNELS[i]!, 150);
+    for (const [i, sub] of subs.entries()) expectExactlyOnceInOrder(await sub.eventCount(150), CHANNELS[i]!, 150);
   } finally {
     for (const s of subs) s.close();
     await own.drop();

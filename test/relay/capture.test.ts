@@ -38,7 +38,7 @@ describe("watch()", () => {
       const { id } = (await db.sql<{ id: string }>("insert into todos (title) values ('write tests') returning id"))[0]!;
       await db.sql("update todos set done = true where id = $1", [id]);
       await db.sql("delete from todos where id = $1", [id]);
-      const events = await sub.waitForEvents(3);
+      const events = await sub.eventCount(3);
       expect(events.map((e) => e.event)).toEqual(["insert", "update", "delete"]);
       const [ins, upd, del] = events.map((e) => e.data as ChangeEvent);
       expect(ins).toMatchObject({ op: "INSERT", schema: "public", table: "todos", key: { id: Number(id) }, old: null });
@@ -58,9 +58,9 @@ describe("watch()", () => {
       await db.sql("insert into items values (1, 1, 'one'), (2, 1, 'two')");
       await db.sql("update items set tenant_id = 3, name = 'moved' where tenant_id = 2");
       await db.sql("update items set name = 'renamed' where tenant_id = 1");
-      const e1 = await t1.waitForEvents(2);
-      const e2 = await t2.waitForEvents(2);
-      const e3 = await t3.waitForEvents(1);
+      const e1 = await t1.eventCount(2);
+      const e2 = await t2.eventCount(2);
+      const e3 = await t3.eventCount(1);
       expect(e1.map((e) => [e.event, (e.data as ChangeEvent).new?.name])).toEqual([["insert", "one"], ["update", "renamed"]]);
       expect(e2.map((e) => e.event)).toEqual(["insert", "delete"]);
       // The old tenant never sees the row's new contents.
@@ -77,7 +77,7 @@ describe("watch()", () => {
       const title = "é".repeat(250_000) + "x".repeat(500_000); // 1,000,000 bytes of UTF-8
       const { id } = (await db.sql<{ id: string }>("insert into todos (title) values ($1) returning id", [title]))[0]!;
       await db.sql("update todos set title = $2 where id = $1", [id, title + "!"]);
-      const events = await sub.waitForEvents(2, 60_000);
+      const events = await sub.eventCount(2, 60_000);
       expect((events[0]!.data as ChangeEvent<{ title: string }>).new!.title).toBe(title);
       expect((events[1]!.data as ChangeEvent<{ title: string }>).new!.title).toBe(title + "!");
       expect((events[1]!.data as ChangeEvent<{ title: string }>).old!.title).toBe(title);
@@ -93,7 +93,7 @@ describe("watch()", () => {
     try {
       await db.sql("insert into awkward values (1, 2, 3, 'a', 'b', 'c', 'd')");
       await db.sql("update awkward set n = 20 where id = 1");
-      const [ins, upd] = await sub.waitForEvents(2);
+      const [ins, upd] = await sub.eventCount(2);
       expect((ins!.data as ChangeEvent).new).toEqual({ id: 1, n: 2, o: 3, nj: "a", oj: "b", new: "c", old: "d" });
       expect((upd!.data as ChangeEvent).new).toEqual({ id: 1, n: 20, o: 3, nj: "a", oj: "b", new: "c", old: "d" });
       expect((upd!.data as ChangeEvent).old).toEqual({ id: 1, n: 2, o: 3, nj: "a", oj: "b", new: "c", old: "d" });
@@ -165,7 +165,7 @@ describe("watch()", () => {
       if (level === "for each statement") statements.push(`update ${table} set id = case id when 11 then 12 when 12 then 11 else id end`);
       for (const statement of statements) await db.sql(statement);
       const count = (await db.sql<{ n: number }>("select count(*)::int as n from realtime.outbox where channel = $1", [table]))[0]!.n;
-      const events = await sub.waitForEvents(count);
+      const events = await sub.eventCount(count);
       // Replaying the events in order on an empty copy gives the table as it is.
       const rows = new Map<number, { id: number; v: number }>();
       for (const e of events) {
@@ -198,7 +198,7 @@ describe("realtime.publish()", () => {
     const sub = await TestSubscriber.connect(worker.url, "orders");
     try {
       await db.sql("select realtime.publish('orders', 'order.created', $1::jsonb)", [JSON.stringify({ id: 7, total: 12.5 })]);
-      const [e] = await sub.waitForEvents(1);
+      const [e] = await sub.eventCount(1);
       expect(e).toMatchObject({ event: "order.created", data: { id: 7, total: 12.5 } });
       expect(e!.id).toMatch(/^[0-9a-f]{12}-\d+$/);
     } finally {

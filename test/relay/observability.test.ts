@@ -61,7 +61,7 @@ it("reports health, leadership, what it sent, and a growing backlog while the Wo
     const stand = lead === leader ? standby : leader;
 
     await db.sql("insert into t select g from generate_series(1, 25) g");
-    await sub.waitForEvents(25);
+    await sub.eventCount(25);
     await lead.child.waitForLog("batch acknowledged"); // the Worker's 2xx, after the sockets got them
     let text = await (await fetch(`${lead.url}/metrics`)).text();
     expect(metric(text, "relay_events_sent_total")).toBe(25);
@@ -82,7 +82,7 @@ it("reports health, leadership, what it sent, and a growing backlog while the Wo
     expect(metric(text, "relay_oldest_undelivered_seconds")).toBeGreaterThanOrEqual(42);
     expect(metric(text, "relay_retries_total")).toBeGreaterThanOrEqual(1);
     proxy.mode = "pass";
-    await sub.waitForEvents(26);
+    await sub.eventCount(26);
 
     for (const out of [text, lead.child.output(), stand.child.output()]) {
       expect(out).not.toContain(TEST_SECRET);

@@ -49,7 +49,7 @@ afterAll(async () => {
 
 /** Waits for `n` events, with the relay's log in the error should they not come. */
 async function eventsOf(sub: TestSubscriber, n: number): Promise<ChannelEvent[]> {
-  return sub.waitForEvents(n, 20_000).catch((err: Error) => {
+  return sub.eventCount(n, 20_000).catch((err: Error) => {
     throw new Error(`${err.message}\n${logs()}`);
   });
 }
@@ -174,7 +174,7 @@ describe("publication capture", () => {
       expect(update).toMatchObject({ op: "UPDATE", new: { id: 1, title: "second", body: big } });
       expect(update).not.toHaveProperty("unchanged");
       const joining = await TestSubscriber.connect(worker.url, "pages");
-      const snapshot = await joining.waitFor(() => joining.frames.find((f) => f.type === "snapshot"), "snapshot");
+      const snapshot = await joining.until(() => joining.frames.find((f) => f.type === "snapshot"), "snapshot");
       expect((snapshot as { rows: SnapshotRow[] }).rows[0]!.row).toEqual({ id: 1, title: "second", body: big });
       joining.close();
       const [, bare] = data(await eventsOf(atts, 2));
@@ -225,7 +225,7 @@ describe("publication capture under faults", () => {
       await insertNumbered(db, "ledger", "pub-outage", 1, 300, 10);
       await failing;
       proxy.mode = "pass";
-      expectExactlyOnceInOrder(await sub.waitForEvents(300, 60_000), "pub-outage", 300);
+      expectExactlyOnceInOrder(await sub.eventCount(300, 60_000), "pub-outage", 300);
     } finally {
       sub.close();
       proxy.mode = "pass";

@@ -47,7 +47,7 @@ describe("NOTIFY forwarding", () => {
     try {
       await listening;
       await db.sql("insert into users (name) values ('ada'), ('grace')");
-      const events = await sub.waitForEvents(2);
+      const events = await sub.eventCount(2);
       expect(events.map((e) => e.event)).toEqual(["notify", "notify"]);
       expect(events.map((e) => e.data)).toEqual([
         { operation: "INSERT", table: "users", id: 1, data: { id: 1, name: "ada" } },
@@ -55,7 +55,7 @@ describe("NOTIFY forwarding", () => {
       ]);
       // A plain-text payload arrives as a string.
       await db.sql("select pg_notify('data_changes', 'changed')");
-      const [, , text] = await sub.waitForEvents(3);
+      const [, , text] = await sub.eventCount(3);
       expect(text!.data).toBe("changed");
     } finally {
       sub.close();
@@ -71,7 +71,7 @@ describe("large events", () => {
     try {
       await relayEvent(relay, "idle");
       await db.sql("insert into todos (title) values ('small before'), ($1), ('small after')", ["x".repeat(10_000)]);
-      const events = await sub.waitForEvents(3);
+      const events = await sub.eventCount(3);
       const big = events[1]!.data as { oversized: boolean; bytes: number; key: { id: number } };
       expect(big).toMatchObject({ oversized: true, op: "INSERT", schema: "public", table: "todos" });
       expect(big.bytes).toBeGreaterThan(10_000);
@@ -95,7 +95,7 @@ describe("cursor", () => {
       // Stop inside the acknowledgement: no read follows to carry the cursor.
       relay.once("batch", () => void relay.stop());
       await db.sql("insert into todos (title) select 'stop after ack ' || g from generate_series(1, 5) g");
-      expect((await sub.waitForEvents(5)).length).toBe(5);
+      expect((await sub.eventCount(5)).length).toBe(5);
       await relay.stop();
       const after = await cursorRow();
       expect(after!.done).not.toBe(before!.done);
@@ -128,7 +128,7 @@ describe("cursor", () => {
       expect(await cursorRow()).toEqual(before);
       expect(sub.events).toEqual([]);
       proxy.mode = "pass";
-      const events = await sub.waitForEvents(20);
+      const events = await sub.eventCount(20);
       expect(events.map((e) => (e.data as { new: { title: string } }).new.title)).toEqual(
         Array.from({ length: 20 }, (_, i) => `during outage ${i + 1}`),
       );
@@ -147,7 +147,7 @@ describe("cursor", () => {
     try {
       await relayEvent(relay, "idle");
       await db.sql("insert into todos (title) values ('before kill')");
-      await sub.waitForEvents(1);
+      await sub.eventCount(1);
       const reconnected = relayEvent(relay, "leader");
       const killed = await db.sql<{ pid: number }>(
         "select pg_terminate_backend(pid) as pid from pg_stat_activity where application_name like 'pg-edge-realtime relay%' and datname = current_database()",
@@ -156,7 +156,7 @@ describe("cursor", () => {
       await db.sql("insert into todos (title) values ('while reconnecting')");
       await reconnected;
       await db.sql("insert into todos (title) values ('after reconnect')");
-      const events = await sub.waitForEvents(3);
+      const events = await sub.eventCount(3);
       expect(events.map((e) => (e.data as { new: { title: string } }).new.title)).toEqual(["before kill", "while reconnecting", "after reconnect"]);
       expect(new Set(events.map((e) => e.id)).size).toBe(3);
     } finally {
@@ -173,7 +173,7 @@ describe("cursor", () => {
       expect(await db.sql("select waiting from realtime.doorbells where name = 'default'")).toEqual([{ waiting: true }]);
       // With a one-minute poll, only the doorbell can deliver this within the test's timeout.
       await db.sql("insert into todos (title) values ('rung')");
-      await sub.waitForEvents(1, 10_000);
+      await sub.eventCount(1, 10_000);
     } finally {
       sub.close();
       await relay.stop();
@@ -203,7 +203,7 @@ describe("least privilege", () => {
     try {
       await relayEvent(relay, "idle");
       await db.sql("insert into todos (title) values ('as realtime_relay')");
-      expect((await sub.waitForEvents(1))[0]!.data).toMatchObject({ new: { title: "as realtime_relay" } });
+      expect((await sub.eventCount(1))[0]!.data).toMatchObject({ new: { title: "as realtime_relay" } });
       await pruned;
     } finally {
       sub.close();
@@ -265,7 +265,7 @@ describe("CLI", () => {
     const child = spawnCli(["relay"], env({ RELAY_POLL_INTERVAL_MS: "200" }));
     try {
       await db.sql("insert into todos (title) values ('via cli')");
-      const [e] = await sub.waitFor(() => sub.events.find((x) => (x.data as { new?: { title: string } }).new?.title === "via cli") && sub.events, "the CLI's event");
+      const [e] = await sub.until(() => sub.events.find((x) => (x.data as { new?: { title: string } }).new?.title === "via cli") && sub.events, "the CLI's event");
       expect(e).toBeDefined();
       child.kill("SIGTERM");
       expect(await child.exited).toBe(0);

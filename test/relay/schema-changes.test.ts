@@ -117,7 +117,7 @@ describe("with event triggers (installed by a superuser)", () => {
       await app.q("update k1 set v = 'yy' where a2 = 2");
       await app.q("delete from k1 where a2 = 1");
       expect(await admin.q("select realtime.backfill('k1') as n")).toEqual([{ n: "1" }]);
-      const events = await sub.waitForEvents(5);
+      const events = await sub.eventCount(5);
       expect(named(events)).toEqual([
         ["insert", "public", "k1", { b: 10, a: 1 }],
         ["insert", "public", "k1", { b: 20, a2: 2 }],
@@ -145,7 +145,7 @@ describe("with event triggers (installed by a superuser)", () => {
       await admin.q("alter schema moved rename to moved2");
       await app.q("insert into moved2.t2_renamed values (4)");
       await app.q("truncate moved2.t2_renamed");
-      expect(named(await sub.waitForEvents(5))).toEqual([
+      expect(named(await sub.eventCount(5))).toEqual([
         ["insert", "public", "t2", { id: 1 }],
         ["insert", "public", "t2_renamed", { id: 2 }],
         ["insert", "moved", "t2_renamed", { id: 3 }],
@@ -169,13 +169,13 @@ describe("with event triggers (installed by a superuser)", () => {
       expect(await admin.q("select channel from realtime.watches where tbl = 'items3'::regclass")).toEqual([{ channel: "tmpl:{tenant}" }]);
       await app.q("insert into items3 values (2, 1, 'b')");
       await app.q("update items3 set tenant = 2 where id = 1"); // leaves tmpl:1, enters tmpl:2
-      const e1 = await t1.waitForEvents(3);
+      const e1 = await t1.eventCount(3);
       expect(e1.map((e) => [e.event, change(e).key, change(e).new])).toEqual([
         ["insert", { id: 1 }, { id: 1, tenant_id: 1, name: "a" }],
         ["insert", { id: 2 }, { id: 2, tenant: 1, name: "b" }],
         ["delete", { id: 1 }, null],
       ]);
-      expect((await t2.waitForEvents(1)).map((e) => [e.event, change(e).new])).toEqual([["insert", { id: 1, tenant: 2, name: "a" }]]);
+      expect((await t2.eventCount(1)).map((e) => [e.event, change(e).new])).toEqual([["insert", { id: 1, tenant: 2, name: "a" }]]);
 
       // NOT NULL dropped: a NULL routes nowhere; the write goes on, its event is left out with a WARNING.
       await admin.q("alter table items3 alter column tenant drop not null");
@@ -202,7 +202,7 @@ describe("with event triggers (installed by a superuser)", () => {
       const t4 = await TestSubscriber.connect(worker.url, "tmpl:4");
       try {
         await app.q("update items3 set name = 'dddd' where id = 4");
-        expect((await t4.waitForEvents(1)).map((e) => [e.event, change(e).new])).toEqual([["update", { id: 4, name: "dddd" }]]);
+        expect((await t4.eventCount(1)).map((e) => [e.event, change(e).new])).toEqual([["update", { id: 4, name: "dddd" }]]);
       } finally {
         t4.close();
       }
@@ -227,7 +227,7 @@ describe("with event triggers (installed by a superuser)", () => {
       expect(await admin.q("select key_columns, suspended from realtime.watches where tbl = 'pk'::regclass")).toEqual([{ key_columns: ["b", "a"], suspended: null }]);
       await app.q("insert into pk values (3, 30)");
       // Nothing arrived for the writes while suspended: the next event after the first is this one.
-      expect(named(await sub.waitForEvents(2))).toEqual([
+      expect(named(await sub.eventCount(2))).toEqual([
         ["insert", "public", "pk", { a: 1 }],
         ["insert", "public", "pk", { b: 30, a: 3 }],
       ]);
@@ -300,7 +300,7 @@ describe("with event triggers (installed by a superuser)", () => {
       await installSchema(admin.client);
       expect(await admin.q("select suspended from realtime.watches where tbl = 'fragile'::regclass")).toEqual([{ suspended: null }]);
       await app.q("insert into fragile values (2, 2)");
-      expect(named(await sub.waitForEvents(1))).toEqual([["insert", "public", "fragile", { ident: 2 }]]);
+      expect(named(await sub.eventCount(1))).toEqual([["insert", "public", "fragile", { ident: 2 }]]);
     } finally {
       sub.close();
       await installSchema(admin.client);
@@ -314,7 +314,7 @@ describe("with event triggers (installed by a superuser)", () => {
     const rows = async () => {
       const sub = await TestSubscriber.connect(worker.url, "kept");
       try {
-        const snapshot = await sub.waitFor(() => sub.frames.find((f): f is SnapshotFrame => f.type === "snapshot"), "a snapshot");
+        const snapshot = await sub.until(() => sub.frames.find((f): f is SnapshotFrame => f.type === "snapshot"), "a snapshot");
         return snapshot.rows.map((r) => [r.table, r.key, r.row]).sort((x, y) => JSON.stringify(x).localeCompare(JSON.stringify(y)));
       } finally {
         sub.close();
@@ -323,7 +323,7 @@ describe("with event triggers (installed by a superuser)", () => {
     const seen = await TestSubscriber.connect(worker.url, "kept");
     try {
       await app.q("insert into kept2 values (2, 'marker')");
-      await seen.waitFor(() => seen.events.some((e) => change(e).new?.v === "marker"), "the marker row");
+      await seen.until(() => seen.events.some((e) => change(e).new?.v === "marker"), "the marker row");
     } finally {
       seen.close();
     }
@@ -335,7 +335,7 @@ describe("with event triggers (installed by a superuser)", () => {
     const done = await TestSubscriber.connect(worker.url, "kept");
     try {
       await admin.q("select realtime.forget_retained('kept', 'public', 'kept'); select realtime.backfill('kept2')");
-      await done.waitFor(() => done.events.filter((e) => (e.data as { backfill?: boolean }).backfill).length === 2 || undefined, "the backfill");
+      await done.until(() => done.events.filter((e) => (e.data as { backfill?: boolean }).backfill).length === 2 || undefined, "the backfill");
     } finally {
       done.close();
     }
@@ -379,7 +379,7 @@ describe.each(["outbox", "wal"] as const)("every schema change in turn, %s captu
     /** The events that arrived since the last call, once there are `n` of them. */
     const next = async (sub: TestSubscriber, n: number) => {
       const from = sub === items ? seenItems : seenNotes;
-      const events = (await sub.waitForEvents(from + n, 60_000)).slice(from, from + n);
+      const events = (await sub.eventCount(from + n, 60_000)).slice(from, from + n);
       if (sub === items) seenItems += n;
       else seenNotes += n;
       return events;

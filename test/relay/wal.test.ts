@@ -92,8 +92,8 @@ describe("switching to the WAL", () => {
       await db.sql("delete from items where id = 6");
       const count = (ids: number[]) => ids.reduce((n, id) => n + (increments.get(id) ?? 0), 0);
       const [t0, t1] = [
-        await subs[0]!.waitForEvents(3 + count([2, 4, 6]) + 2, 60_000), // inserts, updates, row 2 moved away, row 6 deleted
-        await subs[1]!.waitForEvents(3 + count([1, 3, 5]) + 1, 60_000), // inserts, updates, row 2 moved in
+        await subs[0]!.eventCount(3 + count([2, 4, 6]) + 2, 60_000), // inserts, updates, row 2 moved away, row 6 deleted
+        await subs[1]!.eventCount(3 + count([1, 3, 5]) + 1, 60_000), // inserts, updates, row 2 moved in
       ];
       const events = [...t0, ...t1];
       // Every increment arrived once, and each row's values in the order they were committed.
@@ -125,7 +125,7 @@ describe("switching to the WAL", () => {
       const acked = relayEvent(relay, "batch", (b) => b.source === "wal");
       await db.sql("select realtime.publish('wal-app', 'hello', '{\"n\": 1}')");
       await acked;
-      expect((await sub.waitForEvents(1))[0]).toMatchObject({ event: "hello", data: { n: 1 } });
+      expect((await sub.eventCount(1))[0]).toMatchObject({ event: "hello", data: { n: 1 } });
       expect(await confirmed()).toBeGreaterThan(before);
       // Writes to a table nobody watches produce no event, but must not pin the WAL: the relay
       // confirms the server's position once nothing of its own is pending.
@@ -149,7 +149,7 @@ describe("switching to the WAL", () => {
       await relayEvent(relay, "streaming");
       await db.sql("select pg_logical_emit_message(true, 'realtime', 'not an event')");
       await db.sql("select realtime.publish('wal-after-junk', 'ok', '{}')");
-      expect((await sub.waitForEvents(1))[0]).toMatchObject({ event: "ok" });
+      expect((await sub.eventCount(1))[0]).toMatchObject({ event: "ok" });
       const logged = (relay as typeof relay & { logLines: string[] }).logLines.find((l) => l.includes("did not write"));
       expect(JSON.parse(logged!)).toMatchObject({ level: "error", error: expect.stringContaining("not an event") });
     } finally {
@@ -206,7 +206,7 @@ describe("faults", () => {
       proxy.mode = "error500";
       await relayEvent(relay, "retry");
       proxy.mode = "pass";
-      expectExactlyOnceInOrder(await sub.waitForEvents(3000, 60_000), "wal-outage", 3000);
+      expectExactlyOnceInOrder(await sub.eventCount(3000, 60_000), "wal-outage", 3000);
     } finally {
       proxy.mode = "pass";
       sub.close();

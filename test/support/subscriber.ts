@@ -63,7 +63,7 @@ export class TestSubscriber {
     const url = new URL(`/parties/main/${channel}`, workerUrl.replace(/^http/, "ws"));
     for (const [k, v] of Object.entries(query)) url.searchParams.set(k, v);
     const sub = new TestSubscriber(new WebSocket(url));
-    await sub.waitFor(() => sub.frames.some((f) => f.type === "welcome") || undefined, "welcome");
+    await sub.until(() => sub.frames.some((f) => f.type === "welcome") || undefined, "welcome");
     return sub;
   }
 
@@ -72,7 +72,7 @@ export class TestSubscriber {
   }
 
   /** Waits until `check` holds over what was received. */
-  waitFor<T>(check: () => T | undefined | null | false, what: string, timeoutMs?: number): Promise<T> {
+  until<T>(check: () => T | undefined | null | false, what: string, timeoutMs?: number): Promise<T> {
     return waitUntil(
       check,
       (notify) => {
@@ -85,8 +85,8 @@ export class TestSubscriber {
   }
 
   /** Waits until at least `n` events arrived; returns them. */
-  waitForEvents(n: number, timeoutMs?: number): Promise<ChannelEvent[]> {
-    return this.waitFor(() => (this.events.length >= n ? this.events : undefined), `${n} events`, timeoutMs);
+  eventCount(n: number, timeoutMs?: number): Promise<ChannelEvent[]> {
+    return this.until(() => (this.events.length >= n ? this.events : undefined), `${n} events`, timeoutMs);
   }
 
   close(): void {
