@@ -11,29 +11,87 @@ import { cpus, totalmem } from "node:os";
 import { fileURLToPath } from "node:url";
 import pg from "pg";
 import WebSocket from "ws";
-import { signBody, SIGNATURE_HEADER } from "../protocol/index.ts";
+import { SIGNATURE_HEADER, signBody } from "../protocol/index.ts";
 import { startFaultProxy } from "../test/support/fault-proxy.ts";
-import { chart, type BarGroup } from "./lib/chart.ts";
+import { type BarGroup, chart } from "./lib/chart.ts";
 import { cpuPerEvent, cpuSnapshot, ROLES, type Role } from "./lib/cpu.ts";
-import { OLTP, Receivers, rssMb, SECRET, startStack, type Stack } from "./lib/stack.ts";
+import { OLTP, Receivers, rssMb, SECRET, type Stack, startStack } from "./lib/stack.ts";
 import { fmt, percentile, ratio, table } from "./lib/stats.ts";
 import { oltp, write } from "./lib/writers.ts";
 
 const args = process.argv.slice(2);
 const mode: "quick" | "default" | "full" = args.includes("--quick") ? "quick" : args.includes("--full") ? "full" : "default";
-const only = args.find((a) => a.startsWith("--only="))?.slice("--only=".length).split(",");
+const only = args
+  .find((a) => a.startsWith("--only="))
+  ?.slice("--only=".length)
+  .split(",");
 /** The relay source "ours" runs with in every scenario but the writers' (which measures both). */
-const source = (args.find((a) => a.startsWith("--source="))?.slice("--source=".length) ?? process.env.RELAY_SOURCE ?? "outbox") as "outbox" | "wal" | "publication";
-if (source !== "outbox" && source !== "wal" && source !== "publication") throw new Error(`--source (RELAY_SOURCE) must be outbox, wal or publication, got ${JSON.stringify(source)}`);
+const source = (args.find((a) => a.startsWith("--source="))?.slice("--source=".length) ?? process.env.RELAY_SOURCE ?? "outbox") as
+  | "outbox"
+  | "wal"
+  | "publication";
+if (source !== "outbox" && source !== "wal" && source !== "publication")
+  throw new Error(`--source (RELAY_SOURCE) must be outbox, wal or publication, got ${JSON.stringify(source)}`);
 const root = fileURLToPath(new URL("..", import.meta.url));
 const resultsDir = `${root}bench/results`;
 mkdirSync(resultsDir, { recursive: true });
 
 /** Sizes per mode. */
 const SIZES = {
-  quick: { writerRounds: 1, writerSeconds: 2, e2eSeconds: 2, paced: 100, pacedSubs: 10, fastSubs: 5, wideSubs: 50, channels: 10, perChannel: 5, fanoutOne: 200, fanoutMany: 500, fanoutChannels: 10, fanoutRate: 50, backlog: 5_000, bigTransaction: 20_000, idleSeconds: 0 },
-  default: { writerRounds: 3, writerSeconds: 4, e2eSeconds: 10, paced: 500, pacedSubs: 100, fastSubs: 10, wideSubs: 200, channels: 50, perChannel: 20, fanoutOne: 1000, fanoutMany: 5000, fanoutChannels: 50, fanoutRate: 100, backlog: 100_000, bigTransaction: 200_000, idleSeconds: 60 },
-  full: { writerRounds: 5, writerSeconds: 6, e2eSeconds: 20, paced: 500, pacedSubs: 100, fastSubs: 10, wideSubs: 200, channels: 50, perChannel: 20, fanoutOne: 1000, fanoutMany: 5000, fanoutChannels: 50, fanoutRate: 100, backlog: 1_000_000, bigTransaction: 1_000_000, idleSeconds: 60 },
+  quick: {
+    writerRounds: 1,
+    writerSeconds: 2,
+    e2eSeconds: 2,
+    paced: 100,
+    pacedSubs: 10,
+    fastSubs: 5,
+    wideSubs: 50,
+    channels: 10,
+    perChannel: 5,
+    fanoutOne: 200,
+    fanoutMany: 500,
+    fanoutChannels: 10,
+    fanoutRate: 50,
+    backlog: 5_000,
+    bigTransaction: 20_000,
+    idleSeconds: 0,
+  },
+  default: {
+    writerRounds: 3,
+    writerSeconds: 4,
+    e2eSeconds: 10,
+    paced: 500,
+    pacedSubs: 100,
+    fastSubs: 10,
+    wideSubs: 200,
+    channels: 50,
+    perChannel: 20,
+    fanoutOne: 1000,
+    fanoutMany: 5000,
+    fanoutChannels: 50,
+    fanoutRate: 100,
+    backlog: 100_000,
+    bigTransaction: 200_000,
+    idleSeconds: 60,
+  },
+  full: {
+    writerRounds: 5,
+    writerSeconds: 6,
+    e2eSeconds: 20,
+    paced: 500,
+    pacedSubs: 100,
+    fastSubs: 10,
+    wideSubs: 200,
+    channels: 50,
+    perChannel: 20,
+    fanoutOne: 1000,
+    fanoutMany: 5000,
+    fanoutChannels: 50,
+    fanoutRate: 100,
+    backlog: 1_000_000,
+    bigTransaction: 1_000_000,
+    idleSeconds: 60,
+  },
 }[mode];
 
 const log = (line: string) => process.stderr.write(`[bench] ${line}\n`);
@@ -68,7 +126,10 @@ type Mode = (typeof MODES)[number];
  */
 async function captureCost(stack: Stack, name: string, title: string, once: (set: "plain" | "ours" | "seeds") => Promise<number>, unit: string, note: string) {
   const runs: Record<string, number[]> = { plain: [], seeds: [] };
-  for (const m of MODES) (runs[m] = []), (runs[`${m}NoRelay`] = []);
+  for (const m of MODES) {
+    runs[m] = [];
+    runs[`${m}NoRelay`] = [];
+  }
   const configured = stack.source;
   for (let round = 0; round < SIZES.writerRounds; round++) {
     runs.plain!.push(await once("plain"));
@@ -80,10 +141,18 @@ async function captureCost(stack: Stack, name: string, title: string, once: (set
     }
     await useSource(stack, configured);
     runs.seeds!.push(await once("seeds"));
-    log(`${name} round ${round + 1}: ${Object.entries(runs).map(([k, v]) => `${k} ${fmt(v.at(-1))}`).join(", ")} ${unit}`);
+    log(
+      `${name} round ${round + 1}: ${Object.entries(runs)
+        .map(([k, v]) => `${k} ${fmt(v.at(-1))}`)
+        .join(", ")} ${unit}`,
+    );
   }
   const rates = Object.fromEntries(Object.entries(runs).map(([k, v]) => [k, percentile(v, 50)])) as Record<string, number>;
-  const label: Record<Mode, string> = { outbox: "outbox capture (the default)", wal: "wal capture (--source wal)", publication: "publication capture (--source publication, no trigger)" };
+  const label: Record<Mode, string> = {
+    outbox: "outbox capture (the default)",
+    wal: "wal capture (--source wal)",
+    publication: "publication capture (--source publication, no trigger)",
+  };
   const rows: string[][] = [["(a) plain table", fmt(rates.plain), "1.00x"]];
   for (const m of MODES) {
     rows.push([`(b) watched, ${label[m]}, relay delivering`, fmt(rates[m]), ratio(rates[m]!, rates.plain!)]);
@@ -106,7 +175,9 @@ async function writerOverhead(stack: Stack) {
     stack,
     "writers",
     "1. Writer overhead: 16 writers, single-row transactions",
-    async (set) => (await write({ databaseUrl: stack.databaseUrl, table: table[set], writers: 16, seconds: SIZES.writerSeconds, channels: ["writers"] })).rows / SIZES.writerSeconds,
+    async (set) =>
+      (await write({ databaseUrl: stack.databaseUrl, table: table[set], writers: 16, seconds: SIZES.writerSeconds, channels: ["writers"] })).rows /
+      SIZES.writerSeconds,
     "rows/s",
     "Targets: (b) >= 0.80x of (a); publication capture (b') >= 0.95x.",
   );
@@ -269,14 +340,34 @@ async function endToEnd(stack: Stack, name: string, title: string, workloads: Wo
     const baseline = await measure(stack, "baseline", w, `${name}-${w.name}-b`);
     log(`${w.label} baseline: ${fmt(baseline.eventsPerSecond)} ev/s, p99 ${fmt(baseline.p99)} ms, missing ${baseline.missing}`);
     data[w.name] = { ours, baseline };
-    for (const [who, m] of [["ours", ours], ["baseline", baseline]] as const) {
+    for (const [who, m] of [
+      ["ours", ours],
+      ["baseline", baseline],
+    ] as const) {
       rows.push([w.label, who, fmt(m.eventsPerSecond), fmt(m.deliveriesPerSecond), fmt(m.p50), fmt(m.p99), fmt(m.max), m.missing, m.duplicates + m.outOfOrder]);
     }
-    rows.push([w.label, "ours / baseline", ratio(ours.eventsPerSecond, baseline.eventsPerSecond), ratio(ours.deliveriesPerSecond, baseline.deliveriesPerSecond), ratio(ours.p50, baseline.p50), ratio(ours.p99, baseline.p99), "", "", ""]);
-    if (ours.missing > 0 || ours.duplicates > 0 || ours.outOfOrder > 0) failures.push(`${w.label}: ours lost ${ours.missing}, duplicated ${ours.duplicates}, reordered ${ours.outOfOrder}`);
+    rows.push([
+      w.label,
+      "ours / baseline",
+      ratio(ours.eventsPerSecond, baseline.eventsPerSecond),
+      ratio(ours.deliveriesPerSecond, baseline.deliveriesPerSecond),
+      ratio(ours.p50, baseline.p50),
+      ratio(ours.p99, baseline.p99),
+      "",
+      "",
+      "",
+    ]);
+    if (ours.missing > 0 || ours.duplicates > 0 || ours.outOfOrder > 0)
+      failures.push(`${w.label}: ours lost ${ours.missing}, duplicated ${ours.duplicates}, reordered ${ours.outOfOrder}`);
     if (ours.events === 0 || baseline.events === 0) failures.push(`${w.label}: a system did not run`);
   }
-  emit(name, title, table(["workload", "system", "events/s", "deliveries/s", "p50 ms", "p99 ms", "max ms", "lost", "dup+reordered"], rows) + `\n\n${note}\n\n${cpuTable(workloads, data)}`, data);
+  emit(
+    name,
+    title,
+    table(["workload", "system", "events/s", "deliveries/s", "p50 ms", "p99 ms", "max ms", "lost", "dup+reordered"], rows) +
+      `\n\n${note}\n\n${cpuTable(workloads, data)}`,
+    data,
+  );
   return data;
 }
 
@@ -328,18 +419,22 @@ async function bigTransaction(stack: Stack) {
     clearInterval(sampler);
     const seconds = (report.lastReceiveAt - committed) / 1000;
     log(`big transaction: ${report.deliveries} rows in ${fmt(seconds)} s after its commit, relay RSS max ${fmt(maxRss)} MB`);
-    if (report.missing > 0 || report.duplicates > 0 || report.outOfOrder > 0) failures.push(`big transaction: lost ${report.missing}, duplicated ${report.duplicates}, reordered ${report.outOfOrder}`);
+    if (report.missing > 0 || report.duplicates > 0 || report.outOfOrder > 0)
+      failures.push(`big transaction: lost ${report.missing}, duplicated ${report.duplicates}, reordered ${report.outOfOrder}`);
     if (maxRss > 150) failures.push(`big transaction: relay RSS ${fmt(maxRss)} MB > 150 MB`);
     emit(
       "bigtx",
       `4b. One transaction of ${SIZES.bigTransaction.toLocaleString("en-US")} rows, decoded from a publication`,
-      table(["", "ours"], [
-        ["the transaction took (s)", fmt((committed - written) / 1000)],
-        ["delivered after its commit in (s)", fmt(seconds)],
-        ["rows/s delivered", fmt(report.deliveries / seconds)],
-        ["relay RSS, max (MB)", fmt(maxRss)],
-        ["lost / duplicated / out of order", `${report.missing} / ${report.duplicates} / ${report.outOfOrder}`],
-      ]) + "\n\nTarget: every row, in order, with the relay's RSS below 150 MB.",
+      `${table(
+        ["", "ours"],
+        [
+          ["the transaction took (s)", fmt((committed - written) / 1000)],
+          ["delivered after its commit in (s)", fmt(seconds)],
+          ["rows/s delivered", fmt(report.deliveries / seconds)],
+          ["relay RSS, max (MB)", fmt(maxRss)],
+          ["lost / duplicated / out of order", `${report.missing} / ${report.duplicates} / ${report.outOfOrder}`],
+        ],
+      )}\n\nTarget: every row, in order, with the relay's RSS below 150 MB.`,
       { rows: SIZES.bigTransaction, transactionSeconds: (committed - written) / 1000, deliverSeconds: seconds, rssMaxMb: maxRss, ...report },
     );
   } finally {
@@ -404,15 +499,27 @@ async function backlog(stack: Stack) {
     emit(
       "backlog",
       `4. Backlog: ${SIZES.backlog.toLocaleString("en-US")} events written while the Worker is unreachable`,
-      table(["", "ours", "baseline"], [
-        ["events written during the outage", SIZES.backlog.toLocaleString("en-US"), "1,000"],
-        ["written at (rows/s)", fmt(SIZES.backlog / pileSeconds), "-"],
-        ["relay RSS, max while down (MB)", fmt(rssWhileDown), "-"],
-        ["relay RSS, max including the drain (MB)", fmt(maxRss), "-"],
-        ["drain after recovery (events/s)", fmt(report.deliveries / drainSeconds), "-"],
-        ["events lost", report.missing, `${baselineLost} (NOTIFY delivers nothing sent while no one listens)`],
-      ]) + "\n\nTarget: relay RSS below 150 MB.",
-      { events: SIZES.backlog, pileSeconds, rssWhileDownMb: rssWhileDown, rssMaxMb: maxRss, drainSeconds, drainPerSecond: report.deliveries / drainSeconds, lost: report.missing, baselineLost },
+      `${table(
+        ["", "ours", "baseline"],
+        [
+          ["events written during the outage", SIZES.backlog.toLocaleString("en-US"), "1,000"],
+          ["written at (rows/s)", fmt(SIZES.backlog / pileSeconds), "-"],
+          ["relay RSS, max while down (MB)", fmt(rssWhileDown), "-"],
+          ["relay RSS, max including the drain (MB)", fmt(maxRss), "-"],
+          ["drain after recovery (events/s)", fmt(report.deliveries / drainSeconds), "-"],
+          ["events lost", report.missing, `${baselineLost} (NOTIFY delivers nothing sent while no one listens)`],
+        ],
+      )}\n\nTarget: relay RSS below 150 MB.`,
+      {
+        events: SIZES.backlog,
+        pileSeconds,
+        rssWhileDownMb: rssWhileDown,
+        rssMaxMb: maxRss,
+        drainSeconds,
+        drainPerSecond: report.deliveries / drainSeconds,
+        lost: report.missing,
+        baselineLost,
+      },
     );
     if (maxRss > 150) failures.push(`backlog: relay RSS ${fmt(maxRss)} MB > 150 MB`);
   } finally {
@@ -437,10 +544,14 @@ async function stats(stack: Stack, channel: string): Promise<{ wakes: number; so
 async function idle(stack: Stack) {
   const channel = "idle";
   const sockets = await Promise.all(
-    Array.from({ length: 100 }, () => new Promise<WebSocket>((resolve) => {
-      const ws = new WebSocket(`${stack.workerUrl.replace("http", "ws")}/parties/main/${channel}`);
-      ws.once("message", () => resolve(ws));
-    })),
+    Array.from(
+      { length: 100 },
+      () =>
+        new Promise<WebSocket>((resolve) => {
+          const ws = new WebSocket(`${stack.workerUrl.replace("http", "ws")}/parties/main/${channel}`);
+          ws.once("message", () => resolve(ws));
+        }),
+    ),
   );
   let pongs = 0;
   let events = 0;
@@ -471,13 +582,16 @@ async function idle(stack: Stack) {
   emit(
     "idle",
     `5. Idle: ${sockets.length} sockets for ${SIZES.idleSeconds} s with heartbeats`,
-    table(["", "ours"], [
-      ["pings sent / pongs received", `${pings} / ${pongs}`],
-      ["object hibernated during the idle period", hibernated ? "yes" : "no"],
-      ["wake-ups caused by idle sockets (object's own counter)", wokenByIdleSockets],
-      ["sockets still connected after", after.sockets],
-      ["event after the idle period reached", `${events - sockets.length} of ${sockets.length} sockets`],
-    ]) + "\n\nThe baseline has no counterpart: its process never sleeps.",
+    `${table(
+      ["", "ours"],
+      [
+        ["pings sent / pongs received", `${pings} / ${pongs}`],
+        ["object hibernated during the idle period", hibernated ? "yes" : "no"],
+        ["wake-ups caused by idle sockets (object's own counter)", wokenByIdleSockets],
+        ["sockets still connected after", after.sockets],
+        ["event after the idle period reached", `${events - sockets.length} of ${sockets.length} sockets`],
+      ],
+    )}\n\nThe baseline has no counterpart: its process never sleeps.`,
     { pings, pongs, wakesDuringIdle: wokenByIdleSockets, hibernated, socketsAfter: after.sockets },
   );
   if (wokenByIdleSockets > 0) failures.push(`idle: the object woke ${wokenByIdleSockets} times for idle sockets`);
@@ -517,10 +631,25 @@ async function main() {
         "e2e",
         "2. End to end: commit to receive",
         [
-          { name: "paced", label: `${SIZES.paced} ev/s to ${SIZES.pacedSubs} subs`, channels: ["c"], perChannel: SIZES.pacedSubs, writers: 1, rate: SIZES.paced, seconds: SIZES.e2eSeconds },
+          {
+            name: "paced",
+            label: `${SIZES.paced} ev/s to ${SIZES.pacedSubs} subs`,
+            channels: ["c"],
+            perChannel: SIZES.pacedSubs,
+            writers: 1,
+            rate: SIZES.paced,
+            seconds: SIZES.e2eSeconds,
+          },
           { name: "fast", label: `16 writers, ${SIZES.fastSubs} subs`, channels: ["c"], perChannel: SIZES.fastSubs, writers: 16, seconds: SIZES.e2eSeconds },
           { name: "wide", label: `16 writers, ${SIZES.wideSubs} subs`, channels: ["c"], perChannel: SIZES.wideSubs, writers: 16, seconds: SIZES.e2eSeconds },
-          { name: "channels", label: `16 writers, ${SIZES.channels} ch x ${SIZES.perChannel} subs`, channels: range(SIZES.channels, "ch"), perChannel: SIZES.perChannel, writers: 16, seconds: SIZES.e2eSeconds },
+          {
+            name: "channels",
+            label: `16 writers, ${SIZES.channels} ch x ${SIZES.perChannel} subs`,
+            channels: range(SIZES.channels, "ch"),
+            perChannel: SIZES.perChannel,
+            writers: 16,
+            seconds: SIZES.e2eSeconds,
+          },
         ],
         "Targets: no loss; events/s with 16 writers >= 2.5x the baseline; deliveries/s with many subscribers >= 1.0x; p99 at the paced rate <= 2x the baseline (one hop fewer). Latency is measured on probe sockets (one per channel).",
       );
@@ -531,8 +660,24 @@ async function main() {
         "fanout",
         "3. Fan-out",
         [
-          { name: "one", label: `${SIZES.fanoutOne} sockets, 1 channel`, channels: ["c"], perChannel: SIZES.fanoutOne, writers: 1, rate: SIZES.fanoutRate, seconds: SIZES.e2eSeconds },
-          { name: "many", label: `${SIZES.fanoutMany} sockets, ${SIZES.fanoutChannels} channels`, channels: range(SIZES.fanoutChannels, "ch"), perChannel: SIZES.fanoutMany / SIZES.fanoutChannels, writers: 1, rate: SIZES.fanoutRate, seconds: SIZES.e2eSeconds },
+          {
+            name: "one",
+            label: `${SIZES.fanoutOne} sockets, 1 channel`,
+            channels: ["c"],
+            perChannel: SIZES.fanoutOne,
+            writers: 1,
+            rate: SIZES.fanoutRate,
+            seconds: SIZES.e2eSeconds,
+          },
+          {
+            name: "many",
+            label: `${SIZES.fanoutMany} sockets, ${SIZES.fanoutChannels} channels`,
+            channels: range(SIZES.fanoutChannels, "ch"),
+            perChannel: SIZES.fanoutMany / SIZES.fanoutChannels,
+            writers: 1,
+            rate: SIZES.fanoutRate,
+            seconds: SIZES.e2eSeconds,
+          },
         ],
         `At ${SIZES.fanoutRate} events/s in all.`,
       );
@@ -546,7 +691,14 @@ async function main() {
 
   const groups = (m: Record<string, { ours: Measured; baseline: Measured }>, key: "eventsPerSecond" | "p99", labels: Record<string, string>): BarGroup[] =>
     Object.entries(m).map(([k, v]) => ({ label: labels[k] ?? k, ours: v.ours[key], baseline: v.baseline[key] }));
-  const labels = { paced: `${SIZES.paced}/s`, fast: "16 writers", wide: `${SIZES.wideSubs} subs`, channels: `${SIZES.channels} ch`, one: `fan-out 1 ch`, many: `fan-out ${SIZES.fanoutChannels} ch` };
+  const labels = {
+    paced: `${SIZES.paced}/s`,
+    fast: "16 writers",
+    wide: `${SIZES.wideSubs} subs`,
+    channels: `${SIZES.channels} ch`,
+    one: `fan-out 1 ch`,
+    many: `fan-out ${SIZES.fanoutChannels} ch`,
+  };
   const all = { ...e2e, ...Object.fromEntries(Object.entries(fan).map(([k, v]) => [k, v])) };
   const svg = chart(groups(all, "eventsPerSecond", labels), groups(all, "p99", labels), `${mode} run, ${new Date().toISOString().slice(0, 10)}`);
   writeFileSync(`${resultsDir}/${mode}-chart.svg`, svg);

@@ -14,18 +14,18 @@
 import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { signBody, SIGNATURE_HEADER } from "../protocol/index.ts";
+import { SIGNATURE_HEADER, signBody } from "../protocol/index.ts";
 import {
+  type Costs,
   DELIVERY_BUDGET_MS,
   LIMITS,
   monthlyCost,
+  PRICES,
   planChannel,
   planRelays,
-  PRICES,
   RELAY_HEADROOM,
   simulate,
   TARGET_UTILIZATION,
-  type Costs,
   type Workload,
 } from "./lib/scale.ts";
 import { Receivers, SECRET, startWorkerProcess } from "./lib/stack.ts";
@@ -51,10 +51,16 @@ interface Measured {
 /** One ingest of `n` events on each of `channels` (a channel name, or several); its round trip, ms. */
 async function post(base: string, channels: string | string[], n: number, seq: { i: number }): Promise<number> {
   const names = typeof channels === "string" ? [channels] : channels;
-  const events = names.flatMap((channel) => Array.from({ length: n }, () => ({ id: `scale-${process.pid}-${seq.i++}`, channel, event: "tick", data: { n: seq.i }, ts: Date.now() })));
+  const events = names.flatMap((channel) =>
+    Array.from({ length: n }, () => ({ id: `scale-${process.pid}-${seq.i++}`, channel, event: "tick", data: { n: seq.i }, ts: Date.now() })),
+  );
   const body = JSON.stringify({ events });
   const started = performance.now();
-  const res = await fetch(`${base}/ingest`, { method: "POST", body, headers: { "content-type": "application/json", [SIGNATURE_HEADER]: await signBody(SECRET, body) } });
+  const res = await fetch(`${base}/ingest`, {
+    method: "POST",
+    body,
+    headers: { "content-type": "application/json", [SIGNATURE_HEADER]: await signBody(SECRET, body) },
+  });
   await res.arrayBuffer();
   if (!res.ok) throw new Error(`ingest answered ${res.status}`);
   return performance.now() - started;
@@ -98,7 +104,13 @@ async function measure(): Promise<Measured> {
     const probes = {
       ingest1: () => post(base, "m:empty", 1, seq),
       ingest200: () => post(base, "m:batch", 200, seq),
-      channels20: () => post(base, Array.from({ length: CHANNELS }, (_, j) => `m:multi:${j}`), 1, seq),
+      channels20: () =>
+        post(
+          base,
+          Array.from({ length: CHANNELS }, (_, j) => `m:multi:${j}`),
+          1,
+          seq,
+        ),
       shards2: () => post(base, "s2:empty", 1, seq),
       shards8: () => post(base, "s8:empty", 1, seq),
       shards2Last: () => toLastSocket(base, "s2:witness", 1),
@@ -115,7 +127,9 @@ async function measure(): Promise<Measured> {
       log(`round ${round + 1} of ${ROUNDS}`);
     }
     const raw = Object.fromEntries(Object.entries(samples).map(([k, v]) => [k, percentile(v, 50)])) as Record<keyof typeof probes, number>;
-    log(`ingest ${fmt(raw.ingest1, 2)} ms, 200 events ${fmt(raw.ingest200, 2)} ms, 20 channels ${fmt(raw.channels20, 2)} ms, 2 shards ${fmt(raw.shards2, 2)} ms, 8 shards ${fmt(raw.shards8, 2)} ms`);
+    log(
+      `ingest ${fmt(raw.ingest1, 2)} ms, 200 events ${fmt(raw.ingest200, 2)} ms, 20 channels ${fmt(raw.channels20, 2)} ms, 2 shards ${fmt(raw.shards2, 2)} ms, 8 shards ${fmt(raw.shards8, 2)} ms`,
+    );
     log(`1,000 sockets ${fmt(raw.fan1000, 2)} ms (${FRAME_EVENTS} events ${fmt(raw.fan1000x200, 2)} ms); 2,000 sockets over 4 shards ${fmt(raw.check, 2)} ms`);
 
     const ingestMs = raw.ingest1;
@@ -187,13 +201,49 @@ function costsFromArgs(measured: Costs): Costs {
 
 const day = 4; // socket (re)connections per subscriber per day
 const SCENARIOS: Workload[] = [
-  { label: "1M subscribers on one channel, 1 event/s (a live score)", channels: 1, subscribersPerChannel: 1_000_000, eventsPerSecond: 1, connectsPerSubscriberPerDay: day },
+  {
+    label: "1M subscribers on one channel, 1 event/s (a live score)",
+    channels: 1,
+    subscribersPerChannel: 1_000_000,
+    eventsPerSecond: 1,
+    connectsPerSubscriberPerDay: day,
+  },
   { label: "1M subscribers on one channel, 10 events/s", channels: 1, subscribersPerChannel: 1_000_000, eventsPerSecond: 10, connectsPerSubscriberPerDay: day },
-  { label: "1M subscribers on one channel, 100 events/s", channels: 1, subscribersPerChannel: 1_000_000, eventsPerSecond: 100, connectsPerSubscriberPerDay: day },
-  { label: "1M subscribers over 10,000 channels of 100, 1 event/s each", channels: 10_000, subscribersPerChannel: 100, eventsPerSecond: 1, connectsPerSubscriberPerDay: day },
-  { label: "100,000 events/s over 1,000 channels of 100 subscribers", channels: 1_000, subscribersPerChannel: 100, eventsPerSecond: 100, connectsPerSubscriberPerDay: day },
-  { label: "100,000 events/s over 10,000 channels of 10 subscribers", channels: 10_000, subscribersPerChannel: 10, eventsPerSecond: 10, connectsPerSubscriberPerDay: day },
-  { label: "100,000 events/s on one channel of 1,000 subscribers", channels: 1, subscribersPerChannel: 1_000, eventsPerSecond: 100_000, connectsPerSubscriberPerDay: day },
+  {
+    label: "1M subscribers on one channel, 100 events/s",
+    channels: 1,
+    subscribersPerChannel: 1_000_000,
+    eventsPerSecond: 100,
+    connectsPerSubscriberPerDay: day,
+  },
+  {
+    label: "1M subscribers over 10,000 channels of 100, 1 event/s each",
+    channels: 10_000,
+    subscribersPerChannel: 100,
+    eventsPerSecond: 1,
+    connectsPerSubscriberPerDay: day,
+  },
+  {
+    label: "100,000 events/s over 1,000 channels of 100 subscribers",
+    channels: 1_000,
+    subscribersPerChannel: 100,
+    eventsPerSecond: 100,
+    connectsPerSubscriberPerDay: day,
+  },
+  {
+    label: "100,000 events/s over 10,000 channels of 10 subscribers",
+    channels: 10_000,
+    subscribersPerChannel: 10,
+    eventsPerSecond: 10,
+    connectsPerSubscriberPerDay: day,
+  },
+  {
+    label: "100,000 events/s on one channel of 1,000 subscribers",
+    channels: 1,
+    subscribersPerChannel: 1_000,
+    eventsPerSecond: 100_000,
+    connectsPerSubscriberPerDay: day,
+  },
 ];
 
 function project(costs: Costs): { markdown: string; data: unknown[] } {
@@ -219,13 +269,31 @@ function project(costs: Costs): { markdown: string; data: unknown[] } {
       plan.stable ? `${fmt(sim.p50)} / ${fmt(sim.p99)}` : "unbounded",
       plan.problems.length ? plan.problems.join("; ") : "fits",
     ]);
-    costRows.push([w.label, `${fmt(money.workerRequests / 1e6)}M`, `${fmt(money.objectRequests / 1e6)}M`, `${fmt(money.gbSeconds / 1e6, 2)}M`, `$${fmt(money.usd)}`]);
+    costRows.push([
+      w.label,
+      `${fmt(money.workerRequests / 1e6)}M`,
+      `${fmt(money.objectRequests / 1e6)}M`,
+      `${fmt(money.gbSeconds / 1e6, 2)}M`,
+      `$${fmt(money.usd)}`,
+    ]);
   }
   const c = costs;
   const markdown = [
     `Per-hop costs used: ingest round trip ${fmt(c.ingestMs, 2)} ms, each further event of a channel ${fmt(c.perEventMs * 1000, 1)} us, each further channel (a root's publish) ${fmt(c.perChannelMs, 2)} ms, WebSocket send ${fmt(c.sendUs, 1)} us plus ${fmt(c.sendPerEventUs, 2)} us per further event in the frame, shard delivery RPC ${fmt(c.rpcMs, 2)} ms (the root's share ${fmt(c.rpcRootMs, 2)} ms), root-to-shard network ${fmt(c.networkMs, 1)} ms, relay ${fmt(c.relayEventsPerSecond)} events/s per partition, trigger ${fmt(c.triggerUs, 1)} us/row. Plans keep relays under ${RELAY_HEADROOM * 100}% of their drain rate, roots under ${TARGET_UTILIZATION * 100}% busy, a shard's delivery under ${DELIVERY_BUDGET_MS} ms, and at most ${fmt(Math.min(LIMITS.socketsPerObject, LIMITS.defaultSocketsPerChannel))} sockets per object (MAX_SOCKETS_PER_CHANNEL; Cloudflare allows ${fmt(LIMITS.socketsPerObject)}).`,
     "",
-    table(["workload", "relay partitions (batch)", "publishes per channel", "shards x sockets", "root busy", "deliveries per shard", "latency p50 / p99 (ms)", "limits"], rows),
+    table(
+      [
+        "workload",
+        "relay partitions (batch)",
+        "publishes per channel",
+        "shards x sockets",
+        "root busy",
+        "deliveries per shard",
+        "latency p50 / p99 (ms)",
+        "limits",
+      ],
+      rows,
+    ),
     "",
     `Cost per month at Cloudflare's list prices (Workers Paid; sockets reconnect ${day} times a day; objects billed while active; Worker CPU bounded by the whole ingest round trip):`,
     "",

@@ -32,7 +32,14 @@ try {
       client.post(
         Array.from({ length: size }, () => {
           const n = ++id;
-          const data = JSON.stringify({ op: "INSERT", schema: "public", table: "bench_ours", key: { id: n }, new: { id: n, channel, w: 1, n, t0: Date.now(), pad }, old: null });
+          const data = JSON.stringify({
+            op: "INSERT",
+            schema: "public",
+            table: "bench_ours",
+            key: { id: n },
+            new: { id: n, channel, w: 1, n, t0: Date.now(), pad },
+            old: null,
+          });
           return { id: `worker-cpu:${n}`, channel, event: "insert", data, ts: Date.now(), retain: false };
         }),
       );
@@ -42,7 +49,9 @@ try {
     for (let b = 0; b < batches; b++) await post();
     const wall = (performance.now() - started) / batches;
     const perEvent = cpuPerEvent(before, cpuSnapshot(), batches * size).workerd ?? 0;
-    console.log(`${size} events x ${sockets} sockets: workerd ${((perEvent * size) / 1000).toFixed(2)} ms CPU per batch (${perEvent.toFixed(1)} us per event), ${wall.toFixed(2)} ms per batch`);
+    console.log(
+      `${size} events x ${sockets} sockets: workerd ${((perEvent * size) / 1000).toFixed(2)} ms CPU per batch (${perEvent.toFixed(1)} us per event), ${wall.toFixed(2)} ms per batch`,
+    );
     for (const ws of open) ws.close();
   }
 } finally {

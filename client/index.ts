@@ -7,10 +7,22 @@
  * was missed, or answers `reset` when it cannot.
  */
 import PartySocket, { type PartySocketOptions } from "partysocket";
-import type { ChannelEvent, ClientFrame, ErrorCode, NumberMode, PresenceMember, ResetReason, RowFilter, ServerFrame, SnapshotRow } from "../protocol/index.ts";
-import { clientFrameJson, parseServerFrame, PING } from "../protocol/index.ts";
+import type { ChannelEvent, ClientFrame, ErrorCode, NumberMode, PresenceMember, ResetReason, RowFilter, SnapshotRow } from "../protocol/index.ts";
+import { clientFrameJson, PING, parseServerFrame } from "../protocol/index.ts";
 
-export type { ChangeEvent, ChannelEvent, EventMarker, MarkerReason, OversizedEvent, PresenceMember, ResetReason, RowFilter, RowRef, ServerFrame, SnapshotRow } from "../protocol/index.ts";
+export type {
+  ChangeEvent,
+  ChannelEvent,
+  EventMarker,
+  MarkerReason,
+  OversizedEvent,
+  PresenceMember,
+  ResetReason,
+  RowFilter,
+  RowRef,
+  ServerFrame,
+  SnapshotRow,
+} from "../protocol/index.ts";
 export { isMarker } from "../protocol/index.ts";
 
 /**
@@ -119,9 +131,7 @@ function filterJson(filter: RowFilter): string {
 }
 
 /** Joins a channel; events, resets and status arrive through the callbacks. */
-export function subscribe<Events extends Record<string, unknown> = Record<string, unknown>>(
-  options: SubscribeOptions<Events>,
-): Subscription {
+export function subscribe<Events extends Record<string, unknown> = Record<string, unknown>>(options: SubscribeOptions<Events>): Subscription {
   let seq = options.since?.seq ?? 0;
   let epoch: string | null = options.since?.epoch ?? null;
   let status: Status = "connecting";

@@ -11,8 +11,8 @@
  * ```
  */
 import { useEffect, useMemo, useRef, useState } from "react";
-import { applyChange, stateFromSnapshot, type RowRef, type RowState } from "../protocol/index.ts";
-import { subscribe, type ChannelEvent, type PresenceMember, type RowFilter, type Status, type SubscribeOptions, type Subscription } from "./index.ts";
+import { applyChange, type RowRef, type RowState, stateFromSnapshot } from "../protocol/index.ts";
+import { type ChannelEvent, type PresenceMember, type RowFilter, type Status, type SubscribeOptions, type Subscription, subscribe } from "./index.ts";
 
 /** Options of {@link useChannel}: those of `subscribe()` but the channel and callbacks, plus `keep`. */
 export interface UseChannelOptions extends Omit<SubscribeOptions, "channel" | "onEvents" | "onSnapshot" | "onStatus" | "presence" | "snapshot"> {
@@ -55,6 +55,7 @@ export function useChannel<Row = Record<string, unknown>>(channel: string, optio
   const filterKey = JSON.stringify(options.filter ?? null, (_, v: unknown) => (typeof v === "bigint" ? `${v}n` : v));
   const presenceKey = options.presence ? "1" : "";
 
+  // biome-ignore lint/correctness/useExhaustiveDependencies: options are read from `latest`; a new filter or presence (by value) resubscribes
   useEffect(() => {
     const { keep = 100, presence, filter, ...rest } = latest.current;
     setStatus("connecting");

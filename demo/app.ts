@@ -4,7 +4,7 @@
  * never queries the database; the dev stack's demo API (`?api=`) only takes new todos and mints
  * tokens, as your backend would.
  */
-import { subscribe, type ChangeEvent, type ChannelEvent, type PresenceMember } from "../client/index.ts";
+import { type ChangeEvent, type ChannelEvent, type PresenceMember, subscribe } from "../client/index.ts";
 
 interface Todo {
   id: number;

@@ -148,7 +148,9 @@ export function keyText(key: unknown): string {
 }
 
 /** The state a snapshot describes. */
-export function stateFromSnapshot<Row>(rows: readonly { schema: string; table: string; key: Record<string, unknown>; row: unknown; oversized?: boolean }[]): RowState<Row> {
+export function stateFromSnapshot<Row>(
+  rows: readonly { schema: string; table: string; key: Record<string, unknown>; row: unknown; oversized?: boolean }[],
+): RowState<Row> {
   const state: RowState<Row> = { rows: new Map(), oversized: new Map() };
   for (const r of rows) {
     const id = rowKey(r.schema, r.table, keyText(r.key));

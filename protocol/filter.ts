@@ -36,9 +36,11 @@ export function parseFilter(text: string): { ok: true; filter: RowFilter } | { o
   if (typeof value !== "object" || value === null || Array.isArray(value)) return { ok: false, message: 'filter must be an object {"column":{"op":value}}' };
   let conditions = 0;
   for (const [column, ops] of Object.entries(value)) {
-    if (typeof ops !== "object" || ops === null || Array.isArray(ops)) return { ok: false, message: `filter.${column} must be an object of conditions, e.g. {"eq":1}` };
+    if (typeof ops !== "object" || ops === null || Array.isArray(ops))
+      return { ok: false, message: `filter.${column} must be an object of conditions, e.g. {"eq":1}` };
     for (const [op, operand] of Object.entries(ops)) {
-      if (!OPS.has(op as FilterOp)) return { ok: false, message: `filter.${column}: unknown operator ${JSON.stringify(op)} (use eq, neq, lt, lte, gt, gte, in)` };
+      if (!OPS.has(op as FilterOp))
+        return { ok: false, message: `filter.${column}: unknown operator ${JSON.stringify(op)} (use eq, neq, lt, lte, gt, gte, in)` };
       if (++conditions > MAX_CONDITIONS) return { ok: false, message: `filter has more than ${MAX_CONDITIONS} conditions` };
       if (op === "in") {
         if (!Array.isArray(operand) || operand.length > MAX_IN_VALUES || !operand.every(isFilterValue)) {
@@ -56,7 +58,9 @@ export function parseFilter(text: string): { ok: true; filter: RowFilter } | { o
 }
 
 function isFilterValue(v: unknown): v is FilterValue {
-  return v === null || typeof v === "boolean" || typeof v === "bigint" || (typeof v === "number" && Number.isFinite(v)) || (typeof v === "string" && v.length <= 256);
+  return (
+    v === null || typeof v === "boolean" || typeof v === "bigint" || (typeof v === "number" && Number.isFinite(v)) || (typeof v === "string" && v.length <= 256)
+  );
 }
 
 const isNumeric = (v: unknown): v is number | bigint => typeof v === "number" || typeof v === "bigint";
@@ -64,7 +68,7 @@ const isNumeric = (v: unknown): v is number | bigint => typeof v === "number" ||
 /** Equality, with a number and a bigint equal when their values are (JS compares those exactly). */
 function same(a: unknown, b: unknown): boolean {
   // eslint-disable-next-line eqeqeq -- number == bigint compares the mathematical values
-  return a === b || (isNumeric(a) && isNumeric(b) && a == b);
+  return a === b || (isNumeric(a) && isNumeric(b) && a === b);
 }
 
 function holds(op: FilterOp, actual: unknown, operand: FilterValue | FilterValue[]): boolean {

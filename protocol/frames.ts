@@ -64,14 +64,10 @@ export function clientFrameJson(frame: ClientFrame): string {
 }
 
 /** A client frame as the channel reads it: a broadcast's data stays the JSON text the client wrote. */
-export type ClientFrameText =
-  | { type: "presence"; state: unknown; stateJson: string }
-  | { type: "broadcast"; event: string; data: string };
+export type ClientFrameText = { type: "presence"; state: unknown; stateJson: string } | { type: "broadcast"; event: string; data: string };
 
 /** {@link parseClientFrame}'s answer: the frame, or why it is refused (with its type, when it had a known one). */
-export type ClientFrameResult =
-  | { ok: true; frame: ClientFrameText }
-  | { ok: false; code: ErrorCode; message: string; type: ClientFrame["type"] | null };
+export type ClientFrameResult = { ok: true; frame: ClientFrameText } | { ok: false; code: ErrorCode; message: string; type: ClientFrame["type"] | null };
 
 const DATA_MEMBER = new Set(["data"]);
 

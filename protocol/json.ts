@@ -9,6 +9,7 @@
 
 const WHITESPACE = /[ \t\n\r]*/y;
 /** A run of string characters that need no checking: not a quote, a backslash or a control character. */
+// biome-ignore lint/suspicious/noControlCharactersInRegex: JSON strings may not hold raw control characters
 const PLAIN_CHARS = /[^"\\\u0000-\u001f]*/y;
 const NUMBER = /-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?/y;
 const ESCAPE = /\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4})/y;

@@ -18,15 +18,14 @@ export function channelMatches(pattern: string, channel: string, claims: Record<
       const value = claims?.[part.slice(1, -1)];
       const text = typeof value === "number" ? String(value) : value;
       if (typeof text !== "string" || !/^[A-Za-z0-9_.@-]{1,128}$/.test(text)) return false;
-      regex += escape(text);
+      regex += escapeRegex(text);
     } else {
-      regex += escape(part);
+      regex += escapeRegex(part);
     }
   }
   return new RegExp(`^${regex}$`).test(channel);
 }
 
-function escape(text: string): string {
+function escapeRegex(text: string): string {
   return text.replace(/[.*+?^${}()|[\]\\-]/g, "\\$&");
 }
-

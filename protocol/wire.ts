@@ -185,9 +185,7 @@ export interface PresenceMember {
 }
 
 /** Messages a client may send (besides the `ping` heartbeat). */
-export type ClientFrame =
-  | { type: "presence"; state: unknown }
-  | { type: "broadcast"; event: string; data: unknown };
+export type ClientFrame = { type: "presence"; state: unknown } | { type: "broadcast"; event: string; data: unknown };
 
 /** Largest presence state a client may set, in bytes of JSON. */
 export const MAX_PRESENCE_STATE_BYTES = 1024;

@@ -1,8 +1,8 @@
 /** Command-line and environment parsing for the relay CLI; every option comes from relay/options.ts. */
-import { parseArgs } from "node:util";
+import { type ParseArgsConfig, parseArgs } from "node:util";
 import { MIN_JWT_SECRET_LENGTH } from "../protocol/index.ts";
-import { RelayConfigError, type HttpListen, type RelayOptions } from "./config.ts";
-import { CLI_OPTIONS, OPTIONS, optionKeys, RELAY_OPTIONS, type OptionSpec, type Settings } from "./options.ts";
+import { type HttpListen, RelayConfigError, type RelayOptions } from "./config.ts";
+import { CLI_OPTIONS, OPTIONS, type OptionSpec, optionKeys, RELAY_OPTIONS, type Settings } from "./options.ts";
 
 /** One line of the options' list: the flag, the variable, what it does. */
 function helpLine(left: string, env: string, doc: string): string {
@@ -47,16 +47,25 @@ export interface CliArgs {
 }
 
 /** The flags parseArgs reads: a string each, or nothing for a switch. */
-const FLAGS = Object.fromEntries(optionKeys(OPTIONS).map((k) => [OPTIONS[k].flag, { type: OPTIONS[k].kind.switch ? ("boolean" as const) : ("string" as const) }]));
+const FLAGS = Object.fromEntries(
+  optionKeys(OPTIONS).map((k) => [OPTIONS[k].flag, { type: OPTIONS[k].kind.switch ? ("boolean" as const) : ("string" as const) }]),
+);
+
+/** parseArgs, its errors as RelayConfigError with `hint` appended. */
+function parseOrExplain<T extends ParseArgsConfig>(config: T, hint: string): ReturnType<typeof parseArgs<T>> {
+  try {
+    return parseArgs(config);
+  } catch (err) {
+    throw new RelayConfigError(`${(err as Error).message} (${hint})`);
+  }
+}
 
 /** Turns argv and the environment into relay options; throws RelayConfigError. */
 export function optionsFromArgs(argv: string[], env: NodeJS.ProcessEnv): CliArgs {
-  let parsed;
-  try {
-    parsed = parseArgs({ args: argv, allowPositionals: true, strict: true, options: { ...FLAGS, help: { type: "boolean", short: "h" } } });
-  } catch (err) {
-    throw new RelayConfigError(`${(err as Error).message} (see --help)`);
-  }
+  const parsed = parseOrExplain(
+    { args: argv, allowPositionals: true, strict: true, options: { ...FLAGS, help: { type: "boolean", short: "h" } } },
+    "see --help",
+  );
   const command = parsed.positionals[0] ?? "relay";
   const operands = command === "backfill" || command === "init" ? 1 : 0;
   if (!["relay", "install", "backfill", "init"].includes(command) || parsed.positionals.length > 1 + operands) {
@@ -110,23 +119,24 @@ export interface TokenArgs {
 
 /** Parses `token --sub … --channels … [--ttl …] [--jwt-secret …]`; throws RelayConfigError. */
 export function tokenArgs(argv: string[], env: NodeJS.ProcessEnv): TokenArgs {
-  let values;
-  try {
-    values = parseArgs({
+  const { values } = parseOrExplain(
+    {
       args: argv,
       allowPositionals: true,
       strict: true,
       options: { sub: { type: "string" }, channels: { type: "string" }, ttl: { type: "string" }, "jwt-secret": { type: "string" } },
-    }).values;
-  } catch (err) {
-    throw new RelayConfigError(`${(err as Error).message} (usage: token --sub <user> --channels a,b [--ttl seconds])`);
-  }
+    },
+    "usage: token --sub <user> --channels a,b [--ttl seconds]",
+  );
   const secret = values["jwt-secret"] ?? env.JWT_SECRET ?? "";
   if (secret.length < MIN_JWT_SECRET_LENGTH) {
     throw new RelayConfigError(`JWT_SECRET is not set (or shorter than ${MIN_JWT_SECRET_LENGTH} characters): use the Worker's JWT_SECRET`);
   }
   if (!values.sub) throw new RelayConfigError("--sub is required: the user the token is for");
-  const channels = (values.channels ?? "").split(",").map((c) => c.trim()).filter(Boolean);
+  const channels = (values.channels ?? "")
+    .split(",")
+    .map((c) => c.trim())
+    .filter(Boolean);
   if (channels.length === 0) throw new RelayConfigError("--channels is required: the channels (or patterns) the token may join, comma-separated");
   const ttl = values.ttl ?? "3600";
   if (!/^\d+$/.test(ttl) || Number(ttl) < 1) throw new RelayConfigError(`--ttl must be a whole number of seconds, got ${JSON.stringify(ttl)}`);

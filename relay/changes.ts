@@ -7,8 +7,8 @@
  * tell the modes apart, except where the WAL holds less than a trigger sees (see {@link toEvents}).
  */
 import { CHANNEL_PATTERN } from "../protocol/index.ts";
-import { escapeJson, rowToJson, textToJson, type PgType, type TypeCatalog } from "./pgjson.ts";
-import { UNCHANGED, type Relation, type TupleValue } from "./pgoutput.ts";
+import { escapeJson, type PgType, rowToJson, type TypeCatalog, textToJson } from "./pgjson.ts";
+import { type Relation, type TupleValue, UNCHANGED } from "./pgoutput.ts";
 import type { Queryable } from "./serial.ts";
 
 /** How a watched table's changes are routed, as realtime.watches says, with current column names. */
@@ -142,7 +142,10 @@ class Tuple {
     const columns: { name: string; type: PgType }[] = [];
     this.relation.columns.forEach((c, i) => {
       const v = this.values[i];
-      if (v === UNCHANGED || v === undefined) return void unchanged.push(c.name);
+      if (v === UNCHANGED || v === undefined) {
+        unchanged.push(c.name);
+        return;
+      }
       values.push(v);
       columns.push({ name: c.name, type: this.types[i]! });
     });
@@ -200,11 +203,14 @@ export async function toEvents(change: RowChange, routes: WatchRoutes, catalog: 
         continue;
       }
       const value = tuple.text(part.column);
-      if (value === undefined) return { table: name, reason: `its channel template's column ${part.column} is not in the WAL for this change (add it to the replica identity)` };
+      if (value === undefined)
+        return { table: name, reason: `its channel template's column ${part.column} is not in the WAL for this change (add it to the replica identity)` };
       if (value === null) return { table: name, reason: `its channel template's column ${part.column} is NULL` };
       channel += value;
     }
-    return CHANNEL_PATTERN.test(channel) ? channel : { table: name, reason: `its channel ${JSON.stringify(channel.slice(0, 140))} is not a valid channel name` };
+    return CHANNEL_PATTERN.test(channel)
+      ? channel
+      : { table: name, reason: `its channel ${JSON.stringify(channel.slice(0, 140))} is not a valid channel name` };
   };
   const keyOf = (tuple: Tuple): string | null => {
     const pairs: [string, string][] = [];

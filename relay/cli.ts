@@ -14,7 +14,7 @@ import { RelayConfigError } from "./config.ts";
 import { initProject } from "./init.ts";
 import { installSchema } from "./install.ts";
 import { createLogger, redactUrl } from "./log.ts";
-import { serveObservability, type ObservabilityServer } from "./observe.ts";
+import { type ObservabilityServer, serveObservability } from "./observe.ts";
 import { requireOption, resolveRelayOptions } from "./options.ts";
 import { Relay } from "./relay.ts";
 
@@ -28,7 +28,9 @@ async function install(databaseUrl: string): Promise<string> {
   }
   try {
     await installSchema(db);
-    const { rows } = await db.query<{ wal_level: string; capture: string }>("select current_setting('wal_level') as wal_level, capture from realtime.installation");
+    const { rows } = await db.query<{ wal_level: string; capture: string }>(
+      "select current_setting('wal_level') as wal_level, capture from realtime.installation",
+    );
     const { wal_level: level, capture } = rows[0]!;
     return level === "logical"
       ? `capture is '${capture}'; this Postgres has wal_level = logical, so run the relay with --source publication to capture without triggers (writers pay nothing; see the README's capture modes)`
@@ -50,9 +52,16 @@ async function backfill(databaseUrl: string | undefined, table: string | undefin
     throw new RelayConfigError(`cannot connect to ${redactUrl(url)}: ${err.message}`);
   });
   try {
-    const { rows } = await db.query<{ total: string }>(`select count(*) as total from ${table.split(".").map((p) => pg.escapeIdentifier(p)).join(".")}`).catch((err: Error) => {
-      throw new RelayConfigError(`cannot read ${table}: ${err.message}`);
-    });
+    const { rows } = await db
+      .query<{ total: string }>(
+        `select count(*) as total from ${table
+          .split(".")
+          .map((p) => pg.escapeIdentifier(p))
+          .join(".")}`,
+      )
+      .catch((err: Error) => {
+        throw new RelayConfigError(`cannot read ${table}: ${err.message}`);
+      });
     const total = Number(rows[0]!.total);
     const started = performance.now();
     const tty = process.stderr.isTTY;
@@ -78,7 +87,9 @@ async function backfill(databaseUrl: string | undefined, table: string | undefin
       }
     }
     const seconds = (performance.now() - started) / 1000;
-    process.stderr.write(`${tty ? "\r" : ""}backfill ${table}: done, ${done.toLocaleString("en-US")} rows written to the outbox in ${seconds.toFixed(1)} s; the relay delivers them in order with live changes\n`);
+    process.stderr.write(
+      `${tty ? "\r" : ""}backfill ${table}: done, ${done.toLocaleString("en-US")} rows written to the outbox in ${seconds.toFixed(1)} s; the relay delivers them in order with live changes\n`,
+    );
   } finally {
     await db.end();
   }
@@ -127,7 +138,9 @@ async function main(): Promise<void> {
     try {
       observability = await serveObservability(relay, http.host, http.port);
     } catch (err) {
-      throw new RelayConfigError(`cannot serve /metrics on ${http.host}:${http.port} (${(err as Error).message}): choose another --http host:port, or --http off`);
+      throw new RelayConfigError(
+        `cannot serve /metrics on ${http.host}:${http.port} (${(err as Error).message}): choose another --http host:port, or --http off`,
+      );
     }
     logger.info("observability", { url: observability.url, paths: ["/healthz", "/readyz", "/metrics"] });
   }

@@ -1,7 +1,7 @@
 /** What a {@link Relay} tells its embedder: typed events, emitted by the relay and its sources. */
 import type { EventEmitter } from "node:events";
-import type { IngestError, RefusedEvent } from "./ingest-client.ts";
 import type { Unroutable } from "./changes.ts";
+import type { IngestError, RefusedEvent } from "./ingest-client.ts";
 
 /** What a delivered batch looked like. */
 export interface BatchInfo {

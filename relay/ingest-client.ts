@@ -8,10 +8,11 @@
  * ingest) ends delivery after a few attempts with {@link IngestConfigError}, so a supervisor sees
  * the relay fail instead of an "active" process that delivers nothing.
  */
-import type { IngestEvent, IngestResult } from "../protocol/index.ts";
-import { ingestBody, markerJson, SIGNATURE_HEADER, signBody } from "../protocol/index.ts";
+
 import http from "node:http";
 import https from "node:https";
+import type { IngestEvent, IngestResult } from "../protocol/index.ts";
+import { ingestBody, markerJson, SIGNATURE_HEADER, signBody } from "../protocol/index.ts";
 import { backoffDelay, sleep } from "./backoff.ts";
 
 /** One kept-alive connection pool per process: batches go one after another to one Worker. */
@@ -231,7 +232,10 @@ export class IngestClient {
         return;
       }
       if (error.kind === "config" && ++configFailures >= (this.options.maxConfigFailures ?? 5)) {
-        throw new IngestConfigError(`${error.message}; the Worker refused ${configFailures} attempts in a row, so the relay stops rather than run without delivering`, { cause: error });
+        throw new IngestConfigError(
+          `${error.message}; the Worker refused ${configFailures} attempts in a row, so the relay stops rather than run without delivering`,
+          { cause: error },
+        );
       }
       const delayMs = backoffDelay(attempt, this.options.retryBaseMs, this.options.retryMaxMs);
       this.options.onRetry?.({ attempt, delayMs, error });

@@ -87,7 +87,9 @@ export function initProject(dir: string, today = new Date()): InitReport {
     } else if (/^\s*\[durable_objects\]|^\s*durable_objects\s*=|^\s*migrations\s*=/m.test(text)) {
       // Bindings written as an inline table or array: appending array tables would not parse.
       report.unchanged.push("wrangler.toml");
-      report.todo.push(`wrangler.toml declares its Durable Objects inline: add the CHANNEL and SHARD bindings and the migration by hand:\n${WRANGLER_TOML_BLOCK}`);
+      report.todo.push(
+        `wrangler.toml declares its Durable Objects inline: add the CHANNEL and SHARD bindings and the migration by hand:\n${WRANGLER_TOML_BLOCK}`,
+      );
     } else {
       writeFileSync(toml, `${text.replace(/\s*$/, "\n")}${WRANGLER_TOML_BLOCK}`);
       report.appended.push("wrangler.toml");
@@ -96,13 +98,17 @@ export function initProject(dir: string, today = new Date()): InitReport {
     report.unchanged.push(json);
     if (!/"Channel"/.test(readFileSync(join(root, json), "utf8"))) report.todo.push(`add to ${json}:\n${WRANGLER_JSON_BLOCK}`);
   } else {
-    const name = (packageName(root) ?? basename(root)).replace(/^@[^/]+\//, "").replace(/[^a-z0-9-]/gi, "-").toLowerCase() || "realtime";
+    const name =
+      (packageName(root) ?? basename(root))
+        .replace(/^@[^/]+\//, "")
+        .replace(/[^a-z0-9-]/gi, "-")
+        .toLowerCase() || "realtime";
     create("wrangler.toml", `name = "${name}"\nmain = "src/index.ts"\ncompatibility_date = "${today.toISOString().slice(0, 10)}"\n${WRANGLER_TOML_BLOCK}`);
     create("src/index.ts", INDEX_TS);
   }
   create(".dev.vars.example", DEV_VARS);
   report.todo.push(
-    "export { Channel, ChannelShard } from \"pg-edge-realtime/worker\" in your main module, and mount realtimeRoutes() (or call handleRealtime) beside your routes",
+    'export { Channel, ChannelShard } from "pg-edge-realtime/worker" in your main module, and mount realtimeRoutes() (or call handleRealtime) beside your routes',
     "wrangler secret put INGEST_SECRET, and wrangler secret put JWT_SECRET (at least 32 characters)",
     "install the schema (npx pg-edge-realtime install --database-url ...) and run the relay beside your database with WORKER_URL set to this Worker",
   );

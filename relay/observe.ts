@@ -13,9 +13,19 @@ export function relayMetrics(relay: Relay): Registry {
   const registry = new Registry();
   const labels = { name: relay.cursorName };
   registry.setDefaultLabels(labels);
-  const read = new Counter({ name: "relay_events_read_total", help: "Events read from the outbox (or NOTIFY) and put in a batch", labelNames: ["source"], registers: [registry] });
+  const read = new Counter({
+    name: "relay_events_read_total",
+    help: "Events read from the outbox (or NOTIFY) and put in a batch",
+    labelNames: ["source"],
+    registers: [registry],
+  });
   const sent = new Counter({ name: "relay_events_sent_total", help: "Events the Worker accepted as new", labelNames: ["source"], registers: [registry] });
-  const duplicates = new Counter({ name: "relay_events_duplicate_total", help: "Events the Worker had already stored (a re-sent batch)", labelNames: ["source"], registers: [registry] });
+  const duplicates = new Counter({
+    name: "relay_events_duplicate_total",
+    help: "Events the Worker had already stored (a re-sent batch)",
+    labelNames: ["source"],
+    registers: [registry],
+  });
   const batches = new Counter({ name: "relay_batches_total", help: "Batches acknowledged by the Worker", labelNames: ["source"], registers: [registry] });
   const seconds = new Histogram({
     name: "relay_batch_duration_seconds",
@@ -28,8 +38,17 @@ export function relayMetrics(relay: Relay): Registry {
   const reconnects = new Counter({ name: "relay_disconnects_total", help: "Database sessions lost (followed by a reconnect)", registers: [registry] });
   const pruned = new Counter({ name: "relay_pruned_rows_total", help: "Delivered outbox rows deleted past the retention", registers: [registry] });
   const dropped = new Counter({ name: "relay_notify_dropped_total", help: "NOTIFY payloads dropped because the queue was full", registers: [registry] });
-  const markers = new Counter({ name: "relay_event_markers_total", help: "Events delivered as a marker instead of their data (too large for the relay or the Worker, or refused storage by the channel)", labelNames: ["source"], registers: [registry] });
-  const refused = new Counter({ name: "relay_events_refused_total", help: "Events the Worker refused on their own and the relay skipped (each logged with its source id)", registers: [registry] });
+  const markers = new Counter({
+    name: "relay_event_markers_total",
+    help: "Events delivered as a marker instead of their data (too large for the relay or the Worker, or refused storage by the channel)",
+    labelNames: ["source"],
+    registers: [registry],
+  });
+  const refused = new Counter({
+    name: "relay_events_refused_total",
+    help: "Events the Worker refused on their own and the relay skipped (each logged with its source id)",
+    registers: [registry],
+  });
   new Gauge({
     name: "relay_leader",
     help: "1 while this relay holds the leader lock",
@@ -66,7 +85,11 @@ export function relayMetrics(relay: Relay): Registry {
   });
   // One read of pg_replication_slots per scrape feeds the three slot gauges below.
   let slot: Promise<Awaited<ReturnType<Relay["slotHealth"]>>> | null = null;
-  const slotHealth = () => (slot ??= relay.slotHealth().catch(() => null).finally(() => setTimeout(() => (slot = null), 0)));
+  const slotHealth = () =>
+    (slot ??= relay
+      .slotHealth()
+      .catch(() => null)
+      .finally(() => setTimeout(() => (slot = null), 0)));
   new Gauge({
     name: "relay_slot_retained_wal_bytes",
     help: "With a slot source: bytes of WAL its replication slot makes Postgres keep (from restart_lsn; leader only)",
@@ -96,7 +119,11 @@ export function relayMetrics(relay: Relay): Registry {
       if (h?.walStatus) this.set({ status: h.walStatus }, 1);
     },
   });
-  const slotLost = new Counter({ name: "relay_slot_lost_total", help: "Replication slots found invalidated and made anew (their events were lost; every channel started a new epoch)", registers: [registry] });
+  const slotLost = new Counter({
+    name: "relay_slot_lost_total",
+    help: "Replication slots found invalidated and made anew (their events were lost; every channel started a new epoch)",
+    registers: [registry],
+  });
   relay.on("slotLost", () => slotLost.inc());
   new Gauge({
     name: "relay_cursor_xmin",

@@ -2,7 +2,7 @@
  * The pieces of the options table (relay/options.ts): what a row holds, how an option's text
  * becomes its value, and the rules shared by several options.
  */
-import { parseHttp, parseNotifyRoutes, parsePartition, RelayConfigError, type HttpListen, type NotifyRoute, type ResolvedRelayOptions } from "./config.ts";
+import { type HttpListen, type NotifyRoute, parseHttp, parseNotifyRoutes, parsePartition, RelayConfigError, type ResolvedRelayOptions } from "./config.ts";
 import type { Partition } from "./outbox.ts";
 
 /** How an option's text (its flag's, else its variable's) becomes its value. */

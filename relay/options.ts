@@ -6,9 +6,9 @@
  * the README's table to it.
  */
 import { CHANNEL_PATTERN } from "../protocol/index.ts";
-import { RELAY_SOURCES, RelayConfigError, type HttpListen, type RelayOptions, type RelaySource, type ResolvedRelayOptions } from "./config.ts";
+import { type HttpListen, RELAY_SOURCES, RelayConfigError, type RelayOptions, type RelaySource, type ResolvedRelayOptions } from "./config.ts";
 import { LOG_LEVELS, type LogLevel } from "./log.ts";
-import { between, intIn, listen, notifyRoutes, onOff, orList, partition, text, wholeNumber, word, zeroOr, type OptionSpec } from "./option-kinds.ts";
+import { between, intIn, listen, notifyRoutes, type OptionSpec, onOff, orList, partition, text, wholeNumber, word, zeroOr } from "./option-kinds.ts";
 import { DOORBELL_CHANNEL } from "./session.ts";
 
 export type { OptionSpec } from "./option-kinds.ts";
@@ -36,7 +36,8 @@ export const RELAY_OPTIONS = {
     required: "pass --database-url postgres://user:password@host:5432/db or set DATABASE_URL",
     kind: text,
     check(url, _o, { env }) {
-      if (!/^postgres(ql)?:\/\//.test(url)) throw new RelayConfigError(`${env} must start with postgres:// or postgresql:// (for example postgres://user:password@host:5432/db)`);
+      if (!/^postgres(ql)?:\/\//.test(url))
+        throw new RelayConfigError(`${env} must start with postgres:// or postgresql:// (for example postgres://user:password@host:5432/db)`);
     },
   },
   workerUrl: {
@@ -50,7 +51,9 @@ export const RELAY_OPTIONS = {
       try {
         url = new URL(value);
       } catch {
-        throw new RelayConfigError(`${env} ${JSON.stringify(value)} is not a URL: use the Worker's base URL, for example https://pg-edge-realtime.example.workers.dev`);
+        throw new RelayConfigError(
+          `${env} ${JSON.stringify(value)} is not a URL: use the Worker's base URL, for example https://pg-edge-realtime.example.workers.dev`,
+        );
       }
       if (url.protocol !== "https:" && url.protocol !== "http:") throw new RelayConfigError(`${env} must be http:// or https://, got ${url.protocol}`);
     },
@@ -85,10 +88,38 @@ export const RELAY_OPTIONS = {
       if (!/^[A-Za-z0-9_.-]{1,64}$/.test(name)) throw new RelayConfigError(`${flag} must be 1-64 of A-Z a-z 0-9 _ . -, got ${JSON.stringify(name)}`);
     },
   },
-  batchSize: { flag: "batch-size", env: "RELAY_BATCH_SIZE", help: `most events per POST (${BATCH_SIZE.min}-${BATCH_SIZE.max})`, default: 1000, kind: wholeNumber, check: between(BATCH_SIZE.min, BATCH_SIZE.max) },
-  batchBytes: { flag: "batch-bytes", env: "RELAY_BATCH_BYTES", help: "a batch stops growing past this many bytes of data", default: 1024 * 1024, kind: wholeNumber, check: between(1024, 16 * 1024 * 1024) },
-  maxEventBytes: { flag: "max-event-bytes", env: "RELAY_MAX_EVENT_BYTES", help: "larger events are sent as {oversized: true} markers", default: 4 * 1024 * 1024, kind: wholeNumber, check: between(1024, 16 * 1024 * 1024) },
-  pollIntervalMs: { flag: "poll-interval", env: "RELAY_POLL_INTERVAL_MS", help: "ms between outbox reads without a doorbell", default: 1000, kind: wholeNumber, check: between(10, 3_600_000) },
+  batchSize: {
+    flag: "batch-size",
+    env: "RELAY_BATCH_SIZE",
+    help: `most events per POST (${BATCH_SIZE.min}-${BATCH_SIZE.max})`,
+    default: 1000,
+    kind: wholeNumber,
+    check: between(BATCH_SIZE.min, BATCH_SIZE.max),
+  },
+  batchBytes: {
+    flag: "batch-bytes",
+    env: "RELAY_BATCH_BYTES",
+    help: "a batch stops growing past this many bytes of data",
+    default: 1024 * 1024,
+    kind: wholeNumber,
+    check: between(1024, 16 * 1024 * 1024),
+  },
+  maxEventBytes: {
+    flag: "max-event-bytes",
+    env: "RELAY_MAX_EVENT_BYTES",
+    help: "larger events are sent as {oversized: true} markers",
+    default: 4 * 1024 * 1024,
+    kind: wholeNumber,
+    check: between(1024, 16 * 1024 * 1024),
+  },
+  pollIntervalMs: {
+    flag: "poll-interval",
+    env: "RELAY_POLL_INTERVAL_MS",
+    help: "ms between outbox reads without a doorbell",
+    default: 1000,
+    kind: wholeNumber,
+    check: between(10, 3_600_000),
+  },
   notify: {
     flag: "notify",
     env: "RELAY_NOTIFY",
@@ -103,18 +134,75 @@ export const RELAY_OPTIONS = {
         if (!CHANNEL_PATTERN.test(route.channel)) {
           throw new RelayConfigError(`${flag}: ${JSON.stringify(route.channel)} is not a valid realtime channel (1-128 of A-Z a-z 0-9 _ . : @ -)`);
         }
-        if (route.pgChannel === DOORBELL_CHANNEL) throw new RelayConfigError(`${flag}: ${DOORBELL_CHANNEL} is the relay's own doorbell and cannot be forwarded`);
+        if (route.pgChannel === DOORBELL_CHANNEL)
+          throw new RelayConfigError(`${flag}: ${DOORBELL_CHANNEL} is the relay's own doorbell and cannot be forwarded`);
       }
     },
   },
-  notifyQueueMax: { flag: "notify-queue-max", env: "RELAY_NOTIFY_QUEUE_MAX", help: "NOTIFY payloads held while the Worker is down", default: 10_000, kind: wholeNumber, check: between(1, 1_000_000) },
-  requestTimeoutMs: { flag: "request-timeout", env: "RELAY_REQUEST_TIMEOUT_MS", help: "ms before a POST is abandoned and retried", default: 30_000, kind: wholeNumber, check: between(100, 600_000) },
-  retryBaseMs: { flag: "retry-base", env: "RELAY_RETRY_BASE_MS", help: "first retry delay in ms (doubles, with jitter)", default: 250, kind: wholeNumber, check: between(1, 600_000) },
-  retryMaxMs: { flag: "retry-max", env: "RELAY_RETRY_MAX_MS", help: "longest retry delay in ms", default: 30_000, kind: wholeNumber, check: between((o) => o.retryBaseMs, 3_600_000) },
-  standbyPollMs: { flag: "standby-poll", env: "RELAY_STANDBY_POLL_MS", help: "ms between a standby's attempts to take the lead", default: 1000, kind: wholeNumber, check: between(10, 600_000) },
-  retentionSeconds: { flag: "retention", env: "RELAY_RETENTION_SECONDS", help: "delivered outbox rows are kept this many seconds", default: 3600, kind: wholeNumber, check: between(0, 10 * 365 * 86_400) },
-  pruneIntervalMs: { flag: "prune-interval", env: "RELAY_PRUNE_INTERVAL_MS", help: "ms between prunes of delivered rows", default: 10_000, kind: wholeNumber, check: between(10, 86_400_000) },
-  pruneBatch: { flag: "prune-batch", env: "RELAY_PRUNE_BATCH", help: "most rows deleted per prune statement", default: 10_000, kind: wholeNumber, check: between(1, 1_000_000) },
+  notifyQueueMax: {
+    flag: "notify-queue-max",
+    env: "RELAY_NOTIFY_QUEUE_MAX",
+    help: "NOTIFY payloads held while the Worker is down",
+    default: 10_000,
+    kind: wholeNumber,
+    check: between(1, 1_000_000),
+  },
+  requestTimeoutMs: {
+    flag: "request-timeout",
+    env: "RELAY_REQUEST_TIMEOUT_MS",
+    help: "ms before a POST is abandoned and retried",
+    default: 30_000,
+    kind: wholeNumber,
+    check: between(100, 600_000),
+  },
+  retryBaseMs: {
+    flag: "retry-base",
+    env: "RELAY_RETRY_BASE_MS",
+    help: "first retry delay in ms (doubles, with jitter)",
+    default: 250,
+    kind: wholeNumber,
+    check: between(1, 600_000),
+  },
+  retryMaxMs: {
+    flag: "retry-max",
+    env: "RELAY_RETRY_MAX_MS",
+    help: "longest retry delay in ms",
+    default: 30_000,
+    kind: wholeNumber,
+    check: between((o) => o.retryBaseMs, 3_600_000),
+  },
+  standbyPollMs: {
+    flag: "standby-poll",
+    env: "RELAY_STANDBY_POLL_MS",
+    help: "ms between a standby's attempts to take the lead",
+    default: 1000,
+    kind: wholeNumber,
+    check: between(10, 600_000),
+  },
+  retentionSeconds: {
+    flag: "retention",
+    env: "RELAY_RETENTION_SECONDS",
+    help: "delivered outbox rows are kept this many seconds",
+    default: 3600,
+    kind: wholeNumber,
+    check: between(0, 10 * 365 * 86_400),
+  },
+  pruneIntervalMs: {
+    flag: "prune-interval",
+    env: "RELAY_PRUNE_INTERVAL_MS",
+    help: "ms between prunes of delivered rows",
+    default: 10_000,
+    kind: wholeNumber,
+    check: between(10, 86_400_000),
+  },
+  pruneBatch: {
+    flag: "prune-batch",
+    env: "RELAY_PRUNE_BATCH",
+    help: "most rows deleted per prune statement",
+    default: 10_000,
+    kind: wholeNumber,
+    check: between(1, 1_000_000),
+  },
   partition: {
     flag: "partition",
     env: "RELAY_PARTITION",
@@ -124,13 +212,22 @@ export const RELAY_OPTIONS = {
     check(p, o, { flag }) {
       if (!p) return;
       if (o.source !== "outbox") {
-        throw new RelayConfigError(`${flag} works with --source outbox only: a ${o.source} relay reads every channel from its replication slot (run one, or partition with the outbox source)`);
+        throw new RelayConfigError(
+          `${flag} works with --source outbox only: a ${o.source} relay reads every channel from its replication slot (run one, or partition with the outbox source)`,
+        );
       }
       intIn(`${flag} count`, p.count, 1, 256);
       intIn(`${flag} index`, p.index, 0, p.count - 1);
     },
   },
-  heartbeatMs: { flag: "heartbeat", env: "RELAY_HEARTBEAT_MS", help: "slot sources: ms between heartbeat messages that keep the slot moving (0: none)", default: 10_000, kind: wholeNumber, check: zeroOr(between(100, 3_600_000)) },
+  heartbeatMs: {
+    flag: "heartbeat",
+    env: "RELAY_HEARTBEAT_MS",
+    help: "slot sources: ms between heartbeat messages that keep the slot moving (0: none)",
+    default: 10_000,
+    kind: wholeNumber,
+    check: zeroOr(between(100, 3_600_000)),
+  },
   logLevel: {
     flag: "log-level",
     env: "LOG_LEVEL",

@@ -93,7 +93,13 @@ export function startOf(previous: Cursor[]): Cursor {
   const [first] = previous;
   if (previous.every((c) => c.done === first!.done && c.target === first!.target)) {
     const ids = previous.map((c) => c.afterId);
-    const afterId = ids.some((id) => id === null) ? null : ids.map((id) => BigInt(id!)).reduce((a, b) => (a < b ? a : b)).toString();
+    const afterId = ids.some((id) => id === null)
+      ? null
+      : ids
+          .map((id) => BigInt(id!))
+          // biome-ignore lint/complexity/useMathMinMax: bigints, which Math.min does not take
+          .reduce((a, b) => (a < b ? a : b))
+          .toString();
     return { done: first!.done, target: first!.target, afterId: first!.target === null ? null : afterId };
   }
   return { done: commonSnapshot(previous.map((c) => c.done)), target: null, afterId: null };

@@ -139,15 +139,17 @@ export function rowToJson(values: readonly (string | null)[], columns: readonly 
     out += ":";
     out += textToJson(values[i] ?? null, column.type);
   }
-  return out + "}";
+  return `${out}}`;
 }
 
 /** Characters escape_json rewrites: the C0 controls, `"` and `\`. Everything else is copied. */
+// biome-ignore lint/suspicious/noControlCharactersInRegex: control characters are what JSON strings must escape
 const NEEDS_ESCAPE = /[\u0000-\u001f"\\]/;
+// biome-ignore lint/suspicious/noControlCharactersInRegex: as above
 const NEEDS_ESCAPE_ALL = /[\u0000-\u001f"\\]/g;
 /** escape_json_char: five short escapes, the other controls as \u00XX in lowercase hex (%04x). */
 const ESCAPES: readonly string[] = Array.from({ length: 0x20 }, (_, c) => {
-  const short: Record<number, string> = { 0x08: "\\b", 0x09: "\\t", 0x0a: "\\n", 0x0c: "\\f", 0x0d: "\\r" };
+  const short: Record<number, string> = { 8: "\\b", 9: "\\t", 10: "\\n", 12: "\\f", 13: "\\r" };
   return short[c] ?? `\\u${c.toString(16).padStart(4, "0")}`;
 });
 const escapeChar = (c: string): string => (c === '"' ? '\\"' : c === "\\" ? "\\\\" : ESCAPES[c.charCodeAt(0)]!);
@@ -316,7 +318,7 @@ function vectorToJson(text: string, type: PgType, element: PgType): string {
     if (item.length === 0) throw malformed(text, type);
     if (from > 0) out += ",";
     out += valueToJson(item, element);
-    if (space < 0) return out + "]";
+    if (space < 0) return `${out}]`;
     from = space + 1;
   }
 }
@@ -374,7 +376,7 @@ function compositeToJson(text: string, type: PgType, attributes: readonly PgAttr
     out += present ? valueToJson(value, attribute.type) : "null";
   }
   if (i !== n - 1) throw malformed(text, type, `more values than its ${attributes.length} attributes`);
-  return out + "}";
+  return `${out}}`;
 }
 
 function malformed(text: string, type: PgType, why?: string): PgJsonError {
@@ -623,8 +625,12 @@ export class TypeCatalog {
       const pending = this.pending;
       for (const oid of missing) pending.set(oid, load);
       void load.then(
-        () => missing.forEach((oid) => pending.delete(oid)),
-        () => missing.forEach((oid) => pending.delete(oid)),
+        () => {
+          for (const oid of missing) pending.delete(oid);
+        },
+        () => {
+          for (const oid of missing) pending.delete(oid);
+        },
       );
       waits.push(load);
     }

@@ -119,73 +119,82 @@ export function decodePgOutput(body: Buffer): PgOutputMessage {
   const r = new Reader(body);
   const byte = r.u8();
   switch (byte) {
-    case 0x42 /* B */: {
-      const finalLsn = r.u64();
-      const commitTime = r.time();
-      return { tag: "begin", finalLsn, commitTime, xid: r.u32() };
-    }
-    case 0x43 /* C */: {
-      r.u8(); // flags, unused
-      const lsn = r.u64();
-      const endLsn = r.u64();
-      return { tag: "commit", lsn, endLsn, commitTime: r.time() };
-    }
-    case 0x4d /* M */: {
-      const transactional = (r.u8() & 1) === 1;
-      const lsn = r.u64();
-      const prefix = r.cstring();
-      return { tag: "message", transactional, lsn, prefix, content: r.bytes(r.u32()) };
-    }
-    case 0x52 /* R */: {
-      const oid = r.u32();
-      const schema = r.cstring();
-      const table = r.cstring();
-      const replicaIdentity = String.fromCharCode(r.u8()) as Relation["replicaIdentity"];
-      const n = r.i16();
-      const columns: RelationColumn[] = [];
-      for (let i = 0; i < n; i++) {
-        const flags = r.u8();
-        const name = r.cstring();
-        const type = r.u32();
-        columns.push({ name, type, typmod: r.i32(), key: (flags & 1) === 1 });
+    case 0x42 /* B */:
+      {
+        const finalLsn = r.u64();
+        const commitTime = r.time();
+        return { tag: "begin", finalLsn, commitTime, xid: r.u32() };
       }
-      return { tag: "relation", relation: { oid, schema, table, replicaIdentity, columns } };
-    }
-    case 0x59 /* Y */: {
-      const oid = r.u32();
-      const schema = r.cstring();
-      return { tag: "type", oid, schema, name: r.cstring() };
-    }
-    case 0x49 /* I */: {
-      const relation = r.u32();
-      r.u8(); // 'N'
-      return { tag: "insert", relation, new: r.tuple() };
-    }
-    case 0x55 /* U */: {
-      const relation = r.u32();
-      let kind = r.u8();
-      let old: TupleValue[] | null = null;
-      let oldIsKey = false;
-      if (kind === 0x4b /* K */ || kind === 0x4f /* O */) {
-        oldIsKey = kind === 0x4b;
-        old = r.tuple();
-        kind = r.u8();
+    case 0x43 /* C */:
+      {
+        r.u8(); // flags, unused
+        const lsn = r.u64();
+        const endLsn = r.u64();
+        return { tag: "commit", lsn, endLsn, commitTime: r.time() };
       }
-      if (kind !== 0x4e /* N */) throw new Error(`pgoutput: update without a new tuple (${kind})`);
-      return { tag: "update", relation, old, oldIsKey, new: r.tuple() };
-    }
-    case 0x44 /* D */: {
-      const relation = r.u32();
-      const kind = r.u8();
-      return { tag: "delete", relation, oldIsKey: kind === 0x4b, old: r.tuple() };
-    }
-    case 0x54 /* T */: {
-      const n = r.u32();
-      const options = r.u8();
-      const relations: number[] = [];
-      for (let i = 0; i < n; i++) relations.push(r.u32());
-      return { tag: "truncate", relations, cascade: (options & 1) === 1, restartIdentity: (options & 2) === 2 };
-    }
+    case 0x4d /* M */:
+      {
+        const transactional = (r.u8() & 1) === 1;
+        const lsn = r.u64();
+        const prefix = r.cstring();
+        return { tag: "message", transactional, lsn, prefix, content: r.bytes(r.u32()) };
+      }
+    case 0x52 /* R */:
+      {
+        const oid = r.u32();
+        const schema = r.cstring();
+        const table = r.cstring();
+        const replicaIdentity = String.fromCharCode(r.u8()) as Relation["replicaIdentity"];
+        const n = r.i16();
+        const columns: RelationColumn[] = [];
+        for (let i = 0; i < n; i++) {
+          const flags = r.u8();
+          const name = r.cstring();
+          const type = r.u32();
+          columns.push({ name, type, typmod: r.i32(), key: (flags & 1) === 1 });
+        }
+        return { tag: "relation", relation: { oid, schema, table, replicaIdentity, columns } };
+      }
+    case 0x59 /* Y */:
+      {
+        const oid = r.u32();
+        const schema = r.cstring();
+        return { tag: "type", oid, schema, name: r.cstring() };
+      }
+    case 0x49 /* I */:
+      {
+        const relation = r.u32();
+        r.u8(); // 'N'
+        return { tag: "insert", relation, new: r.tuple() };
+      }
+    case 0x55 /* U */:
+      {
+        const relation = r.u32();
+        let kind = r.u8();
+        let old: TupleValue[] | null = null;
+        let oldIsKey = false;
+        if (kind === 0x4b /* K */ || kind === 0x4f /* O */) {
+          oldIsKey = kind === 0x4b;
+          old = r.tuple();
+          kind = r.u8();
+        }
+        if (kind !== 0x4e /* N */) throw new Error(`pgoutput: update without a new tuple (${kind})`);
+        return { tag: "update", relation, old, oldIsKey, new: r.tuple() };
+      }
+    case 0x44 /* D */:
+      {
+        const relation = r.u32();
+        const kind = r.u8();
+        return { tag: "delete", relation, oldIsKey: kind === 0x4b, old: r.tuple() };
+      }
+    case 0x54 /* T */:
+      {
+        const n = r.u32();
+        const options = r.u8();
+        const relations: number[] = [];
+        for (let i = 0; i < n; i++) relations.push(r.u32());
+        return { tag: "truncate", relations, cascade: (options & 1) === 1, restartIdentity: (options & 2) === 2 };
+      }
     case 0x4f /* O */:
       return { tag: "origin" };
     default:

@@ -8,17 +8,17 @@
 import { EventEmitter } from "node:events";
 import { backoffDelay, sleep } from "./backoff.ts";
 import { KnownChannels } from "./channels.ts";
-import { type RelayOptions, type ResolvedRelayOptions } from "./config.ts";
+import type { RelayOptions, ResolvedRelayOptions } from "./config.ts";
 import type { BatchInfo, RelayEvents } from "./events.ts";
 import { Housekeeping } from "./housekeeping.ts";
-import { IngestClient, IngestConfigError, StoppedError, type OutgoingEvent } from "./ingest-client.ts";
+import { IngestClient, IngestConfigError, type OutgoingEvent, StoppedError } from "./ingest-client.ts";
 import { acquireLead } from "./leader.ts";
-import { createLogger, redactUrl, type Logger } from "./log.ts";
+import { createLogger, type Logger, redactUrl } from "./log.ts";
 import { resolveRelayOptions } from "./options.ts";
 import { Session } from "./session.ts";
 import { NotifySource } from "./sources/notify.ts";
 import { OutboxSource } from "./sources/outbox.ts";
-import { SlotSource, type SlotHealth } from "./sources/slot.ts";
+import { type SlotHealth, SlotSource } from "./sources/slot.ts";
 import type { Source, SourceContext } from "./sources/source.ts";
 
 export type { BatchInfo, RelayEvents } from "./events.ts";
@@ -164,7 +164,7 @@ export class Relay extends EventEmitter<RelayEvents> {
   /** The session, while it leads and is open: what the metrics queries run on. */
   private leaderSession(): Session | null {
     const session = this.session;
-    return session && session.leader && !session.closed ? session : null;
+    return session?.leader && !session.closed ? session : null;
   }
 
   /** Runs sessions until stopped; a lost connection ends a session and a new one starts after a backoff. */
@@ -222,7 +222,10 @@ export class Relay extends EventEmitter<RelayEvents> {
   private async deliver(source: BatchInfo["source"], events: OutgoingEvent[]): Promise<BatchInfo> {
     const started = performance.now();
     const delivery = await this.ingest.deliver(events, this.stopController.signal);
-    await this.channels.remember(this.session, events.map((e) => e.channel));
+    await this.channels.remember(
+      this.session,
+      events.map((e) => e.channel),
+    );
     for (const refused of delivery.refused) {
       this.log.error("the Worker refused an event; skipped so that the others go on", { ...refused, source });
       this.emit("refused", refused);

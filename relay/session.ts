@@ -75,10 +75,7 @@ export class Session {
   }
 
   async tryLock(name: string): Promise<boolean> {
-    const { rows } = await this.query.query<{ locked: boolean }>(
-      "select pg_try_advisory_lock(hashtext('pg-edge-realtime'), hashtext($1)) as locked",
-      [name],
-    );
+    const { rows } = await this.query.query<{ locked: boolean }>("select pg_try_advisory_lock(hashtext('pg-edge-realtime'), hashtext($1)) as locked", [name]);
     this.leader = rows[0]!.locked;
     return this.leader;
   }

@@ -36,13 +36,15 @@ export const WAL_PREFIX = "realtime";
  */
 export const WAL_PUBLICATION = "realtime";
 
-
 /**
  * The replication slot of a relay: `realtime_<install id>_<cursor name>`, lowercased as Postgres
  * requires. Slot names are per cluster, so the installation id keeps two databases apart.
  */
 export function slotName(installId: string, cursorName: string): string {
-  return `realtime_${installId}_${cursorName}`.toLowerCase().replace(/[^a-z0-9_]/g, "_").slice(0, 63);
+  return `realtime_${installId}_${cursorName}`
+    .toLowerCase()
+    .replace(/[^a-z0-9_]/g, "_")
+    .slice(0, 63);
 }
 
 /** `16/B374D848` → 0x16B374D848. */
@@ -164,7 +166,14 @@ export class WalStream {
     this.confirmed = options.startLsn;
     // The walsender writes the published tables' values with its own session's output settings,
     // which relay/pgjson.ts reads them back under.
-    this.client = new pg.Client({ connectionString: options.databaseUrl, application_name: options.applicationName, keepAlive: true, connectionTimeoutMillis: 10_000, replication: "database", options: textOutputOptions() } as pg.ClientConfig);
+    this.client = new pg.Client({
+      connectionString: options.databaseUrl,
+      application_name: options.applicationName,
+      keepAlive: true,
+      connectionTimeoutMillis: 10_000,
+      replication: "database",
+      options: textOutputOptions(),
+    } as pg.ClientConfig);
     this.client.on("error", (err) => this.fail(err));
     this.client.on("end", () => this.fail(new Error("replication connection closed")));
   }
@@ -355,7 +364,8 @@ export class WalStream {
             : message.tag === "update"
               ? { op: "update", relation, old: message.old, oldIsKey: message.oldIsKey, new: message.new }
               : { op: "delete", relation, old: message.old, oldIsKey: message.oldIsKey };
-        const bytes = tupleBytes(message.tag === "delete" ? message.old : message.new) + (message.tag === "update" && message.old ? tupleBytes(message.old) : 0);
+        const bytes =
+          tupleBytes(message.tag === "delete" ? message.old : message.new) + (message.tag === "update" && message.old ? tupleBytes(message.old) : 0);
         return this.push({ kind: "change", lsn: start, ordinal: this.ordinal(start), ts: this.commitTs, change }, bytes);
       }
       case "truncate": {
@@ -469,16 +479,24 @@ export async function ensureWalCapture(db: Queryable, slot: string, mode: "wal" 
     const failover = Number(version[0]?.v ?? 0) >= 170000;
     await step(
       `create its replication slot ${slot}`,
-      failover ? `select pg_create_logical_replication_slot('${slot}', 'pgoutput', failover => true)` : `select pg_create_logical_replication_slot('${slot}', 'pgoutput')`,
+      failover
+        ? `select pg_create_logical_replication_slot('${slot}', 'pgoutput', failover => true)`
+        : `select pg_create_logical_replication_slot('${slot}', 'pgoutput')`,
       `The relay's role needs the REPLICATION attribute (alter role <relay role> replication), or create the slot once as a superuser: select pg_create_logical_replication_slot('${slot}', 'pgoutput');`,
     );
     createdSlot = true;
   } else if (rows[0]!.plugin !== "pgoutput") {
-    throw new WalSetupError(`replication slot ${slot} exists with plugin ${rows[0]!.plugin}, not pgoutput: drop it (select pg_drop_replication_slot('${slot}')) or give the relay another --name`);
+    throw new WalSetupError(
+      `replication slot ${slot} exists with plugin ${rows[0]!.plugin}, not pgoutput: drop it (select pg_drop_replication_slot('${slot}')) or give the relay another --name`,
+    );
   }
   const { rows: current } = await db.query<{ capture: string }>("select capture from realtime.installation");
   if (current[0]?.capture !== mode) {
-    await step(`switch capture to ${mode}`, `select realtime.set_capture('${mode}')`, `Run it as the owner of the realtime schema and the watched tables: select realtime.set_capture('${mode}');`);
+    await step(
+      `switch capture to ${mode}`,
+      `select realtime.set_capture('${mode}')`,
+      `Run it as the owner of the realtime schema and the watched tables: select realtime.set_capture('${mode}');`,
+    );
   }
   return { createdSlot };
 }

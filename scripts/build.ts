@@ -4,11 +4,12 @@
  * and the demo page's bundle (demo/public/app.js). `npm run build` builds everything (and `npm
  * pack` runs it); `npm run dev`, the tests' global setup and `npm run deploy` build what they use.
  */
-import { build } from "esbuild";
+
 import { execFileSync } from "node:child_process";
 import { readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { build } from "esbuild";
 
 const root = (p: string) => fileURLToPath(new URL(`../${p}`, import.meta.url));
 

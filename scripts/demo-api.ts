@@ -3,9 +3,10 @@
  * edge): the page's form POSTs here, the row goes into Postgres, and the page shows it only when
  * its event comes back through relay → Worker → Durable Object.
  */
+
+import { randomUUID } from "node:crypto";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
-import { randomUUID } from "node:crypto";
 import pg from "pg";
 import { mintToken } from "../token/index.ts";
 

@@ -5,7 +5,7 @@
  * and `relay:` (its /healthz, /readyz, /metrics) lines; Ctrl-C or SIGTERM stops everything.
  * DEV_DATA_DIR moves .data elsewhere.
  */
-import { spawn, type ChildProcess } from "node:child_process";
+import { type ChildProcess, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { createWriteStream, mkdirSync } from "node:fs";
 import { fileURLToPath } from "node:url";
@@ -17,8 +17,8 @@ import { serveObservability } from "../relay/observe.ts";
 import { Relay } from "../relay/relay.ts";
 import { mintToken } from "../token/index.ts";
 import { buildDemo } from "./build.ts";
-import { startDemoApi, TODOS_DDL, type DemoApi } from "./demo-api.ts";
-import { freePort, startPostgres, type PostgresHandle } from "./postgres.ts";
+import { type DemoApi, startDemoApi, TODOS_DDL } from "./demo-api.ts";
+import { freePort, type PostgresHandle, startPostgres } from "./postgres.ts";
 
 const root = fileURLToPath(new URL("..", import.meta.url));
 /** Where the stack keeps its data (Postgres, Durable Object storage, logs). */
@@ -141,7 +141,21 @@ async function main(): Promise<void> {
   const log = createWriteStream(logFile);
   const wrangler = spawn(
     process.execPath,
-    [`${root}node_modules/wrangler/bin/wrangler.js`, "dev", "--ip", "127.0.0.1", "--port", String(port), "--var", `INGEST_SECRET:${secret}`, "--var", `JWT_SECRET:${jwtSecret}`, "--persist-to", `${dataDir}/wrangler`, "--show-interactive-dev-session=false"],
+    [
+      `${root}node_modules/wrangler/bin/wrangler.js`,
+      "dev",
+      "--ip",
+      "127.0.0.1",
+      "--port",
+      String(port),
+      "--var",
+      `INGEST_SECRET:${secret}`,
+      "--var",
+      `JWT_SECRET:${jwtSecret}`,
+      "--persist-to",
+      `${dataDir}/wrangler`,
+      "--show-interactive-dev-session=false",
+    ],
     { cwd: root, stdio: ["ignore", "pipe", "pipe"], detached: true },
   );
   wrangler.stdout!.pipe(log);

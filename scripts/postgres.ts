@@ -102,7 +102,14 @@ export async function startEmbedded(options: StartPostgresOptions = {}): Promise
       // Enough connections for several relays and test clients; wal_level = logical for the
       // relay's wal source (a slot per relay name); fsync off only for throwaway data.
       postgresFlags: [
-        "-c", "max_connections=200", "-c", "wal_level=logical", "-c", "max_replication_slots=50", "-c", "max_wal_senders=50",
+        "-c",
+        "max_connections=200",
+        "-c",
+        "wal_level=logical",
+        "-c",
+        "max_replication_slots=50",
+        "-c",
+        "max_wal_senders=50",
         ...(temporary ? ["-c", "fsync=off", "-c", "synchronous_commit=off"] : []),
       ],
     });
@@ -111,7 +118,10 @@ export async function startEmbedded(options: StartPostgresOptions = {}): Promise
     if (reason) throw new Error(`${reason}; choose a data directory it can reach, for example DEV_DATA_DIR=/tmp/pg-edge-realtime`);
     const binaries = embeddedBinaries();
     const blocked = binaries && unreachableByOthers(binaries, "its binaries");
-    if (blocked) throw new Error(`${blocked}; put the project where other users can enter (for example under /srv or /tmp), or allow them in: chmod o+x on that directory`);
+    if (blocked)
+      throw new Error(
+        `${blocked}; put the project where other users can enter (for example under /srv or /tmp), or allow them in: chmod o+x on that directory`,
+      );
   }
   let server = make();
   if (!existsSync(join(dataDir, "PG_VERSION"))) {

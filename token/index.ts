@@ -36,7 +36,8 @@ export interface MintTokenOptions {
 
 /** Returns an HS256 JWT for the Worker. */
 export async function mintToken(options: MintTokenOptions): Promise<string> {
-  if (options.secret.length < MIN_JWT_SECRET_LENGTH) throw new Error(`mintToken: secret must be at least ${MIN_JWT_SECRET_LENGTH} characters, like the Worker's JWT_SECRET`);
+  if (options.secret.length < MIN_JWT_SECRET_LENGTH)
+    throw new Error(`mintToken: secret must be at least ${MIN_JWT_SECRET_LENGTH} characters, like the Worker's JWT_SECRET`);
   if (!options.sub) throw new Error("mintToken: sub (the user's id) is required");
   const iat = options.now ?? Math.floor(Date.now() / 1000);
   return sign(

@@ -7,8 +7,9 @@
  * `Authorization: Bearer <token>`. HS256 tokens are checked with JWT_SECRET, RS256/ES256 tokens
  * against the keys at JWT_JWKS_URL.
  */
-import { decodeHeader, verify, verifyWithJwks } from "hono/utils/jwt/jwt";
+
 import type { HonoJsonWebKey } from "hono/utils/jwt/jws";
+import { decodeHeader, verify, verifyWithJwks } from "hono/utils/jwt/jwt";
 import type { JWTPayload } from "hono/utils/jwt/types";
 import { channelMatches, type ErrorCode } from "../protocol/index.ts";
 import type { AuthConfig } from "./config.ts";
@@ -105,7 +106,11 @@ async function verifyToken(token: string, config: AuthConfig): Promise<JWTPayloa
     const [code, message] = JWT_ERRORS[(err as Error).name] ?? ["token_invalid", "the token's signature or claims are not valid"];
     throw new AuthError(401, code, message);
   }
-  throw new AuthError(401, "token_invalid", `this Worker does not accept ${String(alg).slice(0, 10)} tokens (configure JWT_SECRET for HS256, JWT_JWKS_URL for RS256/ES256)`);
+  throw new AuthError(
+    401,
+    "token_invalid",
+    `this Worker does not accept ${String(alg).slice(0, 10)} tokens (configure JWT_SECRET for HS256, JWT_JWKS_URL for RS256/ES256)`,
+  );
 }
 
 /**

@@ -22,7 +22,7 @@ import type { ChangeText, IngestEvent, IngestResult, PresenceMember, ResetReason
 import { channelMatches, eventJson, fillUnchanged, frameJson, markerJson, parseFilter, readChange, rowKey, utf8Length } from "../protocol/index.ts";
 import type { Env } from "./env.ts";
 import { EventLog, type LoggedEvent } from "./event-log.ts";
-import { CHANNEL_NAME_HEADER, isUpgrade, member, type Outgoing, SocketHub, type SocketAttachment, send } from "./hub.ts";
+import { CHANNEL_NAME_HEADER, isUpgrade, member, type Outgoing, type SocketAttachment, SocketHub, send } from "./hub.ts";
 import { type Join, type JoinQuery, joinQuery, replayFrames } from "./join.ts";
 import { log } from "./log.ts";
 import { MetaTable } from "./meta.ts";
@@ -170,7 +170,13 @@ export class Channel extends SocketHub {
       try {
         one ??= this.store([e]);
       } catch (error) {
-        log("error", "event could not be stored; a marker takes its place", { channel: this.name, id: e.id, event: e.event, bytes: utf8Length(e.data), error: String(error) });
+        log("error", "event could not be stored; a marker takes its place", {
+          channel: this.name,
+          id: e.id,
+          event: e.event,
+          bytes: utf8Length(e.data),
+          error: String(error),
+        });
         const marker = { ...e, data: markerJson(e.data, "unstorable"), retain: false };
         try {
           one = this.store([marker]);
@@ -289,7 +295,12 @@ export class Channel extends SocketHub {
     }
     let marker = false;
     if (change?.new != null && !change.marker && utf8Length(change.new) > this.config.stateMaxRowBytes) {
-      log("warn", "row too large to retain; a marker takes its place", { channel: this.name, id, bytes: utf8Length(data), limit: this.config.stateMaxRowBytes });
+      log("warn", "row too large to retain; a marker takes its place", {
+        channel: this.name,
+        id,
+        bytes: utf8Length(data),
+        limit: this.config.stateMaxRowBytes,
+      });
       data = markerJson(data, "row_too_large");
       change = { ...change, new: null, marker: true };
       marker = true;
@@ -417,7 +428,8 @@ export class Channel extends SocketHub {
   private join({ since, epoch, snapshot }: JoinQuery, filter: RowFilter | null): Join {
     const base = { ok: true as const, channel: this.name ?? "", epoch: this.epoch, seq: this.seq };
     if (since === null || since === "") return { ...base, frames: this.state.snapshotFrames(this.seq, filter, snapshot) };
-    if (!/^\d{1,15}$/.test(since)) return { ok: false, code: "invalid_query", message: "since must be a non-negative integer: the seq of the last event received" };
+    if (!/^\d{1,15}$/.test(since))
+      return { ok: false, code: "invalid_query", message: "since must be a non-negative integer: the seq of the last event received" };
     const sinceSeq = Number(since);
     if (epoch !== this.epoch || sinceSeq > this.seq) {
       // A client of the epoch a source loss ended is told so; any other epoch is just not this one.

@@ -112,7 +112,10 @@ function flag(env: Env, name: "ALLOW_TOKENS_WITHOUT_EXP"): boolean {
 }
 
 function list(raw: string | undefined): string[] {
-  return (raw ?? "").split(",").map((s) => s.trim()).filter(Boolean);
+  return (raw ?? "")
+    .split(",")
+    .map((s) => s.trim())
+    .filter(Boolean);
 }
 
 function optional(raw: string | undefined): string | null {
@@ -166,12 +169,14 @@ export function resolveWorkerConfig(env: Env): WorkerConfig {
     stateMaxRowBytes: positiveInt(env, "STATE_MAX_ROW_BYTES", 1_500_000, 1024),
     conflate: list(env.CONFLATE).map((entry) => {
       const m = /^([^=]+)=(\d{1,6})$/.exec(entry);
-      if (!m || Number(m[2]) < 1) throw new WorkerConfigError(`CONFLATE entries are <channel pattern>=<milliseconds>, e.g. "dashboard:*=250"; got ${JSON.stringify(entry)}`);
+      if (!m || Number(m[2]) < 1)
+        throw new WorkerConfigError(`CONFLATE entries are <channel pattern>=<milliseconds>, e.g. "dashboard:*=250"; got ${JSON.stringify(entry)}`);
       return { pattern: m[1]!, ms: Number(m[2]) };
     }),
     shards: list(env.SHARDS).map((entry) => {
       const m = /^([^=]+)=(\d{1,3})$/.exec(entry);
-      if (!m || Number(m[2]) < 2 || Number(m[2]) > 256) throw new WorkerConfigError(`SHARDS entries are <channel pattern>=<2-256 shards>, e.g. "live:*=8"; got ${JSON.stringify(entry)}`);
+      if (!m || Number(m[2]) < 2 || Number(m[2]) > 256)
+        throw new WorkerConfigError(`SHARDS entries are <channel pattern>=<2-256 shards>, e.g. "live:*=8"; got ${JSON.stringify(entry)}`);
       return { pattern: m[1]!, count: Number(m[2]) };
     }),
     autoShardSockets: positiveInt(env, "AUTO_SHARD_SOCKETS", 32_768, 0),

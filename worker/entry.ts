@@ -18,7 +18,7 @@
  * in this repository's wrangler.toml.
  */
 export { Channel } from "./channel.ts";
-export { ChannelShard } from "./shard.ts";
-export { handleRealtime, isRealtimePath, realtimeRoutes } from "./routes.ts";
+export { type AuthConfig, resolveWorkerConfig, type SocketLimits, WORKER_DEFAULTS, type WorkerConfig, WorkerConfigError } from "./config.ts";
 export type { RealtimeEnv } from "./env.ts";
-export { resolveWorkerConfig, WORKER_DEFAULTS, WorkerConfigError, type AuthConfig, type SocketLimits, type WorkerConfig } from "./config.ts";
+export { handleRealtime, isRealtimePath, realtimeRoutes } from "./routes.ts";
+export { ChannelShard } from "./shard.ts";

@@ -1,7 +1,7 @@
 /** The one way the Worker answers an error: status + `{ error: { code, message } }`. */
 import type { Context } from "hono";
 import type { ContentfulStatusCode } from "hono/utils/http-status";
-import { errorBody, type ErrorCode } from "../protocol/index.ts";
+import { type ErrorCode, errorBody } from "../protocol/index.ts";
 
 /** Answers `status` with the protocol's JSON error body. */
 export function jsonError(c: Context, status: ContentfulStatusCode, code: ErrorCode, message: string): Response {

@@ -67,7 +67,12 @@ export class EventLog {
   ) {
     sql.exec(SCHEMA);
     // Objects created before seen.at existed get the column (every id counts as old).
-    if (!sql.exec<{ name: string }>("pragma table_info(seen)").toArray().some((c) => c.name === "at")) {
+    if (
+      !sql
+        .exec<{ name: string }>("pragma table_info(seen)")
+        .toArray()
+        .some((c) => c.name === "at")
+    ) {
       sql.exec("alter table seen add column at integer not null default 0");
     }
   }
@@ -101,7 +106,9 @@ export class EventLog {
     for (const e of events) {
       const [head, ...rest] = chunks(e.data);
       rows.push({ s: e.seq, i: e.id, e: e.event, d: head ?? "", p: rest.length, t: e.ts });
-      rest.forEach((chunk, i) => parts.push([e.seq, i + 1, chunk]));
+      rest.forEach((chunk, i) => {
+        parts.push([e.seq, i + 1, chunk]);
+      });
     }
     const json = JSON.stringify(rows);
     this.sql.exec("insert into seen (id, seq, at) select value ->> '$.i', value ->> '$.s', ? from json_each(?)", now, json);
@@ -117,7 +124,10 @@ export class EventLog {
   /** Events after `seq`, in order, each with its frame JSON and its data as the text it was stored as. */
   from(seq: number): Outgoing[] {
     return this.sql
-      .exec<{ seq: number; id: string; event: string; data: string; parts: number; ts: number }>("select seq, id, event, data, parts, ts from log where seq > ? order by seq", seq)
+      .exec<{ seq: number; id: string; event: string; data: string; parts: number; ts: number }>(
+        "select seq, id, event, data, parts, ts from log where seq > ? order by seq",
+        seq,
+      )
       .toArray()
       .map((row) => {
         const data =

@@ -7,7 +7,19 @@
  */
 import { DurableObject } from "cloudflare:workers";
 import type { ErrorCode, PresenceMember, RowFilter, ServerFrame } from "../protocol/index.ts";
-import { broadcastFrame, errorBody, eventsFrame, frameJson, jsonMembers, matchesEvent, parseClientFrame, parseFilter, PING, PONG, readData } from "../protocol/index.ts";
+import {
+  broadcastFrame,
+  errorBody,
+  eventsFrame,
+  frameJson,
+  jsonMembers,
+  matchesEvent,
+  PING,
+  PONG,
+  parseClientFrame,
+  parseFilter,
+  readData,
+} from "../protocol/index.ts";
 import { resolveWorkerConfig, type WorkerConfig } from "./config.ts";
 import type { Env } from "./env.ts";
 import type { Join } from "./join.ts";
@@ -266,7 +278,8 @@ export abstract class SocketHub extends DurableObject<Env> {
     const parsed = parseClientFrame(typeof message === "string" ? message : "");
     const type = parsed.ok ? parsed.frame.type : parsed.type;
     if (type === "presence" && !me.presence) return send(ws, { type: "error", code: "invalid_frame", message: "join with presence=1 to set a presence state" });
-    if (type === "broadcast" && !me.canPublish) return send(ws, { type: "error", code: "publish_forbidden", message: "the token's publish claim does not include this channel" });
+    if (type === "broadcast" && !me.canPublish)
+      return send(ws, { type: "error", code: "publish_forbidden", message: "the token's publish claim does not include this channel" });
     if (!parsed.ok) return send(ws, { type: "error", code: parsed.code, message: parsed.message });
     const frame = parsed.frame;
     if (frame.type === "presence") {

@@ -22,9 +22,7 @@ export function joinQuery(url: URL): JoinQuery {
 }
 
 /** What a socket is sent after `welcome` when it joins: replay, or a reset, or a snapshot; or why it cannot join. */
-export type Join =
-  | { ok: true; channel: string; epoch: string; seq: number; frames: string[] }
-  | { ok: false; code: ErrorCode; message: string };
+export type Join = { ok: true; channel: string; epoch: string; seq: number; frames: string[] } | { ok: false; code: ErrorCode; message: string };
 
 /** `events` (in seq order) as replay frames, the ones `filter` passes, REPLAY_FRAME_EVENTS to a frame. */
 export function replayFrames(events: readonly Outgoing[], filter: RowFilter | null): string[] {

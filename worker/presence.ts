@@ -11,7 +11,12 @@ export class ShardMembers {
 
   /** A member on shard `shard` joined (or joined again). */
   join(m: PresenceMember, shard: number): void {
-    this.sql.exec("insert into shard_members (id, shard, member) values (?, ?, ?) on conflict (id) do update set member = excluded.member", m.id, shard, JSON.stringify(m));
+    this.sql.exec(
+      "insert into shard_members (id, shard, member) values (?, ?, ?) on conflict (id) do update set member = excluded.member",
+      m.id,
+      shard,
+      JSON.stringify(m),
+    );
   }
 
   /** A member changed its state. */

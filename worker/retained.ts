@@ -39,7 +39,12 @@ export class RetainedState {
   ) {
     sql.exec(SCHEMA);
     // Rows too large to retain are kept as their key and this flag (state from before it existed has none).
-    if (!sql.exec<{ name: string }>("pragma table_info(state)").toArray().some((c) => c.name === "oversized")) {
+    if (
+      !sql
+        .exec<{ name: string }>("pragma table_info(state)")
+        .toArray()
+        .some((c) => c.name === "oversized")
+    ) {
       sql.exec("alter table state add column oversized integer not null default 0");
     }
   }
@@ -73,7 +78,10 @@ export class RetainedState {
       // Sizes of the versions being replaced, for the running totals.
       const old = new Map(
         this.sql
-          .exec<{ k: string; n: number }>("select k, length(cast(row as blob)) as n from state where k in (select value from json_each(?))", JSON.stringify(changes.map(([k]) => k)))
+          .exec<{ k: string; n: number }>(
+            "select k, length(cast(row as blob)) as n from state where k in (select value from json_each(?))",
+            JSON.stringify(changes.map(([k]) => k)),
+          )
           .toArray()
           .map((r) => [r.k, r.n]),
       );
@@ -104,7 +112,13 @@ export class RetainedState {
     for (const { seq, change } of events) {
       if (change.op === "TRUNCATE") {
         flush();
-        const gone = this.sql.exec<{ n: number; b: number | null }>("select count(*) as n, sum(length(cast(row as blob))) as b from state where schema = ? and tbl = ?", change.schema, change.table).one();
+        const gone = this.sql
+          .exec<{ n: number; b: number | null }>(
+            "select count(*) as n, sum(length(cast(row as blob))) as b from state where schema = ? and tbl = ?",
+            change.schema,
+            change.table,
+          )
+          .one();
         this.sql.exec("delete from state where schema = ? and tbl = ?", change.schema, change.table);
         rows -= gone.n;
         bytes -= gone.b ?? 0;
@@ -113,7 +127,14 @@ export class RetainedState {
       if (change.key === null) continue;
       const k = rowKey(change.schema, change.table, change.key);
       const deleted = change.op === "DELETE";
-      pending.set(k, { schema: change.schema, tbl: change.table, key: change.key, row: deleted ? null : change.new, oversized: !deleted && change.new === null && change.marker, seq });
+      pending.set(k, {
+        schema: change.schema,
+        tbl: change.table,
+        key: change.key,
+        row: deleted ? null : change.new,
+        oversized: !deleted && change.new === null && change.marker,
+        seq,
+      });
     }
     flush();
     if (rows > this.maxRows || bytes > this.maxBytes) {
@@ -145,7 +166,9 @@ export class RetainedState {
   /** Every retained row, oldest key first. */
   rows(): StoredRow[] {
     return this.sql
-      .exec<{ schema: string; tbl: string; key: string; row: string; seq: number; oversized: number }>("select schema, tbl, key, row, seq, oversized from state order by k")
+      .exec<{ schema: string; tbl: string; key: string; row: string; seq: number; oversized: number }>(
+        "select schema, tbl, key, row, seq, oversized from state order by k",
+      )
       .toArray()
       .map((r) => ({ schema: r.schema, tbl: r.tbl, key: r.key, row: r.oversized ? null : r.row, seq: r.seq }));
   }
@@ -162,7 +185,12 @@ export class RetainedState {
     if (!this.active && !requested) return [];
     if (this.overflowed) return [snapshotFrame(seq, [], true)];
     const rows = this.rows().filter((r) => !filter || r.row === null || matchesRowText(filter, r.row));
-    return [snapshotFrame(seq, rows.map((r) => snapshotRowJson(r.schema, r.tbl, r.key, r.row, r.seq)))];
+    return [
+      snapshotFrame(
+        seq,
+        rows.map((r) => snapshotRowJson(r.schema, r.tbl, r.key, r.row, r.seq)),
+      ),
+    ];
   }
 
   /** Counters for stats. */

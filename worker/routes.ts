@@ -9,10 +9,10 @@
 import { Hono } from "hono";
 import { CHANNEL_PATH_PREFIX, isValidChannel, SIGNATURE_HEADER, SIGNATURE_TOLERANCE_SECONDS, verifySignature } from "../protocol/index.ts";
 import { AuthError, authorize } from "./auth.ts";
-import { CAN_PUBLISH_HEADER, CHANNEL_NAME_HEADER, isUpgrade, SHARD_HEADER, USER_HEADER } from "./hub.ts";
 import { resolveWorkerConfig, type WorkerConfig, WorkerConfigError } from "./config.ts";
 import type { RealtimeEnv } from "./env.ts";
 import { jsonError } from "./errors.ts";
+import { CAN_PUBLISH_HEADER, CHANNEL_NAME_HEADER, isUpgrade, SHARD_HEADER, USER_HEADER } from "./hub.ts";
 import { ingest } from "./ingest.ts";
 import { log } from "./log.ts";
 import { shardCount, shardName } from "./shard-fanout.ts";
@@ -31,7 +31,7 @@ export function realtimeRoutes<E extends { Bindings: RealtimeEnv } = { Bindings:
     if (!isUpgrade(c.req.raw)) {
       return jsonError(c, 426, "upgrade_required", "connect with a WebSocket (for example new PartySocket({ host, room }))");
     }
-    let identity;
+    let identity: Awaited<ReturnType<typeof authorize>>;
     try {
       identity = await authorize(c.req.raw, channel, config.auth);
     } catch (err) {

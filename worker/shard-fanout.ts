@@ -9,7 +9,7 @@
 import { channelMatches } from "../protocol/index.ts";
 import type { WorkerConfig } from "./config.ts";
 import type { Env } from "./env.ts";
-import { SHARD_HEADER, SHARD_SOCKETS_HEADER, type Outgoing } from "./hub.ts";
+import { type Outgoing, SHARD_HEADER, SHARD_SOCKETS_HEADER } from "./hub.ts";
 import { log } from "./log.ts";
 import type { MetaTable } from "./meta.ts";
 import type { ChannelShard } from "./shard.ts";
@@ -76,7 +76,9 @@ export class ShardFanout {
   /** Sockets on each shard (asked, and remembered for placement). */
   async sockets(): Promise<number[]> {
     const counts = await Promise.all(this.stubs().map((s) => s.sockets()));
-    counts.forEach((n, i) => this.reported.set(i, n));
+    counts.forEach((n, i) => {
+      this.reported.set(i, n);
+    });
     return counts;
   }
 

@@ -16,7 +16,19 @@ import type { PresenceMember } from "../protocol/index.ts";
 import { eventsFrame, matchesEvent } from "../protocol/index.ts";
 import type { Channel } from "./channel.ts";
 import type { Env } from "./env.ts";
-import { CHANNEL_NAME_HEADER, filterData, isUpgrade, member, SHARD_HEADER, SHARD_SOCKETS_HEADER, SocketHub, send, trySend, type Outgoing, type SocketAttachment } from "./hub.ts";
+import {
+  CHANNEL_NAME_HEADER,
+  filterData,
+  isUpgrade,
+  member,
+  type Outgoing,
+  SHARD_HEADER,
+  SHARD_SOCKETS_HEADER,
+  type SocketAttachment,
+  SocketHub,
+  send,
+  trySend,
+} from "./hub.ts";
 import { joinQuery } from "./join.ts";
 import { log } from "./log.ts";
 import { MetaTable } from "./meta.ts";

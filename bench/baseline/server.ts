@@ -7,7 +7,7 @@
  * Env: DATABASE_URL, PORT. Prints "listening <port>" when ready.
  */
 import pg from "pg";
-import { WebSocketServer, type WebSocket } from "ws";
+import { type WebSocket, WebSocketServer } from "ws";
 
 const db = new pg.Client({ connectionString: process.env.DATABASE_URL });
 await db.connect();

@@ -7,7 +7,7 @@ export interface BarGroup {
   baseline: number;
 }
 
-function escape(text: string): string {
+function escapeXml(text: string): string {
   return text.replace(/&/g, "&amp;").replace(/</g, "&lt;");
 }
 
@@ -20,18 +20,25 @@ function panel(title: string, unit: string, groups: BarGroup[], x0: number, widt
   const plotHeight = height - 100;
   const slot = width / Math.max(1, groups.length);
   const bar = Math.min(40, slot / 3);
-  const parts = [`<text x="${x0 + width / 2}" y="20" text-anchor="middle" font-weight="600">${escape(title)}</text>`];
+  const parts = [`<text x="${x0 + width / 2}" y="20" text-anchor="middle" font-weight="600">${escapeXml(title)}</text>`];
   groups.forEach((g, i) => {
     const cx = x0 + slot * i + slot / 2;
-    for (const [j, value, color] of [[0, g.ours, "#2563eb"], [1, g.baseline, "#9ca3af"]] as const) {
+    for (const [j, value, color] of [
+      [0, g.ours, "#2563eb"],
+      [1, g.baseline, "#9ca3af"],
+    ] as const) {
       const h = scale(value) * plotHeight;
       const x = cx - bar + j * bar;
-      parts.push(`<rect x="${x.toFixed(1)}" y="${(plotTop + plotHeight - h).toFixed(1)}" width="${(bar - 2).toFixed(1)}" height="${h.toFixed(1)}" fill="${color}"/>`);
-      parts.push(`<text x="${(x + bar / 2 - 1).toFixed(1)}" y="${(plotTop + plotHeight - h - 4).toFixed(1)}" text-anchor="middle" font-size="10">${escape(value >= 100 ? Math.round(value).toLocaleString("en-US") : value.toFixed(1))}</text>`);
+      parts.push(
+        `<rect x="${x.toFixed(1)}" y="${(plotTop + plotHeight - h).toFixed(1)}" width="${(bar - 2).toFixed(1)}" height="${h.toFixed(1)}" fill="${color}"/>`,
+      );
+      parts.push(
+        `<text x="${(x + bar / 2 - 1).toFixed(1)}" y="${(plotTop + plotHeight - h - 4).toFixed(1)}" text-anchor="middle" font-size="10">${escapeXml(value >= 100 ? Math.round(value).toLocaleString("en-US") : value.toFixed(1))}</text>`,
+      );
     }
-    parts.push(`<text x="${cx.toFixed(1)}" y="${plotTop + plotHeight + 16}" text-anchor="middle" font-size="11">${escape(g.label)}</text>`);
+    parts.push(`<text x="${cx.toFixed(1)}" y="${plotTop + plotHeight + 16}" text-anchor="middle" font-size="11">${escapeXml(g.label)}</text>`);
   });
-  parts.push(`<text x="${x0 + 4}" y="${plotTop - 6}" font-size="10" fill="#555">${escape(unit)}</text>`);
+  parts.push(`<text x="${x0 + 4}" y="${plotTop - 6}" font-size="10" fill="#555">${escapeXml(unit)}</text>`);
   return parts.join("\n");
 }
 
@@ -45,7 +52,7 @@ ${panel("Events delivered per second (higher is better)", "events/s", throughput
 ${panel("p99 commit-to-receive latency (lower is better, log scale)", "ms", latency, width / 2, width / 2, height, true)}
 <rect x="20" y="${height + 6}" width="12" height="12" fill="#2563eb"/><text x="38" y="${height + 16}">pg-edge-realtime</text>
 <rect x="170" y="${height + 6}" width="12" height="12" fill="#9ca3af"/><text x="188" y="${height + 16}">baseline: LISTEN + ws server (the LISTEN design)</text>
-<text x="${width - 10}" y="${height + 16}" text-anchor="end" fill="#555">${escape(subtitle)}</text>
+<text x="${width - 10}" y="${height + 16}" text-anchor="end" fill="#555">${escapeXml(subtitle)}</text>
 </svg>
 `;
 }

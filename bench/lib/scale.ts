@@ -177,7 +177,13 @@ export function shardLoad(costs: Costs, sockets: number, publishesPerSecond: num
   const perEvent = (sockets * costs.sendPerEventUs) / 1000; // ms per further event in it
   const single = fixed + (events - 1) * perEvent;
   if ((publishesPerSecond * single) / 1000 <= 1) {
-    return { deliveryMs: single, deliveriesPerSecond: publishesPerSecond, eventsPerDelivery: events, utilization: (publishesPerSecond * single) / 1000, stable: true };
+    return {
+      deliveryMs: single,
+      deliveriesPerSecond: publishesPerSecond,
+      eventsPerDelivery: events,
+      utilization: (publishesPerSecond * single) / 1000,
+      stable: true,
+    };
   }
   // Back to back: each delivery carries what arrived during the previous one, k = rate x D, and
   // D = fixed + (k - 1) x perEvent, so D = (fixed - perEvent) / (1 - rate x perEvent).
@@ -234,10 +240,15 @@ export function planChannel(costs: Costs, w: Workload, relays = planRelays(costs
   // Past one partition's drain rate, the channel's backlog grows at the relay, whatever the tree.
   const stable = rootUtilization < 1 && load.stable && w.eventsPerSecond <= relays.perChannelCeiling;
   if (rootUtilization >= 1) problems.push(`root busy ${(rootUtilization * 100).toFixed(0)}% of the time: it cannot keep up`);
-  else if (rootUtilization > TARGET_UTILIZATION) problems.push(`root busy ${(rootUtilization * 100).toFixed(0)}% of the time, over the ${TARGET_UTILIZATION * 100}% target: it keeps up, with a longer tail`);
+  else if (rootUtilization > TARGET_UTILIZATION)
+    problems.push(
+      `root busy ${(rootUtilization * 100).toFixed(0)}% of the time, over the ${TARGET_UTILIZATION * 100}% target: it keeps up, with a longer tail`,
+    );
   if (!load.stable) problems.push("each shard's sends grow faster than it can coalesce: it cannot keep up");
-  if (publishesPerSecond > LIMITS.requestsPerSecondPerObject) problems.push(`root receives ${Math.round(publishesPerSecond)} requests/s, past the soft limit of ${LIMITS.requestsPerSecondPerObject}`);
-  if (w.eventsPerSecond > relays.perChannelCeiling) problems.push(`one channel's events go through one relay partition: at most ${Math.round(relays.perChannelCeiling)} events/s`);
+  if (publishesPerSecond > LIMITS.requestsPerSecondPerObject)
+    problems.push(`root receives ${Math.round(publishesPerSecond)} requests/s, past the soft limit of ${LIMITS.requestsPerSecondPerObject}`);
+  if (w.eventsPerSecond > relays.perChannelCeiling)
+    problems.push(`one channel's events go through one relay partition: at most ${Math.round(relays.perChannelCeiling)} events/s`);
   if (shards > LIMITS.subrequestsPerInvocation) problems.push(`${shards} RPCs per publish, past ${LIMITS.subrequestsPerInvocation} subrequests`);
   const single = shards > 0 ? shardLoad(costs, socketsPerShard, 0, eventsPerPublish).deliveryMs : 0;
   return {
@@ -350,8 +361,7 @@ export function simulate(costs: Costs, w: Workload, plan: ChannelPlan, relays: R
     }
   }
   const k = plan.eventsPerPublish;
-  const delivery = (i: number, events: number) =>
-    shardRpcMs(costs) + (perShard[i]! * (costs.sendUs + (events - 1) * costs.sendPerEventUs)) / 1000;
+  const delivery = (i: number, events: number) => shardRpcMs(costs) + (perShard[i]! * (costs.sendUs + (events - 1) * costs.sendPerEventUs)) / 1000;
   type Lane = { busyUntil: number; pending: { start: number; events: number; members: number[] } | null; deliveries: number };
   const lanes: Lane[] = perShard.map(() => ({ busyUntil: 0, pending: null, deliveries: 0 }));
   const arrivals: number[] = [];
@@ -393,7 +403,9 @@ export function simulate(costs: Costs, w: Workload, plan: ChannelPlan, relays: R
     }
     rootFree = cursor;
   }
-  lanes.forEach((lane, i) => lane.pending && close(i, lane));
+  lanes.forEach((lane, i) => {
+    if (lane.pending) close(i, lane);
+  });
   const latencies = done.map((d, i) => d - arrivals[i]!).sort((a, b) => a - b);
   const at = (q: number) => latencies[Math.min(latencies.length - 1, Math.max(0, Math.ceil((q / 100) * latencies.length) - 1))] ?? NaN;
   const last = done.reduce((a, b) => Math.max(a, b), 0);

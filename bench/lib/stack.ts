@@ -3,15 +3,15 @@
  * default durability: fsync and synchronous commit on, as in production), our Worker (workerd via
  * wrangler, in its own process: bench/lib/worker-process.ts), our relay (the CLI, its own process), and the baseline server (its own process).
  */
-import { fork, spawn, type ChildProcess } from "node:child_process";
+import { type ChildProcess, fork, spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import pg from "pg";
-import { installSchema } from "../../relay/install.ts";
-import { createDatabase, freePort, startEmbedded, type PostgresHandle } from "../../scripts/postgres.ts";
 import type { RelaySource } from "../../relay/config.ts";
+import { installSchema } from "../../relay/install.ts";
+import { createDatabase, freePort, type PostgresHandle, startEmbedded } from "../../scripts/postgres.ts";
 import type { ReceiverCommand, ReceiverReport } from "./receiver.ts";
 
 /** The multi-statement scenario's shape (pgbench's TPC-B tables, smaller): rows per table. */
@@ -101,7 +101,11 @@ export async function startStack(log: (line: string) => void, source: RelaySourc
   await db.end();
   log(`postgres ready (${databaseUrl.replace(/:[^:@/]+@/, ":***@")})`);
 
-  const { process: workerProcess, url: workerUrl } = await startWorkerProcess({ INGEST_SECRET: SECRET, PUBLIC_CHANNELS: "*", MAX_SOCKETS_PER_CHANNEL: "32768" });
+  const { process: workerProcess, url: workerUrl } = await startWorkerProcess({
+    INGEST_SECRET: SECRET,
+    PUBLIC_CHANNELS: "*",
+    MAX_SOCKETS_PER_CHANNEL: "32768",
+  });
   log(`worker ready (${workerUrl}, direct)`);
 
   // Read at each start: the writer scenario switches the source and back.
@@ -109,7 +113,16 @@ export async function startStack(log: (line: string) => void, source: RelaySourc
   const startRelay = (url: string, env: Record<string, string> = {}) =>
     // Run through its shebang, as `npx pg-edge-realtime relay` does (it sets V8 flags).
     spawn(join(root, "dist/cli.js"), ["relay"], {
-      env: { PATH: process.env.PATH ?? "", DATABASE_URL: databaseUrl, WORKER_URL: url, INGEST_SECRET: SECRET, LOG_LEVEL: "warn", RELAY_HTTP: "off", RELAY_SOURCE: current.source, ...env },
+      env: {
+        PATH: process.env.PATH ?? "",
+        DATABASE_URL: databaseUrl,
+        WORKER_URL: url,
+        INGEST_SECRET: SECRET,
+        LOG_LEVEL: "warn",
+        RELAY_HTTP: "off",
+        RELAY_SOURCE: current.source,
+        ...env,
+      },
       stdio: ["ignore", "inherit", "inherit"],
     });
 

@@ -36,7 +36,9 @@ const worker = await unstable_startWorker({
 });
 await worker.ready;
 // The direct URL is only announced on a reload: ask for one (same bindings) and listen.
-const raw = worker.raw as unknown as { on(event: "reloadComplete", listener: (e: { proxyData: { userWorkerUrl: { protocol: string; hostname: string; port: string } } }) => void): void };
+const raw = worker.raw as unknown as {
+  on(event: "reloadComplete", listener: (e: { proxyData: { userWorkerUrl: { protocol: string; hostname: string; port: string } } }) => void): void;
+};
 const direct = await new Promise<string>((resolve) => {
   raw.on("reloadComplete", (e) => resolve(`${e.proxyData.userWorkerUrl.protocol}//${e.proxyData.userWorkerUrl.hostname}:${e.proxyData.userWorkerUrl.port}`));
   void worker.patchConfig({ bindings } as never);
@@ -56,12 +58,10 @@ function configWithoutAssets(): string {
   const root = fileURLToPath(new URL("../..", import.meta.url));
   const text = readFileSync(join(root, "wrangler.toml"), "utf8");
   let main = false;
-  const stripped = text
-    .replace(/^\[assets\]\n(?:(?!\[).*\n)*/m, "")
-    .replace(/^main = "([^"]+)"$/m, (_, path: string) => {
-      main = true;
-      return `main = ${JSON.stringify(join(root, path))}`;
-    });
+  const stripped = text.replace(/^\[assets\]\n(?:(?!\[).*\n)*/m, "").replace(/^main = "([^"]+)"$/m, (_, path: string) => {
+    main = true;
+    return `main = ${JSON.stringify(join(root, path))}`;
+  });
   if (main === false || /^\[assets\]/m.test(stripped) || !/^\[\[durable_objects\.bindings\]\]/m.test(stripped)) {
     throw new Error("bench/lib/worker-process.ts: wrangler.toml changed shape (main, [assets], Durable Objects); update configWithoutAssets()");
   }

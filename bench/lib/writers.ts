@@ -92,7 +92,11 @@ export async function oltp(options: OltpOptions): Promise<number> {
     }),
   );
   const { set, shape } = options;
-  const statements = [`update ${set}_accounts set balance = balance + $2 where id = $1`, `update ${set}_tellers set balance = balance + $2 where id = $1`, `update ${set}_branches set balance = balance + $2 where id = $1`];
+  const statements = [
+    `update ${set}_accounts set balance = balance + $2 where id = $1`,
+    `update ${set}_tellers set balance = balance + $2 where id = $1`,
+    `update ${set}_branches set balance = balance + $2 where id = $1`,
+  ];
   const random = (n: number) => 1 + Math.floor(Math.random() * n);
   let transactions = 0;
   const started = now();

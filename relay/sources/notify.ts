@@ -5,7 +5,7 @@
  */
 import { randomUUID } from "node:crypto";
 import { isJson } from "../../protocol/index.ts";
-import { StoppedError, type OutgoingEvent } from "../ingest-client.ts";
+import { type OutgoingEvent, StoppedError } from "../ingest-client.ts";
 import type { Session } from "../session.ts";
 import type { Source, SourceContext } from "./source.ts";
 

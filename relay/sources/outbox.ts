@@ -4,7 +4,7 @@
  * unacknowledged batch, whose copies the channels drop as duplicates. Every relay runs it: a slot
  * relay still ships the rows written before capture was switched to the WAL.
  */
-import { advance, loadCursor, partitionSql, readPage, saveCursor, type Cursor, type Page } from "../outbox.ts";
+import { advance, type Cursor, loadCursor, type Page, partitionSql, readPage, saveCursor } from "../outbox.ts";
 import type { SerialClient } from "../serial.ts";
 import type { Session } from "../session.ts";
 import type { Source, SourceContext } from "./source.ts";
@@ -113,15 +113,21 @@ export class OutboxSource implements Source {
     const capture = rows[0]?.capture;
     if (capture && capture !== "outbox") {
       // Changes now go to the WAL, which no outbox relay reads: they wait in the slot.
-      this.ctx.log.warn("this relay reads the outbox, but capture is not 'outbox': changes captured since wait in the replication slot for a relay started with that source", {
-        capture,
-        fix: `start the relay with --source ${capture}, or switch back: select realtime.set_capture('outbox') (then drop the slot once it shipped everything)`,
-      });
+      this.ctx.log.warn(
+        "this relay reads the outbox, but capture is not 'outbox': changes captured since wait in the replication slot for a relay started with that source",
+        {
+          capture,
+          fix: `start the relay with --source ${capture}, or switch back: select realtime.set_capture('outbox') (then drop the slot once it shipped everything)`,
+        },
+      );
     }
   }
 
   /** Tells writers to ring (or not) for this relay's cursor. */
   private setWaiting(db: SerialClient, waiting: boolean): Promise<unknown> {
-    return db.query("insert into realtime.doorbells (name, waiting) values ($1, $2) on conflict (name) do update set waiting = excluded.waiting", [this.ctx.cursorName, waiting]);
+    return db.query("insert into realtime.doorbells (name, waiting) values ($1, $2) on conflict (name) do update set waiting = excluded.waiting", [
+      this.ctx.cursorName,
+      waiting,
+    ]);
   }
 }

@@ -5,7 +5,7 @@
  * index), the same on every re-read. A change that names no valid channel is logged and counted,
  * never sent.
  */
-import { toEvents, WatchRoutes, type ChangeEventText, type RowChange, type Unroutable } from "../changes.ts";
+import { type ChangeEventText, type RowChange, toEvents, type Unroutable, WatchRoutes } from "../changes.ts";
 import type { Emit } from "../events.ts";
 import type { OutgoingEvent } from "../ingest-client.ts";
 import type { Logger } from "../log.ts";
@@ -43,7 +43,9 @@ export class SlotEvents {
       }
       const built = await this.changeEvents(r.change);
       const base = `${this.installId}-w${r.lsn}${r.ordinal > 0 ? `.${r.ordinal}` : ""}`;
-      built.events.forEach((e, i) => events.push({ id: i === 0 ? base : `${base}:${i}`, channel: e.channel, event: e.event, data: e.data, ts: r.ts, retain: e.retain }));
+      built.events.forEach((e, i) => {
+        events.push({ id: i === 0 ? base : `${base}:${i}`, channel: e.channel, event: e.event, data: e.data, ts: r.ts, retain: e.retain });
+      });
       for (const u of built.unroutable) {
         this.log.error("a change names no valid channel; not sent", { table: u.table, reason: u.reason, lsn: formatLsn(r.lsn) });
         this.emit("unroutable", u);
@@ -68,7 +70,8 @@ export class SlotEvents {
           this.catalog.clear();
           continue;
         }
-        const table = change.op === "truncate" ? change.relations.map((r) => `${r.schema}.${r.table}`).join(", ") : `${change.relation.schema}.${change.relation.table}`;
+        const table =
+          change.op === "truncate" ? change.relations.map((r) => `${r.schema}.${r.table}`).join(", ") : `${change.relation.schema}.${change.relation.table}`;
         return { events: [], unroutable: [{ table, reason: `its values could not be read as their types say: ${err.message}` }] };
       }
     }

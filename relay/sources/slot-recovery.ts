@@ -14,7 +14,9 @@ import type { SourceContext } from "./source.ts";
  * loss in realtime.slot_epochs, to be announced.
  */
 export async function replaceLostSlot(ctx: SourceContext, session: Session, slot: string): Promise<void> {
-  const { rows } = await session.query.query<{ s: Record<string, unknown> }>("select to_jsonb(s) as s from pg_replication_slots s where slot_name = $1", [slot]);
+  const { rows } = await session.query.query<{ s: Record<string, unknown> }>("select to_jsonb(s) as s from pg_replication_slots s where slot_name = $1", [
+    slot,
+  ]);
   const state = rows[0]?.s;
   if (!state || (state.wal_status !== "lost" && (state.invalidation_reason ?? null) === null)) return;
   const generation = `${Date.now().toString(36)}${randomUUID().slice(0, 4)}`;
@@ -59,5 +61,9 @@ export async function announceLostEvents(ctx: SourceContext, session: Session, s
   }
   const { rows: recaptured } = await session.query.query<{ n: string }>("select realtime.recapture_retained() as n");
   await session.query.query("update realtime.slot_epochs set announced = true where slot = $1 and generation = $2", [slot, generation]);
-  ctx.log.warn("announced the lost events: channels start a new epoch, retained rows captured again", { slot, channels: channels.length, recapturedRows: Number(recaptured[0]?.n ?? 0) });
+  ctx.log.warn("announced the lost events: channels start a new epoch, retained rows captured again", {
+    slot,
+    channels: channels.length,
+    recapturedRows: Number(recaptured[0]?.n ?? 0),
+  });
 }

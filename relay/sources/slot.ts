@@ -84,10 +84,13 @@ export class SlotSource implements Source {
    */
   private startHeartbeat(session: Session): void {
     const { heartbeatMs } = this.ctx.options;
-    const heartbeat = heartbeatMs > 0 ? setInterval(() => {
-      if (session.closed) return;
-      session.listener.query("select pg_logical_emit_message(false, 'realtime_heartbeat', '')").catch(() => undefined);
-    }, heartbeatMs) : null;
+    const heartbeat =
+      heartbeatMs > 0
+        ? setInterval(() => {
+            if (session.closed) return;
+            session.listener.query("select pg_logical_emit_message(false, 'realtime_heartbeat', '')").catch(() => undefined);
+          }, heartbeatMs)
+        : null;
     heartbeat?.unref();
     session.onClose(async () => {
       if (heartbeat) clearInterval(heartbeat);
@@ -100,7 +103,9 @@ export class SlotSource implements Source {
    */
   private async openStream(session: Session, slot: string, onRelation: (relation: Relation) => void): Promise<WalStream> {
     const { options, log, signal } = this.ctx;
-    const { rows } = await session.query.query<{ lsn: string }>("select confirmed_flush_lsn::text as lsn from pg_replication_slots where slot_name = $1", [slot]);
+    const { rows } = await session.query.query<{ lsn: string }>("select confirmed_flush_lsn::text as lsn from pg_replication_slots where slot_name = $1", [
+      slot,
+    ]);
     const deadline = Date.now() + 10_000;
     for (;;) {
       const stream = new WalStream({
@@ -156,6 +161,11 @@ export class SlotSource implements Source {
     const r = rows[0];
     if (!r) return null;
     const num = (v: string | null) => (v === null ? null : Math.max(0, Number(v)));
-    return { retainedBytes: num(r.retained) ?? 0, lagBytes: num(r.lag) ?? 0, walStatus: r.wal_status, safeWalSize: r.safe_wal_size === null ? null : Number(r.safe_wal_size) };
+    return {
+      retainedBytes: num(r.retained) ?? 0,
+      lagBytes: num(r.lag) ?? 0,
+      walStatus: r.wal_status,
+      safeWalSize: r.safe_wal_size === null ? null : Number(r.safe_wal_size),
+    };
   }
 }

@@ -5,16 +5,16 @@
  */
 import { describe, expect, it } from "vitest";
 import {
+  type Costs,
   channelPublishes,
   DELIVERY_BUDGET_MS,
   LIMITS,
   monthlyCost,
+  PRICES,
   planChannel,
   planRelays,
-  PRICES,
   shardLoad,
   simulate,
-  type Costs,
   type Workload,
 } from "../../bench/lib/scale.ts";
 
@@ -30,7 +30,14 @@ const costs: Costs = {
   relayEventsPerSecond: 10_000,
   triggerUs: 40,
 };
-const workload = (w: Partial<Workload>): Workload => ({ label: "t", channels: 1, subscribersPerChannel: 100, eventsPerSecond: 1, connectsPerSubscriberPerDay: 0, ...w });
+const workload = (w: Partial<Workload>): Workload => ({
+  label: "t",
+  channels: 1,
+  subscribersPerChannel: 100,
+  eventsPerSecond: 1,
+  connectsPerSubscriberPerDay: 0,
+  ...w,
+});
 const MONTH = 30 * 24 * 3600;
 
 describe("planRelays and channelPublishes", () => {
@@ -163,7 +170,7 @@ describe("simulate", () => {
     const analytic = shardLoad(costs, 10_000, 40, 1);
     const sim = simulate(costs, w, plan, relays, 600, 3);
     expect(sim.deliveriesPerPublish).toBeLessThan(0.2);
-    expect(sim.deliveriesPerPublish).toBeGreaterThan(((analytic.deliveriesPerSecond / 40) * 0.8));
+    expect(sim.deliveriesPerPublish).toBeGreaterThan((analytic.deliveriesPerSecond / 40) * 0.8);
     expect(sim.backlogMs).toBeLessThan(3 * analytic.deliveryMs);
     expect(sim.p99).toBeLessThan(3 * analytic.deliveryMs);
   });

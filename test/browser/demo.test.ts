@@ -3,13 +3,13 @@
  * fed by the real relay from a real Postgres: a row inserted with SQL appears on the page, and the
  * page's own form makes the round trip through the edge.
  */
-import { useStack } from "../support/stack.ts";
-import { chromium, type Browser } from "playwright-core";
+
+import { type Browser, chromium } from "playwright-core";
 import { afterAll, beforeAll, expect, it } from "vitest";
-import { startDemoApi, TODOS_DDL, type DemoApi } from "../../scripts/demo-api.ts";
+import { type DemoApi, startDemoApi, TODOS_DDL } from "../../scripts/demo-api.ts";
+import { useStack } from "../support/stack.ts";
 import { TEST_JWT_SECRET } from "../support/worker.ts";
 import { CHROMIUM, CHROMIUM_ARGS } from "./chromium.ts";
-
 
 let api: DemoApi;
 let browser: Browser;

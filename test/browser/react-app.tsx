@@ -19,13 +19,25 @@ function Items({ host, token, channel }: { host: string; token: string; channel:
         {state === null ? (
           <li id="no-state">no state yet</li>
         ) : (
-          [...state].sort((a, b) => (BigInt(a.id) < BigInt(b.id) ? -1 : 1)).map((r) => <li key={String(r.id)} data-id={String(r.id)} data-type={typeof r.id}>{r.title.length > 100 ? `${r.title.length} characters` : r.title}</li>)
+          [...state]
+            .sort((a, b) => (BigInt(a.id) < BigInt(b.id) ? -1 : 1))
+            .map((r) => (
+              <li key={String(r.id)} data-id={String(r.id)} data-type={typeof r.id}>
+                {r.title.length > 100 ? `${r.title.length} characters` : r.title}
+              </li>
+            ))
         )}
       </ul>
-      <ul id="oversized">{oversized.map((r) => <li key={JSON.stringify(r.key)}>{String(r.key.id)}</li>)}</ul>
+      <ul id="oversized">
+        {oversized.map((r) => (
+          <li key={JSON.stringify(r.key)}>{String(r.key.id)}</li>
+        ))}
+      </ul>
     </main>
   );
 }
 
 const params = new URLSearchParams(location.search);
-createRoot(document.getElementById("root")!).render(<Items host={params.get("host")!} token={params.get("token")!} channel={params.get("channel") ?? "items"} />);
+createRoot(document.getElementById("root")!).render(
+  <Items host={params.get("host")!} token={params.get("token")!} channel={params.get("channel") ?? "items"} />,
+);

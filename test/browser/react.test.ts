@@ -5,11 +5,11 @@
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { build } from "esbuild";
-import { chromium, type Browser } from "playwright-core";
-import { useStack } from "../support/stack.ts";
+import { type Browser, chromium } from "playwright-core";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { mintToken } from "../../token/index.ts";
 import { caughtUp } from "../support/relay.ts";
+import { useStack } from "../support/stack.ts";
 import { TEST_JWT_SECRET } from "../support/worker.ts";
 import { CHROMIUM, CHROMIUM_ARGS } from "./chromium.ts";
 
@@ -91,7 +91,9 @@ it("shows an empty retained channel as no rows (not loading), an id past 2^53 di
 
     await stack.db.sql("insert into big_items values (9007199254740993, 'exact id'), (9007199254740992, 'its neighbour')");
     await tab.locator("#count", { hasText: "2" }).waitFor();
-    expect(await tab.locator("#rows li").evaluateAll((lis) => lis.map((li) => [li.getAttribute("data-id"), li.getAttribute("data-type"), li.textContent]))).toEqual([
+    expect(
+      await tab.locator("#rows li").evaluateAll((lis) => lis.map((li) => [li.getAttribute("data-id"), li.getAttribute("data-type"), li.textContent])),
+    ).toEqual([
       ["9007199254740992", "string", "its neighbour"],
       ["9007199254740993", "string", "exact id"],
     ]);

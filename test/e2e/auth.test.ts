@@ -9,18 +9,18 @@ import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { sign } from "hono/utils/jwt/jwt";
 import type { HonoJsonWebKey } from "hono/utils/jwt/jws";
+import { sign } from "hono/utils/jwt/jwt";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { signBody, SIGNATURE_HEADER } from "../../protocol/index.ts";
-import { testDatabase, type TestDatabase } from "../support/db.ts";
+import { SIGNATURE_HEADER, signBody } from "../../protocol/index.ts";
+import { expectExactlyOnceInOrder, writeNumbered } from "../faults/ledger.ts";
+import { recordingClient } from "../support/client.ts";
+import { type TestDatabase, testDatabase } from "../support/db.ts";
 import { startFaultProxy } from "../support/fault-proxy.ts";
 import { caughtUp, relayEvent, spawnCli, startRelay } from "../support/relay.ts";
-import { recordingClient } from "../support/client.ts";
 import { TestSubscriber, upgradeStatus } from "../support/subscriber.ts";
 import { startTcpProxy } from "../support/tcp-proxy.ts";
 import { startTestWorker, TEST_JWT_SECRET, type TestWorker } from "../support/worker.ts";
-import { expectExactlyOnceInOrder, writeNumbered } from "../faults/ledger.ts";
 
 /** An identity provider's signing key: the private JWK (for signing) and the public one (for JWKS). */
 function providerKey(kind: "rsa" | "ec", kid: string): { private: HonoJsonWebKey; public: JsonWebKey } {
@@ -48,7 +48,7 @@ describe("tokens from an identity provider (JWKS)", () => {
 
   beforeAll(async () => {
     published.push(rsa.public, ec.public);
-    jwksServer = createServer((req, res) => {
+    jwksServer = createServer((_req, res) => {
       fetches++;
       if (providerDown) return void res.writeHead(503).end();
       res.writeHead(200, { "Content-Type": "application/json" }).end(JSON.stringify({ keys: published }));

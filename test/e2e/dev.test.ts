@@ -18,71 +18,78 @@ const root = fileURLToPath(new URL("../..", import.meta.url));
 it.each([
   ["outbox", "(the default)"],
   ["publication", "(RELAY_SOURCE=publication: no trigger)"],
-])("npm run dev prints worker/database/demo/token/relay, relays a psql insert to the todos channel, and stops cleanly on SIGTERM: capture %s %s", async (source) => {
-  const dataDir = mkdtempSync(join(tmpdir(), "dev-stack-"));
-  chmodSync(dataDir, 0o755); // as root, Postgres runs as the postgres user and must reach its data
-  const port = await freePort();
-  const env: NodeJS.ProcessEnv = { ...process.env, PORT: String(port), DEV_DATA_DIR: dataDir, RELAY_SOURCE: source };
-  delete env.DATABASE_URL;
-  // As package.json's "dev" runs it: one process, so SIGTERM reaches the stack's own handler.
-  const child = spawn(process.execPath, ["--import", "tsx", join(root, "scripts/dev.ts")], { cwd: root, env, stdio: ["ignore", "pipe", "pipe"] });
-  let out = "";
-  const listeners = new Set<() => void>();
-  for (const stream of [child.stdout, child.stderr]) {
-    stream.on("data", (d) => {
-      out += d;
-      listeners.forEach((l) => l());
-    });
-  }
-  const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
-  try {
-    const lines = await waitUntil(
-      () => {
-        if (child.exitCode !== null) throw new Error(`npm run dev exited ${child.exitCode}: ${out.slice(-800)}`);
-        const m = /worker: (\S+)\ndatabase: (\S+)\ndemo: (\S+)\ntoken: (\S+)\nrelay: (\S+) \(capture: (\w+)\)\n/.exec(out);
-        return m ? { worker: m[1]!, database: m[2]!, demo: m[3]!, token: m[4]!, relay: m[5]!, capture: m[6]! } : undefined;
-      },
-      (n) => (listeners.add(n), () => listeners.delete(n)),
-      () => `the three lines (output: ${out.slice(-800)})`,
-      90_000,
-    );
-    expect(lines.worker).toBe(`http://127.0.0.1:${port}`);
-    expect(lines.capture).toBe(source);
-    expect(lines.demo.startsWith(`${lines.worker}/?api=`)).toBe(true);
-
-    expect(await (await fetch(`${lines.relay}/readyz`)).json()).toEqual({ ready: true, role: "leader" });
-    const page = await fetch(lines.demo);
-    expect(page.status).toBe(200);
-    expect(await page.text()).toContain("Live todos");
-    expect((await fetch(`${lines.worker}/app.js`)).status).toBe(200);
-
-    // todos is private: without the printed token the upgrade is refused.
-    const refused = await upgradeStatus(`${lines.worker}/parties/main/todos`);
-    expect(refused).toMatchObject({ status: 401, body: { error: { code: "token_required" } } });
-    expect(lines.demo).toContain(`token=${lines.token}`);
-    const sub = await TestSubscriber.connect(lines.worker, "todos", { token: lines.token });
-    const db = new pg.Client({ connectionString: lines.database });
-    await db.connect();
-    try {
-      await db.query("insert into todos (title) values ('hello from psql')");
-      const [e] = await sub.until(() => sub.events.length > 0 && sub.events, "the insert");
-      expect(e).toMatchObject({ event: "insert", data: { table: "todos", new: { title: "hello from psql" } } });
-    } finally {
-      sub.close();
-      await db.end();
+])(
+  "npm run dev prints worker/database/demo/token/relay, relays a psql insert to the todos channel, and stops cleanly on SIGTERM: capture %s %s",
+  async (source) => {
+    const dataDir = mkdtempSync(join(tmpdir(), "dev-stack-"));
+    chmodSync(dataDir, 0o755); // as root, Postgres runs as the postgres user and must reach its data
+    const port = await freePort();
+    const env: NodeJS.ProcessEnv = { ...process.env, PORT: String(port), DEV_DATA_DIR: dataDir, RELAY_SOURCE: source };
+    delete env.DATABASE_URL;
+    // As package.json's "dev" runs it: one process, so SIGTERM reaches the stack's own handler.
+    const child = spawn(process.execPath, ["--import", "tsx", join(root, "scripts/dev.ts")], { cwd: root, env, stdio: ["ignore", "pipe", "pipe"] });
+    let out = "";
+    const listeners = new Set<() => void>();
+    for (const stream of [child.stdout, child.stderr]) {
+      stream.on("data", (d) => {
+        out += d;
+        for (const l of listeners) l();
+      });
     }
+    const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
+    try {
+      const lines = await waitUntil(
+        () => {
+          if (child.exitCode !== null) throw new Error(`npm run dev exited ${child.exitCode}: ${out.slice(-800)}`);
+          const m = /worker: (\S+)\ndatabase: (\S+)\ndemo: (\S+)\ntoken: (\S+)\nrelay: (\S+) \(capture: (\w+)\)\n/.exec(out);
+          return m ? { worker: m[1]!, database: m[2]!, demo: m[3]!, token: m[4]!, relay: m[5]!, capture: m[6]! } : undefined;
+        },
+        (n) => {
+          listeners.add(n);
+          return () => listeners.delete(n);
+        },
+        () => `the three lines (output: ${out.slice(-800)})`,
+        90_000,
+      );
+      expect(lines.worker).toBe(`http://127.0.0.1:${port}`);
+      expect(lines.capture).toBe(source);
+      expect(lines.demo.startsWith(`${lines.worker}/?api=`)).toBe(true);
 
-    child.kill("SIGTERM");
-    expect(await exited).toBe(0);
-    // Everything it started is gone: the Worker's port and the database refuse connections.
-    await expect(fetch(`${lines.worker}/health`)).rejects.toThrow();
-    const after = new pg.Client({ connectionString: lines.database });
-    await expect(after.connect()).rejects.toThrow();
-  } finally {
-    child.kill("SIGKILL");
-    rmSync(dataDir, { recursive: true, force: true });
-  }
-}, 180_000);
+      expect(await (await fetch(`${lines.relay}/readyz`)).json()).toEqual({ ready: true, role: "leader" });
+      const page = await fetch(lines.demo);
+      expect(page.status).toBe(200);
+      expect(await page.text()).toContain("Live todos");
+      expect((await fetch(`${lines.worker}/app.js`)).status).toBe(200);
+
+      // todos is private: without the printed token the upgrade is refused.
+      const refused = await upgradeStatus(`${lines.worker}/parties/main/todos`);
+      expect(refused).toMatchObject({ status: 401, body: { error: { code: "token_required" } } });
+      expect(lines.demo).toContain(`token=${lines.token}`);
+      const sub = await TestSubscriber.connect(lines.worker, "todos", { token: lines.token });
+      const db = new pg.Client({ connectionString: lines.database });
+      await db.connect();
+      try {
+        await db.query("insert into todos (title) values ('hello from psql')");
+        const [e] = await sub.until(() => sub.events.length > 0 && sub.events, "the insert");
+        expect(e).toMatchObject({ event: "insert", data: { table: "todos", new: { title: "hello from psql" } } });
+      } finally {
+        sub.close();
+        await db.end();
+      }
+
+      child.kill("SIGTERM");
+      expect(await exited).toBe(0);
+      // Everything it started is gone: the Worker's port and the database refuse connections.
+      await expect(fetch(`${lines.worker}/health`)).rejects.toThrow();
+      const after = new pg.Client({ connectionString: lines.database });
+      await expect(after.connect()).rejects.toThrow();
+    } finally {
+      child.kill("SIGKILL");
+      rmSync(dataDir, { recursive: true, force: true });
+    }
+  },
+  180_000,
+);
 
 it("names the directory that keeps the postgres user (Postgres as root) from its data or binaries, before initdb fails on it", () => {
   const outer = mkdtempSync(join(tmpdir(), "reach-")); // 0700, as mktemp makes it

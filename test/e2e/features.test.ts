@@ -4,10 +4,10 @@
  */
 import { expect, it } from "vitest";
 import { mintToken } from "../../token/index.ts";
-import { caughtUp } from "../support/relay.ts";
 import { recordingClient } from "../support/client.ts";
-import { TEST_JWT_SECRET } from "../support/worker.ts";
+import { caughtUp } from "../support/relay.ts";
 import { useStack } from "../support/stack.ts";
+import { TEST_JWT_SECRET } from "../support/worker.ts";
 
 const stack = useStack({
   database: "features",

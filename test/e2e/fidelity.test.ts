@@ -28,10 +28,10 @@ import type { ChannelEvent } from "../../protocol/index.ts";
 import { compactJson, decodeString, jsonMembers, parseJson, scanValue } from "../../protocol/index.ts";
 import type { Relay } from "../../relay/relay.ts";
 import { recordingClient } from "../support/client.ts";
-import { testDatabase, type TestDatabase } from "../support/db.ts";
+import { type TestDatabase, testDatabase } from "../support/db.ts";
 import { relayEvent, startRelay } from "../support/relay.ts";
-import { TestSubscriber } from "../support/subscriber.ts";
 import { useStack } from "../support/stack.ts";
+import { TestSubscriber } from "../support/subscriber.ts";
 
 const stack = useStack({ worker: { SHARDS: "fidshard:*=4" } });
 
@@ -109,7 +109,29 @@ interface Scenario {
   newId?: string;
 }
 
-const NULLS: Values = { i2: null, i4: null, i8: null, n_fixed: null, n: null, f8: null, f4: null, t: null, j: null, js: null, ai: null, at: null, b: null, ts: null, u: null, e: null, bo: null, d: null, iv: null, proto: null, weird: null };
+const NULLS: Values = {
+  i2: null,
+  i4: null,
+  i8: null,
+  n_fixed: null,
+  n: null,
+  f8: null,
+  f4: null,
+  t: null,
+  j: null,
+  js: null,
+  ai: null,
+  at: null,
+  b: null,
+  ts: null,
+  u: null,
+  e: null,
+  bo: null,
+  d: null,
+  iv: null,
+  proto: null,
+  weird: null,
+};
 
 // ---------------------------------------------------------------------------------------------
 // Generators
@@ -138,21 +160,42 @@ const decimal = (intDigits: number, fracDigits: number) =>
     .tuple(
       fc.boolean(),
       fc.oneof(fc.bigInt({ min: 0n, max: 10n ** BigInt(intDigits) - 1n }), fc.bigInt({ min: 0n, max: 10n ** 6n })),
-      fc.oneof(fc.constant(""), fc.stringMatching(new RegExp(`^[0-9]{1,${fracDigits}}$`)), fc.bigInt({ min: 0n, max: 10n ** BigInt(fracDigits) - 1n }).map((f) => String(f).padStart(fracDigits, "0"))),
+      fc.oneof(
+        fc.constant(""),
+        fc.stringMatching(new RegExp(`^[0-9]{1,${fracDigits}}$`)),
+        fc.bigInt({ min: 0n, max: 10n ** BigInt(fracDigits) - 1n }).map((f) => String(f).padStart(fracDigits, "0")),
+      ),
     )
     .map(([neg, i, f]) => `${neg ? "-" : ""}${i}${f ? `.${f}` : ""}`);
 const FORTY_DIGITS = "12345678901234567890.12345678901234567890";
-const numericFixed = fc.oneof(decimal(40, 20), fc.constantFrom(FORTY_DIGITS, `-${"9".repeat(40)}.${"9".repeat(20)}`, "0.00000000000000000001", "9007199254740993"));
+const numericFixed = fc.oneof(
+  decimal(40, 20),
+  fc.constantFrom(FORTY_DIGITS, `-${"9".repeat(40)}.${"9".repeat(20)}`, "0.00000000000000000001", "9007199254740993"),
+);
 const numeric = fc.oneof(
   decimal(60, 60),
-  fc.constantFrom(FORTY_DIGITS, "NaN", "Infinity", "-Infinity", "1e400", "-1e-400", "0.000", "-0", "1.50", "9007199254740993", "123456789012345678901234567890123456789012345678901234567890"),
+  fc.constantFrom(
+    FORTY_DIGITS,
+    "NaN",
+    "Infinity",
+    "-Infinity",
+    "1e400",
+    "-1e-400",
+    "0.000",
+    "-0",
+    "1.50",
+    "9007199254740993",
+    "123456789012345678901234567890123456789012345678901234567890",
+  ),
 );
 /** A float's text as Postgres reads it (String(-0) would be "0"). */
 const floatText = (d: number) => (Number.isNaN(d) ? "NaN" : d === Infinity ? "Infinity" : d === -Infinity ? "-Infinity" : Object.is(d, -0) ? "-0" : String(d));
+// 2^53 + 1 is not a double: the literal is the double Postgres's float8 would hold for it.
+// biome-ignore lint/correctness/noPrecisionLoss: on purpose, as above
 const float8 = fc.oneof(fc.constantFrom(NaN, Infinity, -Infinity, -0, 5e-324, Number.MAX_VALUE, 0.1 + 0.2, 9007199254740993), fc.double()).map(floatText);
 const float4 = fc.oneof(fc.constantFrom(NaN, Infinity, -Infinity, -0), fc.float()).map(floatText);
 
-const CONTROLS = Array.from({ length: 31 }, (_, i) => String.fromCharCode(i + 1)).join("") + "\u007f\u0080\u009f";
+const CONTROLS = `${Array.from({ length: 31 }, (_, i) => String.fromCharCode(i + 1)).join("")}\u007f\u0080\u009f`;
 /** Text across Unicode planes; Postgres text cannot hold NUL, so none is generated. */
 const text = fc
   .oneof(
@@ -164,10 +207,12 @@ const text = fc
       CONTROLS,
       "😀 𝄞 漢字 é \u{10FFFF} \u{E0001} \u{1F3F3}\u{FE0F}\u{200D}\u{1F308}",
       "\ufeffBOM \ufffd \uffff",
+      // biome-ignore lint/suspicious/noTemplateCurlyInString: text that looks like a template, on purpose
       "</script><!-- ${x} `y`",
       "",
     ),
   )
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: Postgres text cannot hold NUL
   .map((s) => s.replace(/\u0000/g, ""));
 
 /** A JSON number as text: integers past 2^53, long decimals, exponents, -0. */
@@ -218,7 +263,12 @@ const date = fc.oneof(
 const interval = fc.oneof(
   fc.constantFrom("infinity", "-infinity", "0", "-178000000 years", "1 mon -1 day 00:00:00.000001"),
   fc
-    .tuple(fc.integer({ min: -10_000, max: 10_000 }), fc.integer({ min: -100, max: 100 }), fc.integer({ min: -1000, max: 1000 }), fc.integer({ min: -(10 ** 9), max: 10 ** 9 }))
+    .tuple(
+      fc.integer({ min: -10_000, max: 10_000 }),
+      fc.integer({ min: -100, max: 100 }),
+      fc.integer({ min: -1000, max: 1000 }),
+      fc.integer({ min: -(10 ** 9), max: 10 ** 9 }),
+    )
     .map(([y, m, d, us]) => `${y} years ${m} mons ${d} days ${us} microseconds`),
 );
 
@@ -248,7 +298,12 @@ const values: fc.Arbitrary<Values> = fc.record({
 
 const scenario: fc.Arbitrary<Scenario> = fc
   .record({ id: int8, values, next: values, changed: fc.subarray(COLUMN_NAMES, { minLength: 1 }), newId: fc.option(int8, { nil: undefined, freq: 4 }) })
-  .map(({ id, values, next, changed, newId }) => ({ id, values, update: Object.fromEntries(changed.map((c) => [c, next[c]])) as Partial<Values>, newId: newId === id ? undefined : newId }));
+  .map(({ id, values, next, changed, newId }) => ({
+    id,
+    values,
+    update: Object.fromEntries(changed.map((c) => [c, next[c]])) as Partial<Values>,
+    newId: newId === id ? undefined : newId,
+  }));
 /** Several rows per run, every key (before and after an update) distinct. */
 const scenarios = fc.array(scenario, { minLength: 1, maxLength: 4 }).filter((scs) => {
   const ids = scs.flatMap((sc) => [sc.id, ...(sc.newId === undefined ? [] : [sc.newId])]);
@@ -388,7 +443,7 @@ function rawEvents(sub: TestSubscriber): RawEvent[] {
   if (!state) parsedRaw.set(sub, (state = { frames: 0, events: [] }));
   for (; state.frames < sub.raw.length; state.frames++) {
     const frame = jsonMembers(sub.raw[state.frames]!);
-    if (!frame || frame.get("type") !== '"events"') continue;
+    if (frame?.get("type") !== '"events"') continue;
     for (const e of elements(frame.get("events")!)) {
       const m = jsonMembers(e)!;
       state.events.push({ seq: Number(m.get("seq")), event: decodeString(m.get("event")!), data: m.get("data")! });
@@ -476,7 +531,10 @@ function eventMismatches(where: string, arrived: RawEvent[], expected: Expected[
     if (!e) return;
     if (e.event !== x.event) out.push(`${label}: event name ${JSON.stringify(e.event)}`);
     const m = jsonMembers(e.data);
-    if (!m) return void out.push(`${label}: data is not an object: ${show(e.data)}`);
+    if (!m) {
+      out.push(`${label}: data is not an object: ${show(e.data)}`);
+      return;
+    }
     if ([...m.keys()].join() !== DATA_MEMBERS.join()) out.push(`${label}: data members ${[...m.keys()].join()}`);
     out.push(...diffText(`${label} op`, m.get("op"), OPS[x.event]));
     out.push(...diffText(`${label} schema`, m.get("schema"), '"public"'));
@@ -535,7 +593,10 @@ function appRowMismatches(what: string, value: unknown, wrote: string | null, mo
     else if (token.length <= 4000) want = parseJson(token, mode === "exact" ? "string" : "bigint");
     else continue; // the 10,000-deep and -wide values: their text was compared frame by frame
     const same = typeof want === "number" ? Object.is(got, want) : isDeepStrictEqual(got, want);
-    if (!same) out.push(`${what}.${name} (${TYPE_OF[name] ?? "?"}, numbers "${mode}"): Postgres wrote ${show(token)}, the app got ${typeof got} ${show(typeof got === "bigint" ? `${got}n` : JSON.stringify(got))}`);
+    if (!same)
+      out.push(
+        `${what}.${name} (${TYPE_OF[name] ?? "?"}, numbers "${mode}"): Postgres wrote ${show(token)}, the app got ${typeof got} ${show(typeof got === "bigint" ? `${got}n` : JSON.stringify(got))}`,
+      );
   }
   return out;
 }
@@ -601,7 +662,9 @@ async function startStack(mode: "outbox" | "wal" | "publication"): Promise<Stack
     const sub = (live[table] = await TestSubscriber.connect(stack.worker.url, channel));
     // A live socket must stay connected for the whole file: say why if it does not.
     sub.ws.on("error", (err) => trouble.push(`live socket on ${channel}: ${err.message}`));
-    sub.ws.on("close", (code, reason) => trouble.push(`live socket on ${channel} closed ${code} ${reason.toString()} after ${sub.raw.length} frames (last: ${show(sub.raw.at(-1))})`));
+    sub.ws.on("close", (code, reason) =>
+      trouble.push(`live socket on ${channel} closed ${code} ${reason.toString()} after ${sub.raw.length} frames (last: ${show(sub.raw.at(-1))})`),
+    );
   }
   expect(live[SHARDED_TABLE]!.welcome).toHaveProperty("shard");
   expect(live[TABLE]!.welcome).not.toHaveProperty("shard");
@@ -666,10 +729,15 @@ async function update(c: pg.Client, table: string, s: Scenario): Promise<Expecte
                where t.id = $1::int8
                returning json_build_object('id', t.id)::text as key, before.old_key, before.old, to_json(t.*)::text as row`;
   const newId = s.newId ?? s.id;
-  const { rows } = await c.query<{ key: string; old_key: string; old: string; row: string }>(sql, [s.id, newId, ...params(s.update, columns)]).catch((err: Error & { detail?: string }) => {
-    const nonNull = (v: Partial<Values>) => show(JSON.stringify(Object.fromEntries(Object.entries(v).filter(([, x]) => x !== null))));
-    throw new Error(`Postgres refused UPDATE ${table} SET ${columns.join(", ")} WHERE id = ${s.id} (row ${nonNull(s.values)}, set ${nonNull(s.update!)}): ${err.message}${err.detail ? ` (${err.detail})` : ""}`, { cause: err });
-  });
+  const { rows } = await c
+    .query<{ key: string; old_key: string; old: string; row: string }>(sql, [s.id, newId, ...params(s.update, columns)])
+    .catch((err: Error & { detail?: string }) => {
+      const nonNull = (v: Partial<Values>) => show(JSON.stringify(Object.fromEntries(Object.entries(v).filter(([, x]) => x !== null))));
+      throw new Error(
+        `Postgres refused UPDATE ${table} SET ${columns.join(", ")} WHERE id = ${s.id} (row ${nonNull(s.values)}, set ${nonNull(s.update!)}): ${err.message}${err.detail ? ` (${err.detail})` : ""}`,
+        { cause: err },
+      );
+    });
   const r = rows[0]!;
   if (newId === s.id) return [{ event: "update", table, id: s.id, key: r.key, new: r.row, old: r.old }];
   return [
@@ -680,7 +748,10 @@ async function update(c: pg.Client, table: string, s: Scenario): Promise<Expecte
 
 async function remove(c: pg.Client, table: string, s: Scenario): Promise<Expected> {
   const id = s.newId ?? s.id;
-  const { rows } = await c.query<{ key: string; row: string }>(`delete from ${table} t where t.id = $1::int8 returning json_build_object('id', t.id)::text as key, to_json(t.*)::text as row`, [id]);
+  const { rows } = await c.query<{ key: string; row: string }>(
+    `delete from ${table} t where t.id = $1::int8 returning json_build_object('id', t.id)::text as key, to_json(t.*)::text as row`,
+    [id],
+  );
   return { event: "delete", table, id, key: rows[0]!.key, new: null, old: rows[0]!.row };
 }
 
@@ -693,11 +764,10 @@ let barriers = 0;
 async function barrier(s: Stack): Promise<{ live: Record<string, number>; seq: Record<string, number>; exact: number; bigint: number }> {
   for (const table of [TABLE, SHARDED_TABLE]) await s.writer.query(`delete from ${table}`);
   const n = ++barriers;
-  await s.writer.query("select realtime.publish($1, 'barrier', jsonb_build_object('n', $3::int)), realtime.publish($2, 'barrier', jsonb_build_object('n', $3::int))", [
-    s.channels[TABLE],
-    s.channels[SHARDED_TABLE],
-    n,
-  ]);
+  await s.writer.query(
+    "select realtime.publish($1, 'barrier', jsonb_build_object('n', $3::int)), realtime.publish($2, 'barrier', jsonb_build_object('n', $3::int))",
+    [s.channels[TABLE], s.channels[SHARDED_TABLE], n],
+  );
   const isBarrier = (e: ChannelEvent) => e.event === "barrier" && (e.data as { n?: unknown }).n === n;
   const after = (events: ChannelEvent[]) => {
     const i = events.findIndex(isBarrier);
@@ -731,14 +801,19 @@ async function snapshotMismatches(s: Stack, table: string, lastSeq: number, rowS
     await sub.until(() => sub.frames.some((f) => f.type === "snapshot") || undefined, "snapshot");
     if (table === SHARDED_TABLE && !("shard" in sub.welcome)) out.push(`${where}: the socket is not on a shard`);
     const snapshot = rawSnapshot(sub);
-    const { rows } = await s.writer.query<{ id: string; key: string; row: string }>(`select id::text as id, json_build_object('id', id)::text as key, to_json(t.*)::text as row from ${table} t`);
+    const { rows } = await s.writer.query<{ id: string; key: string; row: string }>(
+      `select id::text as id, json_build_object('id', id)::text as key, to_json(t.*)::text as row from ${table} t`,
+    );
     if (snapshot.seq !== lastSeq) out.push(`${where}: seq ${snapshot.seq}, the channel's last event is ${lastSeq}`);
-    if (snapshot.rows.length !== rows.length) out.push(`${where}: ${rows.length} rows in Postgres, ${snapshot.rows.length} in the snapshot (keys ${snapshot.rows.map((r) => r.key).join(" ")})`);
+    if (snapshot.rows.length !== rows.length)
+      out.push(`${where}: ${rows.length} rows in Postgres, ${snapshot.rows.length} in the snapshot (keys ${snapshot.rows.map((r) => r.key).join(" ")})`);
     for (const r of rows) {
       // Snapshot keys are the key's compact text (protocol/change.ts): {"id" : 5} is {"id":5}, digits kept.
       const found = snapshot.rows.filter((x) => x.key === compactJson(r.key));
       if (found.length !== 1) {
-        out.push(`${where}: ${found.length} rows with key ${compactJson(r.key)} (Postgres: ${r.key}); snapshot keys: ${snapshot.rows.map((x) => x.key).join(" ")}`);
+        out.push(
+          `${where}: ${found.length} rows with key ${compactJson(r.key)} (Postgres: ${r.key}); snapshot keys: ${snapshot.rows.map((x) => x.key).join(" ")}`,
+        );
         continue;
       }
       const x = found[0]!;
@@ -758,7 +833,9 @@ async function clientSnapshotMismatches(s: Stack): Promise<string[]> {
   const joining = recordingClient({ host: s.host, channel: s.channels[TABLE]! });
   try {
     const snapshot = await joining.until(() => joining.seen.snapshots[0], "the client's snapshot");
-    const { rows } = await s.writer.query<{ id: string; key: string; row: string }>(`select id::text as id, json_build_object('id', id)::text as key, to_json(t.*)::text as row from ${TABLE} t`);
+    const { rows } = await s.writer.query<{ id: string; key: string; row: string }>(
+      `select id::text as id, json_build_object('id', id)::text as key, to_json(t.*)::text as row from ${TABLE} t`,
+    );
     const out: string[] = [];
     if (snapshot.rows.length !== rows.length) out.push(`${where}: ${rows.length} rows in Postgres, ${snapshot.rows.length} handed to the app`);
     for (const r of rows) {
@@ -825,12 +902,16 @@ async function runScenarios(s: Stack, scenarios: Scenario[]): Promise<string[]> 
     const events = await eventsAfter(s.live[table]!, mark.live[table]!, expected[table]!.length, `every event on ${s.channels[table]}`);
     out.push(...eventMismatches(`live ${s.channels[table]}`, events, expected[table]!));
     const seqs = events.map((e) => e.seq);
-    if (!seqs.every((q, i) => q === mark.seq[table]! + 1 + i)) out.push(`live ${s.channels[table]}: seqs ${seqs.join(",")} after barrier seq ${mark.seq[table]}`);
+    if (!seqs.every((q, i) => q === mark.seq[table]! + 1 + i))
+      out.push(`live ${s.channels[table]}: seqs ${seqs.join(",")} after barrier seq ${mark.seq[table]}`);
     out.push(...(await replayMismatches(s, table, mark.seq[table]!, expected[table]!)));
     if (table === TABLE) lastRun = { arrived: events, expected: expected[table]! };
   }
   const n = expected[TABLE]!.length;
-  for (const [mode, client, from] of [["exact", s.exact, mark.exact], ["bigint", s.bigint, mark.bigint]] as const) {
+  for (const [mode, client, from] of [
+    ["exact", s.exact, mark.exact],
+    ["bigint", s.bigint, mark.bigint],
+  ] as const) {
     await client.until(() => client.seen.events.length >= from + n || undefined, `${n} events (client, ${mode})`, 30_000);
     out.push(...clientMismatches(`client (numbers "${mode}") on ${s.channels[TABLE]}`, client.seen.events.slice(from), expected[TABLE]!, mode));
   }
@@ -859,7 +940,9 @@ function checkTheComparisons(): void {
     expect(f(arrived[i]!.data)).not.toBe(arrived[i]!.data);
     expect(eventMismatches("sample", corrupt(i, f), expected).length).toBeGreaterThan(0);
   }
-  expect(diffText("x", '{"id":9007199254740992}', '{"id":9007199254740993}')).toEqual(['x.id (int8 (primary key)): Postgres wrote "9007199254740993", arrived "9007199254740992"']);
+  expect(diffText("x", '{"id":9007199254740992}', '{"id":9007199254740993}')).toEqual([
+    'x.id (int8 (primary key)): Postgres wrote "9007199254740993", arrived "9007199254740992"',
+  ]);
   expect(appRowMismatches("x", { id: 9007199254740992 }, '{"id":9007199254740993}', "exact")).toHaveLength(1);
   expect(appRowMismatches("x", { id: "9007199254740993" }, '{"id":9007199254740993}', "exact")).toEqual([]);
   expect(appRowMismatches("x", { id: 9007199254740993n }, '{"id":9007199254740993}', "bigint")).toEqual([]);
@@ -910,7 +993,8 @@ for (const mode of ["outbox", "wal", "publication"] as const) {
           if (replayed.length !== liveEvents.length) out.push(`${replayed.length} replayed, ${liveEvents.length} live`);
           liveEvents.forEach((e, i) => {
             const r = replayed[i];
-            if (!r || r.seq !== e.seq || r.event !== e.event || r.data !== e.data) out.push(`seq ${e.seq}: live ${show(e.data)}, replayed ${show(r?.data)}${r ? `; ${firstDifference(r.data, e.data)}` : ""}`);
+            if (!r || r.seq !== e.seq || r.event !== e.event || r.data !== e.data)
+              out.push(`seq ${e.seq}: live ${show(e.data)}, replayed ${show(r?.data)}${r ? `; ${firstDifference(r.data, e.data)}` : ""}`);
           });
           expect(out).toEqual([]);
         } finally {

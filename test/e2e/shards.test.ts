@@ -5,14 +5,19 @@
  * onto shards by itself past AUTO_SHARD_SOCKETS (100 here).
  */
 import { expect, it } from "vitest";
-import { signBody, SIGNATURE_HEADER } from "../../protocol/index.ts";
+import { SIGNATURE_HEADER, signBody } from "../../protocol/index.ts";
+import { writeNumbered } from "../faults/ledger.ts";
 import { recordingClient } from "../support/client.ts";
+import { useStack } from "../support/stack.ts";
 import { TestSubscriber } from "../support/subscriber.ts";
 import { TEST_SECRET } from "../support/worker.ts";
-import { writeNumbered } from "../faults/ledger.ts";
-import { useStack } from "../support/stack.ts";
 
-const stack = useStack({ database: "shards", worker: { SHARDS: "live:*=4", MAX_SOCKETS_PER_CHANNEL: "1000", AUTO_SHARD_SOCKETS: "100" }, clientProxy: true, relay: {} });
+const stack = useStack({
+  database: "shards",
+  worker: { SHARDS: "live:*=4", MAX_SOCKETS_PER_CHANNEL: "1000", AUTO_SHARD_SOCKETS: "100" },
+  clientProxy: true,
+  relay: {},
+});
 
 async function stats(channel: string): Promise<{ shards: number; sockets: number; seq: number }> {
   const path = `/channels/${channel}/stats`;
@@ -23,7 +28,8 @@ async function stats(channel: string): Promise<{ shards: number; sockets: number
 it("delivers the same 300 events, in order, to 2,000 sockets spread over 4 shards", async () => {
   const sockets: TestSubscriber[] = [];
   try {
-    for (let i = 0; i < 2000; i += 100) sockets.push(...(await Promise.all(Array.from({ length: 100 }, () => TestSubscriber.connect(stack.worker.url, "live:score")))));
+    for (let i = 0; i < 2000; i += 100)
+      sockets.push(...(await Promise.all(Array.from({ length: 100 }, () => TestSubscriber.connect(stack.worker.url, "live:score")))));
     const perShard = [0, 1, 2, 3].map((i) => sockets.filter((s) => (s.welcome as { shard?: number }).shard === i).length);
     expect(perShard.every((n) => n > 300)).toBe(true); // spread at random: ~500 each
     expect(await stats("live:score")).toMatchObject({ shards: 4, sockets: 2000 });

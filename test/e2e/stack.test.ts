@@ -6,8 +6,8 @@
 import { expect, it } from "vitest";
 import type { ChangeEvent, ChannelEvent } from "../../protocol/index.ts";
 import { recordingClient } from "../support/client.ts";
-import { TestSubscriber } from "../support/subscriber.ts";
 import { useStack } from "../support/stack.ts";
+import { TestSubscriber } from "../support/subscriber.ts";
 
 const stack = useStack({
   database: "e2e",
@@ -40,7 +40,9 @@ it("delivers rows written by 8 concurrent connections to 5 clients, complete, on
       }),
     );
     const total = WRITERS * TX_PER_WRITER * 2;
-    const outbox = await stack.db.sql<{ id: string }>("select (select install_id from realtime.installation) || '-' || id as id from realtime.outbox where channel = 'counters'");
+    const outbox = await stack.db.sql<{ id: string }>(
+      "select (select install_id from realtime.installation) || '-' || id as id from realtime.outbox where channel = 'counters'",
+    );
     expect(outbox).toHaveLength(total);
     for (const sub of subscribers) {
       const events = await sub.eventCount(total, 60_000);

@@ -5,9 +5,9 @@
 import { expect, it } from "vitest";
 import type { ChangeEvent } from "../../protocol/index.ts";
 import { relayEvent, startRelay } from "../support/relay.ts";
+import { useStack } from "../support/stack.ts";
 import { TestSubscriber } from "../support/subscriber.ts";
 import { expectExactlyOnceInOrder, writeNumbered } from "./ledger.ts";
-import { useStack } from "../support/stack.ts";
 
 const stack = useStack({
   database: "order",
@@ -46,9 +46,13 @@ for (const sameWindow of [false, true]) {
       const t1 = await stack.db.client();
       const t2 = await stack.db.client();
       await t2.query("begin");
-      const { rows: [x2] } = await t2.query<{ xid: string }>("select pg_current_xact_id()::text as xid"); // T2's xid now
+      const {
+        rows: [x2],
+      } = await t2.query<{ xid: string }>("select pg_current_xact_id()::text as xid"); // T2's xid now
       await t1.query("begin");
-      const { rows: [x1] } = await t1.query<{ xid: string }>("select pg_current_xact_id()::text as xid");
+      const {
+        rows: [x1],
+      } = await t1.query<{ xid: string }>("select pg_current_xact_id()::text as xid");
       expect(BigInt(x2!.xid) < BigInt(x1!.xid)).toBe(true);
       if (sameWindow) await stack.relay.stop();
       const tag = sameWindow ? "one window" : "two windows";

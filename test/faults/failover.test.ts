@@ -5,11 +5,11 @@
  * second of the leader's database session ending (README: "Run the relay beside your database").
  */
 import { expect, it } from "vitest";
-import { spawnCli, type CliProcess } from "../support/relay.ts";
+import { type CliProcess, spawnCli } from "../support/relay.ts";
+import { useStack } from "../support/stack.ts";
 import { TestSubscriber } from "../support/subscriber.ts";
 import { TEST_SECRET } from "../support/worker.ts";
 import { expectExactlyOnceInOrder, writeNumbered } from "./ledger.ts";
-import { useStack } from "../support/stack.ts";
 
 const stack = useStack({ database: "failover", worker: {} });
 

@@ -3,8 +3,9 @@
  * keep receiving every event, seq continues, and replay still works; the replay log's age bound
  * turns a too-old gap into a reset.
  */
-import { env } from "cloudflare:workers";
+
 import { evictDurableObject, runInDurableObject } from "cloudflare:test";
+import { env } from "cloudflare:workers";
 import { expect, it } from "vitest";
 import type { ChannelEvent } from "../../protocol/index.ts";
 import { event, ingest, Socket } from "../worker/helpers.ts";

@@ -24,10 +24,11 @@ export async function writeNumbered(db: TestDatabase, channel: string, from: num
   const c = await db.client();
   for (let n = from; n <= to; n += perTx) {
     const last = Math.min(to, n + perTx - 1);
-    await c.query(
-      "select realtime.publish($1, 'n', jsonb_build_object('channel', $1::text, 'n', g)) from generate_series($2::int, $3::int) g",
-      [channel, n, last],
-    );
+    await c.query("select realtime.publish($1, 'n', jsonb_build_object('channel', $1::text, 'n', g)) from generate_series($2::int, $3::int) g", [
+      channel,
+      n,
+      last,
+    ]);
   }
 }
 
@@ -95,7 +96,9 @@ export async function killTwiceDuringBurst(options: {
   const killed: number[] = [];
   try {
     await relay.waitForLog(options.ready);
-    const writing = Promise.all(channels.map((c) => (options.table ? insertNumbered(db, options.table, c, 1, perChannel, 5) : writeNumbered(db, c, 1, perChannel, 5))));
+    const writing = Promise.all(
+      channels.map((c) => (options.table ? insertNumbered(db, options.table, c, 1, perChannel, 5) : writeNumbered(db, c, 1, perChannel, 5))),
+    );
     for (const atLeast of [300, 900]) {
       // Kill while events are flowing: some batches acknowledged, one possibly in flight.
       await subs[0]!.eventCount(atLeast, 60_000);

@@ -6,13 +6,13 @@
  */
 import { expect, it } from "vitest";
 import type { Relay } from "../../relay/relay.ts";
-import { startEmbedded, type PostgresHandle } from "../../scripts/postgres.ts";
-import { testDatabase, type TestDatabase } from "../support/db.ts";
-import { startFaultProxy, type FaultProxy } from "../support/fault-proxy.ts";
+import { type PostgresHandle, startEmbedded } from "../../scripts/postgres.ts";
+import { type TestDatabase, testDatabase } from "../support/db.ts";
+import { type FaultProxy, startFaultProxy } from "../support/fault-proxy.ts";
 import { relayEvent, startRelay } from "../support/relay.ts";
+import { useStack } from "../support/stack.ts";
 import { TestSubscriber } from "../support/subscriber.ts";
 import { expectExactlyOnceInOrder, insertNumbered, writeNumbered } from "./ledger.ts";
-import { useStack } from "../support/stack.ts";
 
 const stack = useStack({ worker: {} });
 
@@ -58,7 +58,8 @@ it.each([
   const channel = `restart-${source}`;
   await db.sql("create table ledger (channel text, n int, primary key (channel, n)); select realtime.watch('ledger', '{channel}')");
   // The outbox source numbers published events; the publication source, rows of a watched table.
-  const write = (from: number, to: number) => (source === "outbox" ? writeNumbered(db, channel, from, to, 10) : insertNumbered(db, "ledger", channel, from, to, 10));
+  const write = (from: number, to: number) =>
+    source === "outbox" ? writeNumbered(db, channel, from, to, 10) : insertNumbered(db, "ledger", channel, from, to, 10);
   const sub = await TestSubscriber.connect(stack.worker.url, channel);
   const relay = startRelay({ databaseUrl: db.url, workerUrl: stack.worker.url, source });
   try {

@@ -9,10 +9,10 @@ import { commonSnapshot } from "../../relay/outbox.ts";
 import type { Relay } from "../../relay/relay.ts";
 import { testDatabase } from "../support/db.ts";
 import { caughtUp, relayEvent, spawnCli, startRelay } from "../support/relay.ts";
+import { useStack } from "../support/stack.ts";
 import { TestSubscriber } from "../support/subscriber.ts";
 import { TEST_SECRET } from "../support/worker.ts";
 import { expectExactlyOnceInOrder, writeNumbered } from "./ledger.ts";
-import { useStack } from "../support/stack.ts";
 
 const stack = useStack({ database: "partitions", worker: {} });
 
@@ -20,9 +20,15 @@ it("ships 12 channels under load with two partition relays: every event once, pe
   const CHANNELS = Array.from({ length: 12 }, (_, i) => `part-${i}`);
   const PER_CHANNEL = 400;
   const subs = await Promise.all(CHANNELS.map((c) => TestSubscriber.connect(stack.worker.url, c)));
-  const relays: Relay[] = [0, 1].map((index) => startRelay({ databaseUrl: stack.db.url, workerUrl: stack.worker.url, partition: { index, count: 2 }, batchSize: 50 }));
+  const relays: Relay[] = [0, 1].map((index) =>
+    startRelay({ databaseUrl: stack.db.url, workerUrl: stack.worker.url, partition: { index, count: 2 }, batchSize: 50 }),
+  );
   const shipped = [0, 0];
-  relays.forEach((r, i) => r.on("batch", (b) => (shipped[i]! += b.accepted)));
+  relays.forEach((r, i) => {
+    r.on("batch", (b) => {
+      shipped[i]! += b.accepted;
+    });
+  });
   try {
     await Promise.all(relays.map((r) => relayEvent(r, "idle")));
     // Four writers, three channels each, interleaving transactions across partitions.
@@ -49,7 +55,12 @@ it("moves from one relay to two partitions and back without skipping or re-sendi
   /** Runs `relays` until they have shipped everything, returning what the Worker said of it. */
   const run = async (relays: Relay[]) => {
     const totals = { accepted: 0, duplicates: 0 };
-    relays.forEach((r) => r.on("batch", (b) => ((totals.accepted += b.accepted), (totals.duplicates += b.duplicates))));
+    for (const r of relays) {
+      r.on("batch", (b) => {
+        totals.accepted += b.accepted;
+        totals.duplicates += b.duplicates;
+      });
+    }
     await Promise.all(relays.map((r) => caughtUp(r)));
     await Promise.all(relays.map((r) => r.stop()));
     return totals;

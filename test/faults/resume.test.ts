@@ -4,11 +4,11 @@
  * cover the gap, or the channel's history was replaced, it is told to reset, reloads, and goes on.
  */
 import { expect, it } from "vitest";
-import { caughtUp, relayEvent } from "../support/relay.ts";
 import { recordingClient } from "../support/client.ts";
+import { caughtUp, relayEvent } from "../support/relay.ts";
+import { useStack } from "../support/stack.ts";
 import { startTestWorker, type TestWorker } from "../support/worker.ts";
 import { expectExactlyOnceInOrder, writeNumbered } from "./ledger.ts";
-import { useStack } from "../support/stack.ts";
 
 const stack = useStack({
   database: "resume",
@@ -65,7 +65,10 @@ it("resets with reason gap when the missed events outgrew the replay log, then c
     // After a reset the client reloads (here: the count it would query), then applies new events.
     await writeNumbered(stack.db, "gap", 401, 410);
     await c.until(() => c.events.length >= 20, "events after the reset");
-    expect(c.events.map((e) => (e.data as { n: number }).n)).toEqual([...Array.from({ length: 10 }, (_, i) => i + 1), ...Array.from({ length: 10 }, (_, i) => 401 + i)]);
+    expect(c.events.map((e) => (e.data as { n: number }).n)).toEqual([
+      ...Array.from({ length: 10 }, (_, i) => i + 1),
+      ...Array.from({ length: 10 }, (_, i) => 401 + i),
+    ]);
     expect(c.sub.seq).toBe(410);
   } finally {
     c.sub.close();
@@ -89,7 +92,11 @@ it("resets with reason epoch when the channel's history was replaced (a Worker w
     expect(c.sub.epoch).not.toBe(oldEpoch);
     await writeNumbered(stack.db, "epoch", 6, 8);
     await c.until(() => c.events.length >= 8, "events in the new epoch");
-    expect(c.events.slice(5).map((e) => [e.seq, (e.data as { n: number }).n])).toEqual([[1, 6], [2, 7], [3, 8]]);
+    expect(c.events.slice(5).map((e) => [e.seq, (e.data as { n: number }).n])).toEqual([
+      [1, 6],
+      [2, 7],
+      [3, 8],
+    ]);
   } finally {
     c.sub.close();
     stack.ingestProxy.target = stack.worker.url;

@@ -6,9 +6,9 @@
 import { expect, it } from "vitest";
 import { pruneDelivered } from "../../relay/outbox.ts";
 import { caughtUp, relayEvent, startRelay } from "../support/relay.ts";
+import { useStack } from "../support/stack.ts";
 import { TestSubscriber } from "../support/subscriber.ts";
 import { expectExactlyOnceInOrder, writeNumbered } from "./ledger.ts";
-import { useStack } from "../support/stack.ts";
 
 const stack = useStack({ database: "retention", worker: {}, ingestProxy: true });
 
@@ -92,7 +92,14 @@ it("does not block writers: an uncommitted prune does not make an insert wait", 
 
 it("loses nothing when pruning runs constantly during a burst interrupted by a Worker outage", async () => {
   const sub = await TestSubscriber.connect(stack.worker.url, "race");
-  const relay = startRelay({ databaseUrl: stack.db.url, workerUrl: stack.ingestProxy.url, retentionSeconds: 0, pruneIntervalMs: 10, pruneBatch: 50, batchSize: 40 });
+  const relay = startRelay({
+    databaseUrl: stack.db.url,
+    workerUrl: stack.ingestProxy.url,
+    retentionSeconds: 0,
+    pruneIntervalMs: 10,
+    pruneBatch: 50,
+    batchSize: 40,
+  });
   let pruned = 0;
   relay.on("pruned", (r) => (pruned += r.rows));
   try {

@@ -7,16 +7,16 @@
  * `wrangler deploy --dry-run`; the installed `bin` runs `--help`, `install` and `init`.
  */
 import { execFile } from "node:child_process";
-import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { testDatabase, type TestDatabase } from "../support/db.ts";
+import type { Relay } from "../../relay/relay.ts";
+import { type TestDatabase, testDatabase } from "../support/db.ts";
 import { caughtUp, relayEvent, startRelay } from "../support/relay.ts";
 import { startTestWorker, TEST_JWT_SECRET, type TestWorker } from "../support/worker.ts";
-import type { Relay } from "../../relay/relay.ts";
 
 const run = promisify(execFile);
 const repo = fileURLToPath(new URL("../..", import.meta.url));
@@ -56,7 +56,19 @@ beforeAll(async () => {
   // Worker, and the types their tools need. Versions as this repository uses them.
   await run(
     "npm",
-    ["install", "--prefer-offline", "--no-audit", "--no-fund", tarball, `ws@${ours("ws")}`, `react@${ours("react")}`, `@types/react@${ours("@types/react")}`, `hono@${ours("hono")}`, `@cloudflare/workers-types@${ours("@cloudflare/workers-types")}`, `typescript@${ours("typescript")}`],
+    [
+      "install",
+      "--prefer-offline",
+      "--no-audit",
+      "--no-fund",
+      tarball,
+      `ws@${ours("ws")}`,
+      `react@${ours("react")}`,
+      `@types/react@${ours("@types/react")}`,
+      `hono@${ours("hono")}`,
+      `@cloudflare/workers-types@${ours("@cloudflare/workers-types")}`,
+      `typescript@${ours("typescript")}`,
+    ],
     { cwd: app, maxBuffer: 64 * 1024 * 1024 },
   );
   const system = await systemNode();
@@ -78,8 +90,23 @@ afterAll(async () => {
 describe("the packed package", () => {
   it("ships dist, sql, deploy, README and LICENSE, no TypeScript sources, and no install scripts", async () => {
     const { stdout } = await run("tar", ["-tzf", tarball]);
-    const files = stdout.trim().split("\n").map((f) => f.replace(/^package\//, ""));
-    expect(files).toEqual(expect.arrayContaining(["LICENSE", "README.md", "package.json", "sql/realtime.sql", "dist/cli.js", "dist/client/index.js", "dist/client/index.d.ts", "dist/worker/entry.js", "dist/worker/entry.d.ts"]));
+    const files = stdout
+      .trim()
+      .split("\n")
+      .map((f) => f.replace(/^package\//, ""));
+    expect(files).toEqual(
+      expect.arrayContaining([
+        "LICENSE",
+        "README.md",
+        "package.json",
+        "sql/realtime.sql",
+        "dist/cli.js",
+        "dist/client/index.js",
+        "dist/client/index.d.ts",
+        "dist/worker/entry.js",
+        "dist/worker/entry.d.ts",
+      ]),
+    );
     expect(files.filter((f) => f.endsWith(".ts") && !f.endsWith(".d.ts"))).toEqual([]);
     const manifest = JSON.parse(readFileSync(join(app, "node_modules/pg-edge-realtime/package.json"), "utf8")) as { scripts?: Record<string, string> };
     for (const hook of ["prepare", "preinstall", "install", "postinstall"]) expect(manifest.scripts?.[hook]).toBeUndefined();
@@ -107,7 +134,10 @@ const sub = subscribe({
     );
     for (const node of nodes) {
       const channel = `pkg-${node.label.replace(/\W/g, "")}`;
-      const child = execFile(node.path, ["subscribe.mjs", new URL(worker.url).host, channel], { cwd: app, env: { ...process.env, JWT_SECRET: TEST_JWT_SECRET } });
+      const child = execFile(node.path, ["subscribe.mjs", new URL(worker.url).host, channel], {
+        cwd: app,
+        env: { ...process.env, JWT_SECRET: TEST_JWT_SECRET },
+      });
       let out = "";
       child.stdout!.on("data", (d: Buffer) => (out += d));
       child.stderr!.on("data", (d: Buffer) => (out += d));
@@ -119,7 +149,11 @@ const sub = subscribe({
       // An id past 2^53: the client's default (numbers: "exact") hands it over as its digits.
       await db.sql(`select realtime.publish($1, 'hello', ('{"id": 9007199254740993, "from": ' || to_json($2::text) || '}')::jsonb)`, [channel, node.label]);
       expect(await exited, out).toBe(0);
-      const lines = out.trim().split("\n").slice(1).map((l) => JSON.parse(l) as { event: string; data: { id: unknown; from?: string } });
+      const lines = out
+        .trim()
+        .split("\n")
+        .slice(1)
+        .map((l) => JSON.parse(l) as { event: string; data: { id: unknown; from?: string } });
       expect(lines[0], `${node.label} ${node.version}`).toEqual({ event: "hello", data: { id: "9007199254740993", from: node.label }, marker: false });
     }
     await caughtUp(relay);
@@ -164,10 +198,34 @@ export function Todos({ token }: { token: string }) {
     // The stock config, untouched, for the Node code; and the Worker with workerd's types.
     const stock = readFileSync(join(app, "tsconfig.json"), "utf8");
     expect(stock).toMatch(/"module":\s*"nodenext"/);
-    writeFileSync(join(app, "tsconfig.node.json"), JSON.stringify({ extends: "./tsconfig.json", compilerOptions: { lib: ["esnext", "dom"], types: [], noEmit: true }, files: ["src/app.ts", "src/view.tsx"] }));
-    writeFileSync(join(app, "tsconfig.bundler.json"), JSON.stringify({ extends: "./tsconfig.json", compilerOptions: { module: "preserve", moduleResolution: "bundler", lib: ["esnext", "dom"], types: [], noEmit: true }, files: ["src/app.ts", "src/view.tsx"] }));
-    writeFileSync(join(app, "tsconfig.worker.json"), JSON.stringify({ extends: "./tsconfig.json", compilerOptions: { lib: ["esnext"], types: ["@cloudflare/workers-types"], noEmit: true }, files: ["src/worker.ts"] }));
-    writeFileSync(join(app, "tsconfig.worker-bundler.json"), JSON.stringify({ extends: "./tsconfig.worker.json", compilerOptions: { module: "preserve", moduleResolution: "bundler" } }));
+    writeFileSync(
+      join(app, "tsconfig.node.json"),
+      JSON.stringify({
+        extends: "./tsconfig.json",
+        compilerOptions: { lib: ["esnext", "dom"], types: [], noEmit: true },
+        files: ["src/app.ts", "src/view.tsx"],
+      }),
+    );
+    writeFileSync(
+      join(app, "tsconfig.bundler.json"),
+      JSON.stringify({
+        extends: "./tsconfig.json",
+        compilerOptions: { module: "preserve", moduleResolution: "bundler", lib: ["esnext", "dom"], types: [], noEmit: true },
+        files: ["src/app.ts", "src/view.tsx"],
+      }),
+    );
+    writeFileSync(
+      join(app, "tsconfig.worker.json"),
+      JSON.stringify({
+        extends: "./tsconfig.json",
+        compilerOptions: { lib: ["esnext"], types: ["@cloudflare/workers-types"], noEmit: true },
+        files: ["src/worker.ts"],
+      }),
+    );
+    writeFileSync(
+      join(app, "tsconfig.worker-bundler.json"),
+      JSON.stringify({ extends: "./tsconfig.worker.json", compilerOptions: { module: "preserve", moduleResolution: "bundler" } }),
+    );
     for (const project of ["tsconfig.node.json", "tsconfig.bundler.json", "tsconfig.worker.json", "tsconfig.worker-bundler.json"]) {
       const result = await run(process.execPath, [tsc, "-p", project], { cwd: app }).catch((err: { stdout: string }) => ({ stdout: err.stdout, failed: true }));
       expect(result, `${project}: ${result.stdout}`).not.toHaveProperty("failed");

@@ -18,10 +18,10 @@ import {
   type IngestEvent,
   ingestBody,
   MAX_PRESENCE_STATE_BYTES,
+  PONG,
   parseClientFrame,
   parseIngestBody,
   parseServerFrame,
-  PONG,
   snapshotFrame,
   snapshotRowJson,
 } from "../../protocol/index.ts";
@@ -93,7 +93,10 @@ describe("server frames built as text", () => {
 
 describe("client frames", () => {
   const clientFrame: fc.Arbitrary<ClientFrame> = fc.oneof(
-    fc.record({ type: fc.constant("presence" as const), state: fc.oneof(fc.constant(null), fc.dictionary(fc.string({ maxLength: 10 }), fc.string({ maxLength: 20 }), { maxKeys: 4 })) }),
+    fc.record({
+      type: fc.constant("presence" as const),
+      state: fc.oneof(fc.constant(null), fc.dictionary(fc.string({ maxLength: 10 }), fc.string({ maxLength: 20 }), { maxKeys: 4 })),
+    }),
     fc.record({ type: fc.constant("broadcast" as const), event: eventName, data: value }),
   );
 
@@ -118,7 +121,12 @@ describe("client frames", () => {
   it("refuses what is not a frame with the code and, when it had one, the frame's type", () => {
     expect(parseClientFrame("hello")).toMatchObject({ ok: false, code: "unsupported_frame", type: null });
     expect(parseClientFrame("42")).toMatchObject({ ok: false, code: "unsupported_frame", type: null });
-    expect(parseClientFrame('{"type":"subscribe"}')).toMatchObject({ ok: false, code: "unsupported_frame", type: null, message: expect.stringContaining('"subscribe"') });
+    expect(parseClientFrame('{"type":"subscribe"}')).toMatchObject({
+      ok: false,
+      code: "unsupported_frame",
+      type: null,
+      message: expect.stringContaining('"subscribe"'),
+    });
     expect(parseClientFrame('{"type":"broadcast","event":"has space"}')).toMatchObject({ ok: false, code: "invalid_frame", type: "broadcast" });
     const large = JSON.stringify({ type: "presence", state: "x".repeat(MAX_PRESENCE_STATE_BYTES) });
     expect(parseClientFrame(large)).toMatchObject({ ok: false, code: "invalid_frame", type: "presence" });

@@ -35,7 +35,30 @@ describe("scanValue / isJson", () => {
   });
 
   it("agrees with JSON.parse on near misses", () => {
-    for (const text of ['{"a":1,}', "[1,]", "01", "1.", "-", '"\\x"', '"\u0001"', '{"a" 1}', "tru", "[1 2]", '{"a":1 "b":2}', "1 2", "", " ", "{}", "[]", '[[],{}]', '"\\ud800"', "-0", "1e400", "[", "]"]) {
+    for (const text of [
+      '{"a":1,}',
+      "[1,]",
+      "01",
+      "1.",
+      "-",
+      '"\\x"',
+      '"\u0001"',
+      '{"a" 1}',
+      "tru",
+      "[1 2]",
+      '{"a":1 "b":2}',
+      "1 2",
+      "",
+      " ",
+      "{}",
+      "[]",
+      "[[],{}]",
+      '"\\ud800"',
+      "-0",
+      "1e400",
+      "[",
+      "]",
+    ]) {
       expect(isJson(text), text).toBe(isValid(text));
     }
   });
@@ -71,9 +94,25 @@ describe("jsonMembers and compactJson", () => {
 
 describe("parseJson", () => {
   it("gives numbers a JS number cannot hold as their digits (or bigint), and every other value as JSON.parse does", () => {
-    const text = '{"big":9007199254740993,"neg":-9223372036854775808,"num":12345678901234567890.12345678901234567890,"huge":1e400,"tiny":1e-400,"ok":1.5,"safe":9007199254740991,"z":-0,"s":"9007199254740993"}';
-    expect(parseJson(text)).toEqual({ big: "9007199254740993", neg: "-9223372036854775808", num: "12345678901234567890.12345678901234567890", huge: "1e400", tiny: "1e-400", ok: 1.5, safe: 9007199254740991, z: -0, s: "9007199254740993" });
-    expect(parseJson(text, "bigint")).toMatchObject({ big: 9007199254740993n, neg: -9223372036854775808n, num: "12345678901234567890.12345678901234567890", ok: 1.5 });
+    const text =
+      '{"big":9007199254740993,"neg":-9223372036854775808,"num":12345678901234567890.12345678901234567890,"huge":1e400,"tiny":1e-400,"ok":1.5,"safe":9007199254740991,"z":-0,"s":"9007199254740993"}';
+    expect(parseJson(text)).toEqual({
+      big: "9007199254740993",
+      neg: "-9223372036854775808",
+      num: "12345678901234567890.12345678901234567890",
+      huge: "1e400",
+      tiny: "1e-400",
+      ok: 1.5,
+      safe: 9007199254740991,
+      z: -0,
+      s: "9007199254740993",
+    });
+    expect(parseJson(text, "bigint")).toMatchObject({
+      big: 9007199254740993n,
+      neg: -9223372036854775808n,
+      num: "12345678901234567890.12345678901234567890",
+      ok: 1.5,
+    });
     expect(parseJson(text, "number")).toEqual(JSON.parse(text));
   });
 
@@ -105,17 +144,28 @@ describe("parseJson", () => {
 });
 
 describe("change events read as text", () => {
-  const data = '{"op" : "UPDATE", "schema" : "public", "table" : "t", "key" : {"id" : 9007199254740993}, "new" : {"id":9007199254740993,"v":"é"}, "old" : {"id":9007199254740993}}';
+  const data =
+    '{"op" : "UPDATE", "schema" : "public", "table" : "t", "key" : {"id" : 9007199254740993}, "new" : {"id":9007199254740993,"v":"é"}, "old" : {"id":9007199254740993}}';
 
   it("reads op, table and the key's compact text without parsing the row", () => {
-    expect(readChange(data)).toEqual({ op: "UPDATE", schema: "public", table: "t", key: '{"id":9007199254740993}', new: '{"id":9007199254740993,"v":"é"}', marker: false, unchanged: null });
-    expect(readChange(data.replace('}}', '}, "unchanged" : ["body"]}'))?.unchanged).toEqual(["body"]);
+    expect(readChange(data)).toEqual({
+      op: "UPDATE",
+      schema: "public",
+      table: "t",
+      key: '{"id":9007199254740993}',
+      new: '{"id":9007199254740993,"v":"é"}',
+      marker: false,
+      unchanged: null,
+    });
+    expect(readChange(data.replace("}}", '}, "unchanged" : ["body"]}'))?.unchanged).toEqual(["body"]);
     expect(readChange('{"op":"NOPE","schema":"s","table":"t"}')).toBeNull();
     expect(readChange("[1,2]")).toBeNull();
   });
 
   it("builds a marker that keeps the key's digits and counts UTF-8 bytes", () => {
-    expect(markerJson(data, "event_too_large")).toBe(`{"oversized":true,"reason":"event_too_large","bytes":${utf8Length(data)},"op":"UPDATE","schema":"public","table":"t","key":{"id":9007199254740993}}`);
+    expect(markerJson(data, "event_too_large")).toBe(
+      `{"oversized":true,"reason":"event_too_large","bytes":${utf8Length(data)},"op":"UPDATE","schema":"public","table":"t","key":{"id":9007199254740993}}`,
+    );
     expect(utf8Length(data)).toBe(new TextEncoder().encode(data).byteLength);
     expect(markerJson('"just text"', "unstorable", 7)).toBe('{"unstorable":true,"reason":"unstorable","bytes":7}');
   });

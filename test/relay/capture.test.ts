@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { ChangeEvent } from "../../protocol/index.ts";
 import type { Relay } from "../../relay/relay.ts";
 import { TODOS_DDL } from "../../scripts/demo-api.ts";
-import { testDatabase, type TestDatabase } from "../support/db.ts";
+import { type TestDatabase, testDatabase } from "../support/db.ts";
 import { startRelay } from "../support/relay.ts";
 import { TestSubscriber } from "../support/subscriber.ts";
 import { startTestWorker, type TestWorker } from "../support/worker.ts";
@@ -53,7 +53,11 @@ describe("watch()", () => {
   });
 
   it("routes by channel template: tenant 1 sees its rows only, and a row moving tenants leaves one channel and enters the other", async () => {
-    const [t1, t2, t3] = (await Promise.all(["tenant:1", "tenant:2", "tenant:3"].map((c) => TestSubscriber.connect(worker.url, c)))) as [TestSubscriber, TestSubscriber, TestSubscriber];
+    const [t1, t2, t3] = (await Promise.all(["tenant:1", "tenant:2", "tenant:3"].map((c) => TestSubscriber.connect(worker.url, c)))) as [
+      TestSubscriber,
+      TestSubscriber,
+      TestSubscriber,
+    ];
     try {
       await db.sql("insert into items values (1, 1, 'one'), (2, 1, 'two')");
       await db.sql("update items set tenant_id = 3, name = 'moved' where tenant_id = 2");
@@ -61,7 +65,10 @@ describe("watch()", () => {
       const e1 = await t1.eventCount(2);
       const e2 = await t2.eventCount(2);
       const e3 = await t3.eventCount(1);
-      expect(e1.map((e) => [e.event, (e.data as ChangeEvent).new?.name])).toEqual([["insert", "one"], ["update", "renamed"]]);
+      expect(e1.map((e) => [e.event, (e.data as ChangeEvent).new?.name])).toEqual([
+        ["insert", "one"],
+        ["update", "renamed"],
+      ]);
       expect(e2.map((e) => e.event)).toEqual(["insert", "delete"]);
       // The old tenant never sees the row's new contents.
       expect(JSON.stringify(e2)).not.toContain("moved");
@@ -76,10 +83,10 @@ describe("watch()", () => {
     try {
       const title = "é".repeat(250_000) + "x".repeat(500_000); // 1,000,000 bytes of UTF-8
       const { id } = (await db.sql<{ id: string }>("insert into todos (title) values ($1) returning id", [title]))[0]!;
-      await db.sql("update todos set title = $2 where id = $1", [id, title + "!"]);
+      await db.sql("update todos set title = $2 where id = $1", [id, `${title}!`]);
       const events = await sub.eventCount(2, 60_000);
       expect((events[0]!.data as ChangeEvent<{ title: string }>).new!.title).toBe(title);
-      expect((events[1]!.data as ChangeEvent<{ title: string }>).new!.title).toBe(title + "!");
+      expect((events[1]!.data as ChangeEvent<{ title: string }>).new!.title).toBe(`${title}!`);
       expect((events[1]!.data as ChangeEvent<{ title: string }>).old!.title).toBe(title);
     } finally {
       sub.close();
@@ -155,8 +162,12 @@ describe("watch()", () => {
     ["a deferrable key (updates captured per statement: every delete before any insert)", "primary key deferrable initially deferred", "for each statement"],
   ])("keeps what the events say equal to the table when updates move keys, with %s", async (_, key, level) => {
     const table = level === "for each row" ? "shift_row" : "shift_stmt";
-    await db.sql(`create table ${table} (id int ${key}, v int not null); insert into ${table} select g, g from generate_series(1, 6) g; select realtime.watch('${table}', retain => true)`);
-    const tgtype = (await db.sql<{ tgtype: number }>("select tgtype from pg_trigger where tgrelid = $1::regclass and tgname = 'realtime_capture_update'", [table]))[0]!.tgtype;
+    await db.sql(
+      `create table ${table} (id int ${key}, v int not null); insert into ${table} select g, g from generate_series(1, 6) g; select realtime.watch('${table}', retain => true)`,
+    );
+    const tgtype = (
+      await db.sql<{ tgtype: number }>("select tgtype from pg_trigger where tgrelid = $1::regclass and tgname = 'realtime_capture_update'", [table])
+    )[0]!.tgtype;
     expect((tgtype & 1) === 1 ? "for each row" : "for each statement").toBe(level);
     const sub = await TestSubscriber.connect(worker.url, table);
     try {
@@ -222,7 +233,9 @@ describe("install", () => {
                          alter table realtime.outbox alter column payload set default 'null'`);
       const { installSchema } = await import("../../relay/install.ts");
       await installSchema(await upgrade.client());
-      const [col] = await upgrade.sql<{ type: string }>("select atttypid::regtype::text as type from pg_attribute where attrelid = 'realtime.outbox'::regclass and attname = 'payload'");
+      const [col] = await upgrade.sql<{ type: string }>(
+        "select atttypid::regtype::text as type from pg_attribute where attrelid = 'realtime.outbox'::regclass and attname = 'payload'",
+      );
       expect(col!.type).toBe("json");
       await upgrade.sql("insert into things values (1, 'after upgrade')");
       const [row] = await upgrade.sql<{ payload: { new: { name: string } } }>("select payload from realtime.outbox where channel = 'things'");

@@ -7,7 +7,7 @@ import { readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
 import { optionsFromArgs, USAGE } from "../../relay/args.ts";
 import { RelayConfigError, type RelayOptions } from "../../relay/config.ts";
-import { OPTIONS, optionKeys, RELAY_OPTIONS, requireOption, resolveRelayOptions, type OptionSpec, type Settings } from "../../relay/options.ts";
+import { OPTIONS, type OptionSpec, optionKeys, RELAY_OPTIONS, requireOption, resolveRelayOptions, type Settings } from "../../relay/options.ts";
 
 const SECRET = "test-secret-0123456789abcdef";
 const GOOD = { databaseUrl: "postgres://relay:pw@127.0.0.1:5432/app", workerUrl: "https://w.example.workers.dev", ingestSecret: SECRET };
@@ -69,11 +69,27 @@ describe("resolveRelayOptions", () => {
 
   it("accepts every bound of every range", () => {
     const edges: Partial<RelayOptions>[] = [
-      { batchSize: 1 }, { batchSize: 1000 }, { batchBytes: 1024 }, { maxEventBytes: 16 * 1024 * 1024 }, { pollIntervalMs: 10 },
-      { notifyQueueMax: 1_000_000 }, { requestTimeoutMs: 100 }, { retryBaseMs: 1, retryMaxMs: 1 }, { standbyPollMs: 600_000 },
-      { retentionSeconds: 0 }, { pruneIntervalMs: 86_400_000 }, { pruneBatch: 1 }, { heartbeatMs: 0 }, { heartbeatMs: 100 },
-      { partition: { index: 255, count: 256 } }, { source: "publication" }, { logLevel: "silent" }, { name: "a".repeat(64) },
-      { workerUrl: "http://127.0.0.1:8787/realtime" }, { databaseUrl: "postgresql://x" }, { notify: [{ pgChannel: "data_changes", channel: "items:live" }] },
+      { batchSize: 1 },
+      { batchSize: 1000 },
+      { batchBytes: 1024 },
+      { maxEventBytes: 16 * 1024 * 1024 },
+      { pollIntervalMs: 10 },
+      { notifyQueueMax: 1_000_000 },
+      { requestTimeoutMs: 100 },
+      { retryBaseMs: 1, retryMaxMs: 1 },
+      { standbyPollMs: 600_000 },
+      { retentionSeconds: 0 },
+      { pruneIntervalMs: 86_400_000 },
+      { pruneBatch: 1 },
+      { heartbeatMs: 0 },
+      { heartbeatMs: 100 },
+      { partition: { index: 255, count: 256 } },
+      { source: "publication" },
+      { logLevel: "silent" },
+      { name: "a".repeat(64) },
+      { workerUrl: "http://127.0.0.1:8787/realtime" },
+      { databaseUrl: "postgresql://x" },
+      { notify: [{ pgChannel: "data_changes", channel: "items:live" }] },
     ];
     for (const edge of edges) expect(() => resolveRelayOptions({ ...GOOD, ...edge })).not.toThrow();
   });
@@ -104,7 +120,10 @@ describe("resolveRelayOptions", () => {
     [{ pruneIntervalMs: 9 }, "--prune-interval must be an integer from 10 to 86400000, got 9"],
     [{ pruneBatch: 0 }, "--prune-batch must be an integer from 1 to 1000000, got 0"],
     [{ heartbeatMs: 99 }, "--heartbeat must be an integer from 100 to 3600000, got 99"],
-    [{ partition: { index: 0, count: 2 }, source: "wal" }, "--partition works with --source outbox only: a wal relay reads every channel from its replication slot (run one, or partition with the outbox source)"],
+    [
+      { partition: { index: 0, count: 2 }, source: "wal" },
+      "--partition works with --source outbox only: a wal relay reads every channel from its replication slot (run one, or partition with the outbox source)",
+    ],
     [{ partition: { index: 0, count: 0 } }, "--partition count must be an integer from 1 to 256, got 0"],
     [{ partition: { index: 0, count: 257 } }, "--partition count must be an integer from 1 to 256, got 257"],
     [{ partition: { index: 2, count: 2 } }, "--partition index must be an integer from 0 to 1, got 2"],
@@ -148,8 +167,12 @@ describe("the command line", () => {
       const spec = specOf(key);
       if (typeof spec.default !== "number") continue;
       for (const text of ["lots", "-1", "1.5", "1e3"]) {
-        expect(refusal(() => configure(["relay"], { [spec.env]: text }))).toBe(`--${spec.flag} (${spec.env}) must be a whole number, got ${JSON.stringify(text)}`);
-        expect(refusal(() => configure(["relay", `--${spec.flag}=${text}`], {}))).toBe(`--${spec.flag} (${spec.env}) must be a whole number, got ${JSON.stringify(text)}`);
+        expect(refusal(() => configure(["relay"], { [spec.env]: text }))).toBe(
+          `--${spec.flag} (${spec.env}) must be a whole number, got ${JSON.stringify(text)}`,
+        );
+        expect(refusal(() => configure(["relay", `--${spec.flag}=${text}`], {}))).toBe(
+          `--${spec.flag} (${spec.env}) must be a whole number, got ${JSON.stringify(text)}`,
+        );
       }
     }
   });
@@ -159,7 +182,9 @@ describe("the command line", () => {
     expect(refusal(() => optionsFromArgs(["relay", "--install=yes"], ENV))).toMatch(/'--install' does not take an argument.* \(see --help\)$/);
     expect(refusal(() => optionsFromArgs(["relay", "--batch-size"], ENV))).toMatch(/^Option '--batch-size <value>' argument missing \(see --help\)$/);
     expect(refusal(() => optionsFromArgs(["relax"], ENV))).toBe(`unknown command "relax": use relay, install, backfill, init or token (see --help)`);
-    expect(refusal(() => optionsFromArgs(["relay", "extra"], ENV))).toBe(`unknown command "relay extra": use relay, install, backfill, init or token (see --help)`);
+    expect(refusal(() => optionsFromArgs(["relay", "extra"], ENV))).toBe(
+      `unknown command "relay extra": use relay, install, backfill, init or token (see --help)`,
+    );
   });
 
   it("takes the flag over the variable, and an empty variable as unset", () => {
@@ -172,8 +197,17 @@ describe("the command line", () => {
   });
 
   it("reads each kind of value", () => {
-    const { resolved } = configure(["relay"], { RELAY_NOTIFY: "data_changes, items=items-live,", RELAY_PARTITION: "1/4", RELAY_SOURCE: "outbox", LOG_LEVEL: "warn", RELAY_RETENTION_SECONDS: " 60 " });
-    expect(resolved.notify).toEqual([{ pgChannel: "data_changes", channel: "data_changes" }, { pgChannel: "items", channel: "items-live" }]);
+    const { resolved } = configure(["relay"], {
+      RELAY_NOTIFY: "data_changes, items=items-live,",
+      RELAY_PARTITION: "1/4",
+      RELAY_SOURCE: "outbox",
+      LOG_LEVEL: "warn",
+      RELAY_RETENTION_SECONDS: " 60 ",
+    });
+    expect(resolved.notify).toEqual([
+      { pgChannel: "data_changes", channel: "data_changes" },
+      { pgChannel: "items", channel: "items-live" },
+    ]);
     expect(resolved.partition).toEqual({ index: 1, count: 4 });
     expect(resolved.logLevel).toBe("warn");
     expect(resolved.retentionSeconds).toBe(60);
@@ -188,13 +222,21 @@ describe("the command line", () => {
     expect(configure(["relay", "--http", "[::1]:9000"], { RELAY_HTTP: "off" }).http).toEqual({ host: "::1", port: 9000 });
     expect(configure(["relay"], {}).install).toBe(false);
     expect(configure(["relay", "--install"], {}).install).toBe(true);
-    for (const [value, install] of [["1", true], ["true", true], ["yes", false], ["0", false], ["", false]] as const) {
+    for (const [value, install] of [
+      ["1", true],
+      ["true", true],
+      ["yes", false],
+      ["0", false],
+      ["", false],
+    ] as const) {
       expect(configure(["relay"], { RELAY_INSTALL: value }).install).toBe(install);
     }
   });
 
   it("says how to set the database URL for install and backfill as for relay", () => {
-    expect(refusal(() => requireOption("databaseUrl", undefined))).toBe("DATABASE_URL is not set: pass --database-url postgres://user:password@host:5432/db or set DATABASE_URL");
+    expect(refusal(() => requireOption("databaseUrl", undefined))).toBe(
+      "DATABASE_URL is not set: pass --database-url postgres://user:password@host:5432/db or set DATABASE_URL",
+    );
     expect(requireOption("databaseUrl", GOOD.databaseUrl)).toBe(GOOD.databaseUrl);
   });
 
@@ -242,7 +284,10 @@ describe("the options table", () => {
       const { flag, env } = OPTIONS[key];
       const row = rows.find((r) => r.startsWith(`| \`--${flag}\` |`));
       expect(row, flag).toBeDefined();
-      const [envCell, defaultCell] = row!.split("|").slice(2, 4).map((c) => c.trim());
+      const [envCell, defaultCell] = row!
+        .split("|")
+        .slice(2, 4)
+        .map((c) => c.trim());
       // A switch's variable may show the value that turns it on (`RELAY_INSTALL=1`).
       expect(envCell).toMatch(new RegExp(`^\`${env}(=[^\`]+)?\`$`));
       const shown = shownDefault(key);

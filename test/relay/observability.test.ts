@@ -5,9 +5,9 @@
  */
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { freePort } from "../../scripts/postgres.ts";
-import { testDatabase, type TestDatabase } from "../support/db.ts";
-import { startFaultProxy, type FaultProxy } from "../support/fault-proxy.ts";
-import { spawnCli, type CliProcess } from "../support/relay.ts";
+import { type TestDatabase, testDatabase } from "../support/db.ts";
+import { type FaultProxy, startFaultProxy } from "../support/fault-proxy.ts";
+import { type CliProcess, spawnCli } from "../support/relay.ts";
 import { TestSubscriber } from "../support/subscriber.ts";
 import { startTestWorker, TEST_SECRET, type TestWorker } from "../support/worker.ts";
 
@@ -89,7 +89,11 @@ it("reports health, leadership, what it sent, and a growing backlog while the Wo
       expect(out).not.toContain("postgres:postgres@");
     }
     // Logs are JSON lines with level labels.
-    const lines = lead.child.output().trim().split("\n").map((l) => JSON.parse(l) as { level: string; msg: string; time: string });
+    const lines = lead.child
+      .output()
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l) as { level: string; msg: string; time: string });
     expect(lines.find((l) => l.msg === "leading")).toMatchObject({ level: "info" });
     expect(lines.find((l) => l.msg === "ingest failed, retrying")).toMatchObject({ level: "warn" });
   } finally {

@@ -15,18 +15,18 @@ import fc from "fast-check";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
+  builtinTypes,
+  type JsonCategory,
   PgJsonError,
+  type PgType,
+  rowToJson,
   TEXT_OUTPUT_SETTINGS,
   TypeCatalog,
-  builtinTypes,
-  rowToJson,
   textOutputOptions,
   textToJson,
-  type JsonCategory,
-  type PgType,
 } from "../../relay/pgjson.ts";
 import type { Queryable } from "../../relay/serial.ts";
-import { testDatabase, type TestDatabase } from "../support/db.ts";
+import { type TestDatabase, testDatabase } from "../support/db.ts";
 
 let db: TestDatabase;
 let client: pg.Client;
@@ -79,7 +79,7 @@ async function typeOf(sqlType: string): Promise<PgType> {
 // Generated values, as texts in each type's input syntax
 // ---------------------------------------------------------------------------------------------
 
-const opt = <T,>(arb: fc.Arbitrary<T>) => fc.option(arb, { nil: null, freq: 6 });
+const opt = <T>(arb: fc.Arbitrary<T>) => fc.option(arb, { nil: null, freq: 6 });
 const pad = (n: number, width: number) => String(n).padStart(width, "0");
 const codePoints = (text: string, max: number) => Array.from(text).slice(0, max).join("");
 
@@ -104,15 +104,59 @@ const float8 = fc.oneof(
 const bool = fc.constantFrom("t", "f", "true", "false", "yes", "off", "1", "0");
 
 /** Every plane, controls (no NUL: Postgres text cannot hold it), JSON's and arrays' specials. */
-const SPECIALS = ['"', "\\", "\u2028", "\u2029", "\u007f", "\b", "\f", "\n", "\r", "\t", "\u0001", "\u001b", "\u001f", "{", "}", ",", ";", " ", "NULL", "(", ")", "'", "😀", "\uffff", "\u{10ffff}", "\u{1d11e}", "\u{e0001}", "é", "\u0085", "\u00a0", "\u200b"];
+const SPECIALS = [
+  '"',
+  "\\",
+  "\u2028",
+  "\u2029",
+  "\u007f",
+  "\b",
+  "\f",
+  "\n",
+  "\r",
+  "\t",
+  "\u0001",
+  "\u001b",
+  "\u001f",
+  "{",
+  "}",
+  ",",
+  ";",
+  " ",
+  "NULL",
+  "(",
+  ")",
+  "'",
+  "😀",
+  "\uffff",
+  "\u{10ffff}",
+  "\u{1d11e}",
+  "\u{e0001}",
+  "é",
+  "\u0085",
+  "\u00a0",
+  "\u200b",
+];
 const text = fc
   .array(fc.oneof(fc.constantFrom(...SPECIALS), fc.string({ unit: "binary", maxLength: 8 }), fc.string({ unit: "grapheme", maxLength: 4 })), { maxLength: 10 })
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: Postgres text cannot hold NUL
   .map((parts) => parts.join("").replace(/\u0000/g, ""));
 const label = text.filter((t) => t !== "forbidden");
 
 const jsonDoc = fc.oneof(
-  fc.tuple(fc.jsonValue({ maxDepth: 4, stringUnit: "binary" }), fc.constantFrom(undefined, 1, "\t", "  ")).map(([value, indent]) => JSON.stringify(value, null, indent)),
-  fc.constantFrom(' {"a" : 1 , "a": 2} ', "[1e400, -0, 0.10, 1E-7, -1.5e+3]", '"\\u00e9\\ud83d\\ude00\\n\\"x\\" \\u2028"', "null", "true", "\t\n[ ]\n", '{"\\u0000": "\\u0000"}', '"\\/"'),
+  fc
+    .tuple(fc.jsonValue({ maxDepth: 4, stringUnit: "binary" }), fc.constantFrom(undefined, 1, "\t", "  "))
+    .map(([value, indent]) => JSON.stringify(value, null, indent)),
+  fc.constantFrom(
+    ' {"a" : 1 , "a": 2} ',
+    "[1e400, -0, 0.10, 1E-7, -1.5e+3]",
+    '"\\u00e9\\ud83d\\ude00\\n\\"x\\" \\u2028"',
+    "null",
+    "true",
+    "\t\n[ ]\n",
+    '{"\\u0000": "\\u0000"}',
+    '"\\/"',
+  ),
 );
 const jsonbDoc = jsonDoc.filter((t) => !t.includes("\\u0000"));
 const bytea = fc.oneof(
@@ -121,12 +165,19 @@ const bytea = fc.oneof(
 );
 
 const dateParts = (maxYear: number) =>
-  fc.record({ bc: fc.boolean(), year: fc.integer({ min: 1, max: maxYear }), month: fc.integer({ min: 1, max: 12 }), day: fc.integer({ min: 1, max: 28 }) }).map((d) => ({
-    ...d,
-    year: d.bc ? Math.min(d.year, 4713) : d.year,
-  }));
+  fc
+    .record({ bc: fc.boolean(), year: fc.integer({ min: 1, max: maxYear }), month: fc.integer({ min: 1, max: 12 }), day: fc.integer({ min: 1, max: 28 }) })
+    .map((d) => ({
+      ...d,
+      year: d.bc ? Math.min(d.year, 4713) : d.year,
+    }));
 const timeText = fc
-  .record({ h: fc.integer({ min: 0, max: 23 }), m: fc.integer({ min: 0, max: 59 }), s: fc.integer({ min: 0, max: 59 }), frac: fc.stringMatching(/^[0-9]{0,6}$/) })
+  .record({
+    h: fc.integer({ min: 0, max: 23 }),
+    m: fc.integer({ min: 0, max: 59 }),
+    s: fc.integer({ min: 0, max: 59 }),
+    frac: fc.stringMatching(/^[0-9]{0,6}$/),
+  })
   .map(({ h, m, s, frac }) => `${pad(h, 2)}:${pad(m, 2)}:${pad(s, 2)}${frac ? `.${frac}` : ""}`);
 const date = fc.oneof(
   fc.constantFrom("infinity", "-infinity", "epoch", "4714-11-24 BC", "5874897-12-31", "0001-01-01", "0001-12-31 BC", "2024-02-29"),
@@ -136,7 +187,21 @@ const timestamp = fc.oneof(
   fc.constantFrom("infinity", "-infinity", "4714-11-24 00:00:00 BC", "294276-12-31 23:59:59.999999", "2024-01-01 00:00:00.123", "1999-12-31 23:59:60"),
   fc.tuple(dateParts(294_275), timeText).map(([{ bc, year, month, day }, time]) => `${pad(year, 4)}-${pad(month, 2)}-${pad(day, 2)} ${time}${bc ? " BC" : ""}`),
 );
-const ZONES = ["", "+00", "Z", "+05:30", "-03", "+14", "-12:45", "+01:02:03", " America/New_York", " Asia/Kathmandu", " Europe/Amsterdam", " UTC", " Australia/Lord_Howe"];
+const ZONES = [
+  "",
+  "+00",
+  "Z",
+  "+05:30",
+  "-03",
+  "+14",
+  "-12:45",
+  "+01:02:03",
+  " America/New_York",
+  " Asia/Kathmandu",
+  " Europe/Amsterdam",
+  " UTC",
+  " Australia/Lord_Howe",
+];
 const timestamptz = fc.oneof(
   fc.constantFrom("infinity", "-infinity", "2024-01-01 00:00:00.123+00", "1883-11-18 12:00:00 America/New_York", "0044-03-15 12:00:00+02 BC"),
   fc
@@ -144,11 +209,19 @@ const timestamptz = fc.oneof(
     .map(([{ bc, year, month, day }, time, zone]) => `${pad(year, 4)}-${pad(month, 2)}-${pad(day, 2)} ${time}${zone}${bc ? " BC" : ""}`),
 );
 const time = fc.oneof(fc.constantFrom("24:00:00", "allballs", "00:00:00.000001"), timeText);
-const timetz = fc.tuple(fc.oneof(fc.constantFrom("24:00:00", "00:00:00.000001"), timeText), fc.constantFrom("+00", "+05:30", "-03", "+14", "-15:59", "+01:02:03")).map(([t, zone]) => `${t}${zone}`);
+const timetz = fc
+  .tuple(fc.oneof(fc.constantFrom("24:00:00", "00:00:00.000001"), timeText), fc.constantFrom("+00", "+05:30", "-03", "+14", "-15:59", "+01:02:03"))
+  .map(([t, zone]) => `${t}${zone}`);
 const interval = fc.oneof(
   fc.constantFrom("0", "1 microsecond", "@ 1 minute ago", "P1Y2M3DT4H5M6.5S", "-178000000 years", "1 day -00:00:00.000001", "2147483647 days"),
   fc
-    .record({ y: fc.integer({ min: -5000, max: 5000 }), mo: fc.integer({ min: -200, max: 200 }), d: fc.integer({ min: -10000, max: 10000 }), neg: fc.boolean(), time: timeText })
+    .record({
+      y: fc.integer({ min: -5000, max: 5000 }),
+      mo: fc.integer({ min: -200, max: 200 }),
+      d: fc.integer({ min: -10000, max: 10000 }),
+      neg: fc.boolean(),
+      time: timeText,
+    })
     .map(({ y, mo, d, neg, time }) => `${y} years ${mo} mons ${d} days ${neg ? "-" : ""}${time}`),
 );
 const inet = fc.oneof(
@@ -164,7 +237,12 @@ const money = fc.oneof(
 );
 const mood = fc.constantFrom("happy", "sad", 'a"b', "with space", "ünï", "NULL", "{x}", "back\\slash");
 const box = fc
-  .tuple(fc.oneof(fc.double({ noNaN: true }), fc.constantFrom(Number.NaN, -0)), fc.double({ noNaN: true }), fc.double({ noNaN: true }), fc.double({ noNaN: true }))
+  .tuple(
+    fc.oneof(fc.double({ noNaN: true }), fc.constantFrom(Number.NaN, -0)),
+    fc.double({ noNaN: true }),
+    fc.double({ noNaN: true }),
+    fc.double({ noNaN: true }),
+  )
   .map((c) => {
     const [x1, y1, x2, y2] = c.map(floatText);
     return `(${x1},${y1}),(${x2},${y2})`;
@@ -321,10 +399,18 @@ describe("textToJson and rowToJson against Postgres's to_json", () => {
 });
 
 /** Reads pgoutput protocol 1 messages: a Relation's columns, an Insert's column texts. */
-function readPgoutput(message: Buffer): { kind: "relation"; columns: { name: string; typeOid: number }[] } | { kind: "insert"; values: (string | null)[] } | null {
+function readPgoutput(
+  message: Buffer,
+): { kind: "relation"; columns: { name: string; typeOid: number }[] } | { kind: "insert"; values: (string | null)[] } | null {
   let at = 1;
-  const int16 = () => ((at += 2), message.readInt16BE(at - 2));
-  const int32 = () => ((at += 4), message.readUInt32BE(at - 4));
+  const int16 = () => {
+    at += 2;
+    return message.readInt16BE(at - 2);
+  };
+  const int32 = () => {
+    at += 4;
+    return message.readUInt32BE(at - 4);
+  };
   const cstring = () => {
     const end = message.indexOf(0, at);
     const s = message.toString("utf8", at, end);
@@ -385,7 +471,9 @@ describe("through pgoutput itself", () => {
           const [row] = await raw(`insert into decoded (${names.join(", ")}) values (${inputs.join(", ")}) returning to_json(decoded.*)::text as json`, values);
           expected.push(row!.json!);
         }
-        const changes = await raw("select data from pg_logical_slot_get_binary_changes('pgjson_decoded', null, null, 'proto_version', '1', 'publication_names', 'decoded_pub')");
+        const changes = await raw(
+          "select data from pg_logical_slot_get_binary_changes('pgjson_decoded', null, null, 'proto_version', '1', 'publication_names', 'decoded_pub')",
+        );
         const actual: string[] = [];
         for (const change of changes) {
           const message = readPgoutput(Buffer.from(change.data!.slice(2), "hex"));
@@ -447,8 +535,8 @@ describe("fixed cases", () => {
     ["'1 -2 3'::int2vector", "[1,-2,3]"],
     ["''::int2vector", "[]"],
     ["'3 4'::oidvector", '["3","4"]'],
-    ["'{\"1 2\",\"3\"}'::int2vector[]", "[[1,2],[3]]"],
-    ["'(1,\"a b\",\"2024-01-01 00:00:00+00\",)'::inner_t", '{"x":1,"label":"a b","at":"2024-01-01T00:00:00+00:00","d":null}'],
+    ['\'{"1 2","3"}\'::int2vector[]', "[[1,2],[3]]"],
+    ['\'(1,"a b","2024-01-01 00:00:00+00",)\'::inner_t', '{"x":1,"label":"a b","at":"2024-01-01T00:00:00+00:00","d":null}'],
     ["row(null, null, null, null)::inner_t", '{"x":null,"label":null,"at":null,"d":null}'],
     ["array[row(1, '\"q\" \\', null, '0001-01-01 BC')::inner_t, null]", '[{"x":1,"label":"\\"q\\" \\\\","at":null,"d":"0001-01-01 BC"},null]'],
     ["'{1,2}'::intarr", "[1,2]"],
@@ -474,7 +562,15 @@ describe("fixed cases", () => {
   it("null is null; a row has no spaces and escapes its names", async () => {
     const int4 = await typeOf("int4");
     expect(textToJson(null, int4)).toBe("null");
-    expect(rowToJson(["1", null], [{ name: 'a"\n', type: int4 }, { name: "b", type: int4 }])).toBe('{"a\\"\\n":1,"b":null}');
+    expect(
+      rowToJson(
+        ["1", null],
+        [
+          { name: 'a"\n', type: int4 },
+          { name: "b", type: int4 },
+        ],
+      ),
+    ).toBe('{"a\\"\\n":1,"b":null}');
     expect(() => rowToJson(["1"], [])).toThrow(PgJsonError);
   });
 
@@ -501,7 +597,9 @@ describe("fixed cases", () => {
   });
 
   it("reading `col::text` instead of the output text would be wrong for some types", async () => {
-    const [row] = await raw("select true as b, true::text as bt, 'a'::char(3) as c, 'a'::char(3)::text as ct, '1.2.3.4'::inet as i, '1.2.3.4'::inet::text as it");
+    const [row] = await raw(
+      "select true as b, true::text as bt, 'a'::char(3) as c, 'a'::char(3)::text as ct, '1.2.3.4'::inet as i, '1.2.3.4'::inet::text as it",
+    );
     expect(row).toEqual({ b: "t", bt: "true", c: "a  ", ct: "a", i: "1.2.3.4", it: "1.2.3.4/32" });
   });
 
@@ -543,7 +641,9 @@ describe("TypeCatalog", () => {
   it("loads a type and everything it needs in one query, each type once, concurrent requests shared", async () => {
     const db = counting();
     const types = new TypeCatalog(db);
-    const [outerArray] = await raw("select 'outer_t[]'::regtype::oid as a, 'inner_t'::regtype::oid as i, 'outer_d'::regtype::oid as d, 'int4[]'::regtype::oid as b");
+    const [outerArray] = await raw(
+      "select 'outer_t[]'::regtype::oid as a, 'inner_t'::regtype::oid as i, 'outer_d'::regtype::oid as d, 'int4[]'::regtype::oid as b",
+    );
     const [a, , b] = await Promise.all([types.get(Number(outerArray!.a)), types.get(Number(outerArray!.a)), types.get(Number(outerArray!.b))]);
     expect(db.count).toBe(1); // int4[] is built in
     expect(types.peek(Number(outerArray!.i))).toBeDefined(); // came with outer_t[]

@@ -10,8 +10,8 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { ChangeEvent, ChannelEvent, SnapshotRow } from "../../protocol/index.ts";
 import type { Relay } from "../../relay/relay.ts";
 import { expectExactlyOnceInOrder, insertNumbered, killTwiceDuringBurst } from "../faults/ledger.ts";
-import { testDatabase, type TestDatabase } from "../support/db.ts";
-import { startFaultProxy, type FaultProxy } from "../support/fault-proxy.ts";
+import { type TestDatabase, testDatabase } from "../support/db.ts";
+import { type FaultProxy, startFaultProxy } from "../support/fault-proxy.ts";
 import { relayEvent, startRelay } from "../support/relay.ts";
 import { TestSubscriber } from "../support/subscriber.ts";
 import { startTestWorker, type TestWorker } from "../support/worker.ts";
@@ -135,7 +135,11 @@ describe("publication capture", () => {
       await c.query("truncate docs");
       const events = await eventsOf(sub, 8);
       expect(events.map((e) => e.event)).toEqual(["insert", "insert", "insert", "insert", "insert", "insert", "insert", "truncate"]);
-      expect(data(events).slice(5, 7).map((d) => d.new)).toEqual([
+      expect(
+        data(events)
+          .slice(5, 7)
+          .map((d) => d.new),
+      ).toEqual([
         { id: 20, title: "copied", body: null },
         { id: 21, title: "copied too", body: null },
       ]);
@@ -212,7 +216,16 @@ describe("publication capture under faults", () => {
   });
 
   it("loses and duplicates nothing when the relay is SIGKILLed twice during a burst of row changes on 3 channels", async () => {
-    await killTwiceDuringBurst({ db, workerUrl: worker.url, proxy, channels: ["pub-crash-a", "pub-crash-b", "pub-crash-c"], perChannel: 1500, env: { RELAY_SOURCE: "publication" }, ready: "streaming", table: "ledger" });
+    await killTwiceDuringBurst({
+      db,
+      workerUrl: worker.url,
+      proxy,
+      channels: ["pub-crash-a", "pub-crash-b", "pub-crash-c"],
+      perChannel: 1500,
+      env: { RELAY_SOURCE: "publication" },
+      ready: "streaming",
+      table: "ledger",
+    });
   });
 
   it("holds the slot while the Worker answers 500, then delivers everything once, in order", async () => {

@@ -5,8 +5,8 @@
  * (EXPLAIN ANALYZE), not from a clock. And its partition filter holds for every channel hash.
  */
 import { afterAll, beforeAll, expect, it } from "vitest";
-import { EMPTY_SNAPSHOT, partitionSql, READ_PAGE_SQL, readPage, readPageParams, type Cursor } from "../../relay/outbox.ts";
-import { testDatabase, type TestDatabase } from "../support/db.ts";
+import { type Cursor, EMPTY_SNAPSHOT, partitionSql, READ_PAGE_SQL, readPage, readPageParams } from "../../relay/outbox.ts";
+import { type TestDatabase, testDatabase } from "../support/db.ts";
 
 let db: TestDatabase;
 
@@ -23,7 +23,7 @@ afterAll(async () => {
 /** Rows the plan's nodes read and threw away, summed over the whole plan. */
 function rowsRemoved(plan: Record<string, unknown>): number {
   const own = Number(plan["Rows Removed by Filter"] ?? 0) + Number(plan["Rows Removed by Index Recheck"] ?? 0);
-  const children = (plan["Plans"] as Record<string, unknown>[] | undefined) ?? [];
+  const children = (plan.Plans as Record<string, unknown>[] | undefined) ?? [];
   return own + children.reduce((sum, p) => sum + rowsRemoved(p), 0);
 }
 
@@ -39,7 +39,10 @@ it("reads a new window through the index, past 20,000 delivered rows without tou
   expect(page.rows.map((r) => r.channel)).toEqual(["c1", "c2", "c3"]);
   expect(page.complete).toBe(true);
 
-  const [explained] = await db.sql<{ "QUERY PLAN": [{ Plan: Record<string, unknown> }] }>(`explain (analyze, format json) ${READ_PAGE_SQL}`, readPageParams(cursor, 1000, 1 << 20));
+  const [explained] = await db.sql<{ "QUERY PLAN": [{ Plan: Record<string, unknown> }] }>(
+    `explain (analyze, format json) ${READ_PAGE_SQL}`,
+    readPageParams(cursor, 1000, 1 << 20),
+  );
   expect(rowsRemoved(explained!["QUERY PLAN"][0].Plan)).toBeLessThan(100);
 
   // From the very start of the outbox, every row is the window's: nothing read is thrown away either.

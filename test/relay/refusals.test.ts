@@ -6,7 +6,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { relayMetrics } from "../../relay/observe.ts";
 import type { Relay } from "../../relay/relay.ts";
-import { testDatabase, type TestDatabase } from "../support/db.ts";
+import { type TestDatabase, testDatabase } from "../support/db.ts";
 import { relayEvent, spawnCli, startRelay } from "../support/relay.ts";
 import { TestSubscriber } from "../support/subscriber.ts";
 import { startTestWorker, type TestWorker } from "../support/worker.ts";
@@ -65,7 +65,9 @@ describe("a batch the Worker refuses for its content", () => {
       const c = await db.client();
       await c.query("begin");
       await c.query("select realtime.publish('chat', 'said', '1')");
-      const bad = await c.query<{ id: string }>("insert into realtime.outbox (channel, event, payload) values ('chat', 'not valid!', '2') returning (select install_id from realtime.installation) || '-' || id as id");
+      const bad = await c.query<{ id: string }>(
+        "insert into realtime.outbox (channel, event, payload) values ('chat', 'not valid!', '2') returning (select install_id from realtime.installation) || '-' || id as id",
+      );
       await c.query("select realtime.publish('chat', 'said', '3')");
       await c.query("commit");
       const id = bad.rows[0]!.id;

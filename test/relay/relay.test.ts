@@ -4,9 +4,8 @@
  */
 import { readFileSync } from "node:fs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { Relay } from "../../relay/relay.ts";
 import { TODOS_DDL } from "../../scripts/demo-api.ts";
-import { testDatabase, type TestDatabase } from "../support/db.ts";
+import { type TestDatabase, testDatabase } from "../support/db.ts";
 import { startFaultProxy } from "../support/fault-proxy.ts";
 import { relayEvent, spawnCli, startRelay } from "../support/relay.ts";
 import { TestSubscriber } from "../support/subscriber.ts";
@@ -129,9 +128,7 @@ describe("cursor", () => {
       expect(sub.events).toEqual([]);
       proxy.mode = "pass";
       const events = await sub.eventCount(20);
-      expect(events.map((e) => (e.data as { new: { title: string } }).new.title)).toEqual(
-        Array.from({ length: 20 }, (_, i) => `during outage ${i + 1}`),
-      );
+      expect(events.map((e) => (e.data as { new: { title: string } }).new.title)).toEqual(Array.from({ length: 20 }, (_, i) => `during outage ${i + 1}`));
       await relayEvent(relay, "idle");
       expect((await cursorRow())!.done).not.toBe(before!.done);
     } finally {
@@ -217,16 +214,17 @@ describe("CLI", () => {
   const env = (over: Record<string, string> = {}) => ({ DATABASE_URL: db.url, WORKER_URL: worker.url, INGEST_SECRET: TEST_SECRET, ...over });
 
   // Every bad setting and its message: config.test.ts, without a process. This one proves the process's side.
-  it.each([
-    [{ RELAY_BATCH_SIZE: "5000" }, /--batch-size must be an integer from 1 to 1000/],
-  ])("exits 2 with one line saying what to fix: %o", async (over, message) => {
-    const child = spawnCli(["relay"], env(over));
-    expect(await child.exited).toBe(2);
-    const out = child.output().trim();
-    expect(out.split("\n")).toHaveLength(1);
-    expect(out).toMatch(message);
-    expect(out).not.toContain(TEST_SECRET);
-  });
+  it.each([[{ RELAY_BATCH_SIZE: "5000" }, /--batch-size must be an integer from 1 to 1000/]])(
+    "exits 2 with one line saying what to fix: %o",
+    async (over, message) => {
+      const child = spawnCli(["relay"], env(over));
+      expect(await child.exited).toBe(2);
+      const out = child.output().trim();
+      expect(out.split("\n")).toHaveLength(1);
+      expect(out).toMatch(message);
+      expect(out).not.toContain(TEST_SECRET);
+    },
+  );
 
   it("documents every option with its environment variable in --help", async () => {
     const child = spawnCli(["--help"], {});
@@ -237,13 +235,17 @@ describe("CLI", () => {
   });
 
   it("backfills a table in pages with a progress line and a summary", async () => {
-    await db.sql("create table many (id int primary key, v text); insert into many select g, 'v' || g from generate_series(1, 2500) g; select realtime.watch('many')");
+    await db.sql(
+      "create table many (id int primary key, v text); insert into many select g, 'v' || g from generate_series(1, 2500) g; select realtime.watch('many')",
+    );
     const child = spawnCli(["backfill", "public.many"], env());
     expect(await child.exited).toBe(0);
     const lines = child.output().trim().split("\n");
     expect(lines[0]).toMatch(/^backfill public\.many: 1,000 of 2,500 rows \(40%\), [\d,]+ rows\/s$/);
     expect(lines.at(-1)).toMatch(/^backfill public\.many: done, 2,500 rows written to the outbox in [\d.]+ s/);
-    const [{ n }] = (await db.sql<{ n: string }>("select count(*) as n from realtime.outbox where channel = 'many' and payload->>'backfill' = 'true'")) as [{ n: string }];
+    const [{ n }] = (await db.sql<{ n: string }>("select count(*) as n from realtime.outbox where channel = 'many' and payload->>'backfill' = 'true'")) as [
+      { n: string },
+    ];
     expect(Number(n)).toBe(2500);
     const bad = spawnCli(["backfill", "public.nothere"], env());
     expect(await bad.exited).toBe(2);
@@ -255,7 +257,7 @@ describe("CLI", () => {
     const readme = readFileSync(new URL("../../README.md", import.meta.url), "utf8");
     // Every variable the Worker reads (worker/env.ts) has its row.
     const envFile = readFileSync(new URL("../../worker/env.ts", import.meta.url), "utf8");
-    const workerVars = [...envFile.matchAll(/^  ([A-Z_]+)\?: string;/gm)].map((m) => m[1]!);
+    const workerVars = [...envFile.matchAll(/^ {2}([A-Z_]+)\?: string;/gm)].map((m) => m[1]!);
     expect(workerVars.length).toBeGreaterThan(15);
     for (const name of workerVars) expect(readme).toContain(`| \`${name}\``);
   });
@@ -265,11 +267,18 @@ describe("CLI", () => {
     const child = spawnCli(["relay"], env({ RELAY_POLL_INTERVAL_MS: "200" }));
     try {
       await db.sql("insert into todos (title) values ('via cli')");
-      const [e] = await sub.until(() => sub.events.find((x) => (x.data as { new?: { title: string } }).new?.title === "via cli") && sub.events, "the CLI's event");
+      const [e] = await sub.until(
+        () => sub.events.find((x) => (x.data as { new?: { title: string } }).new?.title === "via cli") && sub.events,
+        "the CLI's event",
+      );
       expect(e).toBeDefined();
       child.kill("SIGTERM");
       expect(await child.exited).toBe(0);
-      const logs = child.output().trim().split("\n").map((l) => JSON.parse(l) as { msg: string });
+      const logs = child
+        .output()
+        .trim()
+        .split("\n")
+        .map((l) => JSON.parse(l) as { msg: string });
       expect(logs.map((l) => l.msg)).toContain("leading");
       expect(child.output()).not.toContain(TEST_SECRET);
       expect(child.output()).not.toContain("postgres:postgres@"); // the password is redacted

@@ -161,7 +161,9 @@ describe("with event triggers (installed by a superuser)", () => {
   });
 
   it("a template column renamed: routing unchanged and the stored template names it; dropped: writes work, the watch is suspended with a WARNING until watched again", async () => {
-    await admin.q("create table items3 (id int primary key, tenant_id int not null, name text); select realtime.watch('items3', 'tmpl:{tenant_id}', retain => true)");
+    await admin.q(
+      "create table items3 (id int primary key, tenant_id int not null, name text); select realtime.watch('items3', 'tmpl:{tenant_id}', retain => true)",
+    );
     const [t1, t2] = await Promise.all([TestSubscriber.connect(worker.url, "tmpl:1"), TestSubscriber.connect(worker.url, "tmpl:2")]);
     try {
       await app.q("insert into items3 values (1, 1, 'a')");
@@ -187,7 +189,9 @@ describe("with event triggers (installed by a superuser)", () => {
 
       admin.notices.length = 0;
       await admin.q("alter table items3 drop column tenant");
-      expect(admin.notices.join("\n")).toMatch(/WARNING: realtime: the changes of public.items3 are not captured: its channel template 'tmpl:\{tenant\}' needs column tenant/);
+      expect(admin.notices.join("\n")).toMatch(
+        /WARNING: realtime: the changes of public.items3 are not captured: its channel template 'tmpl:\{tenant\}' needs column tenant/,
+      );
       expect(admin.notices.join("\n")).toContain("select realtime.watch('public.items3', '<template>')");
       const [w] = await admin.q<{ suspended: string }>("select suspended from realtime.watches where tbl = 'items3'::regclass");
       expect(w!.suspended).toMatch(/needs column tenant/);
@@ -219,12 +223,16 @@ describe("with event triggers (installed by a superuser)", () => {
       await app.q("insert into pk values (1, 1)");
       admin.notices.length = 0;
       await admin.q("alter table pk drop constraint pk_pkey");
-      expect(admin.notices.join("\n")).toMatch(/WARNING: realtime: the changes of public.pk are not captured: public.pk has no primary key \(.*capture resumes by itself/);
+      expect(admin.notices.join("\n")).toMatch(
+        /WARNING: realtime: the changes of public.pk are not captured: public.pk has no primary key \(.*capture resumes by itself/,
+      );
       await app.q("insert into pk values (2, 2)");
       await app.q("update pk set v = 'x'");
       await admin.q("alter table pk add primary key (b, a)");
       expect(admin.notices.at(-1)).toBe("NOTICE: realtime: capturing the changes of public.pk again");
-      expect(await admin.q("select key_columns, suspended from realtime.watches where tbl = 'pk'::regclass")).toEqual([{ key_columns: ["b", "a"], suspended: null }]);
+      expect(await admin.q("select key_columns, suspended from realtime.watches where tbl = 'pk'::regclass")).toEqual([
+        { key_columns: ["b", "a"], suspended: null },
+      ]);
       await app.q("insert into pk values (3, 30)");
       // Nothing arrived for the writes while suspended: the next event after the first is this one.
       expect(named(await sub.eventCount(2))).toEqual([
@@ -241,9 +249,9 @@ describe("with event triggers (installed by a superuser)", () => {
     const admin = await connect((await freshDatabase("schema_drop")).url);
     await installSchema(admin.client);
     await admin.q("create table gone (id int primary key); select realtime.watch('gone')");
-    const [{ oid, fn }] = (await admin.q<{ oid: number; fn: string }>("select tbl::oid::int as oid, capture_function as fn from realtime.watches where tbl = 'gone'::regclass")) as [
-      { oid: number; fn: string },
-    ];
+    const [{ oid, fn }] = (await admin.q<{ oid: number; fn: string }>(
+      "select tbl::oid::int as oid, capture_function as fn from realtime.watches where tbl = 'gone'::regclass",
+    )) as [{ oid: number; fn: string }];
     await admin.q("drop table gone");
     await installSchema(admin.client);
     await admin.q("select realtime.set_capture('outbox')");
@@ -251,7 +259,9 @@ describe("with event triggers (installed by a superuser)", () => {
     expect(await admin.q("select * from pg_proc where proname = $1", [fn])).toEqual([]);
 
     // Tables dropped while the drop trigger was off: their watches hold dangling oids.
-    await admin.q("create table unseen1 (id int primary key); create table unseen2 (id int primary key); select realtime.watch('unseen1'), realtime.watch('unseen2')");
+    await admin.q(
+      "create table unseen1 (id int primary key); create table unseen2 (id int primary key); select realtime.watch('unseen1'), realtime.watch('unseen2')",
+    );
     await dropUnseen(admin, "unseen1, unseen2");
     expect((await admin.q("select table_name from realtime.watches where table_name like 'unseen%' order by 1")).length).toBe(2);
     admin.notices.length = 0;
@@ -262,11 +272,17 @@ describe("with event triggers (installed by a superuser)", () => {
       expect.stringMatching(/^WARNING: realtime: removed the watch of public.unseen2, a table that was dropped/),
     ]);
     expect(await admin.q("select * from realtime.watches where table_name like 'unseen%'")).toEqual([]);
-    expect(await admin.q("select proname from pg_proc where proname like 'capture\\_%' and not exists (select from realtime.watches where capture_function = proname) and proname not in ('capture_query', 'capture_sql_now')")).toEqual([]);
+    expect(
+      await admin.q(
+        "select proname from pg_proc where proname like 'capture\\_%' and not exists (select from realtime.watches where capture_function = proname) and proname not in ('capture_query', 'capture_sql_now')",
+      ),
+    ).toEqual([]);
   });
 
   it("unwatch() takes a name (also of a table since dropped), a regclass or an oid, and its errors list the watched tables", async () => {
-    await admin.q("create table u1 (id int primary key); create table u2 (id int primary key); create table u3 (id int primary key); create table u4 (id int primary key)");
+    await admin.q(
+      "create table u1 (id int primary key); create table u2 (id int primary key); create table u3 (id int primary key); create table u4 (id int primary key)",
+    );
     await admin.q("select realtime.watch('u1'), realtime.watch('u2'), realtime.watch('u3'), realtime.watch('u4')");
     // 'u1' (unknown) resolves to unwatch(text), the string category being preferred; a regclass to unwatch(regclass).
     await admin.q("select realtime.unwatch('u1')");
@@ -278,9 +294,17 @@ describe("with event triggers (installed by a superuser)", () => {
     expect(await admin.q("select * from realtime.watches where table_name like 'u_'")).toEqual([]);
     expect(await admin.q("select tgname from pg_trigger where tgname like 'realtime%' and tgrelid in ('u1'::regclass, 'u2'::regclass)")).toEqual([]);
 
-    const failure = (sql: string) => admin.q(sql).then(() => { throw new Error(`${sql} succeeded`); }, (err: pg.DatabaseError) => `${err.message} (${err.hint})`);
+    const failure = (sql: string) =>
+      admin.q(sql).then(
+        () => {
+          throw new Error(`${sql} succeeded`);
+        },
+        (err: pg.DatabaseError) => `${err.message} (${err.hint})`,
+      );
     expect(await failure("select realtime.unwatch('nope')")).toMatch(/^realtime.unwatch: no table or watch is named 'nope' \(Watched tables: .*public.k1.*\)$/);
-    expect(await failure("select realtime.unwatch(2000000000)")).toMatch(/^realtime.unwatch: no table has oid 2000000000, and no watch names it \(Watched tables: /);
+    expect(await failure("select realtime.unwatch(2000000000)")).toMatch(
+      /^realtime.unwatch: no table has oid 2000000000, and no watch names it \(Watched tables: /,
+    );
     expect(await failure("select realtime.unwatch('a.b.c')")).toMatch(/is not a table name \(Name it as 'table' or 'schema.table'/);
     expect(await failure("select realtime.unwatch('bad name')")).toMatch(/'bad name' is not a table name/);
   });
@@ -308,7 +332,9 @@ describe("with event triggers (installed by a superuser)", () => {
   });
 
   it("retained rows stay under the names they were captured with: forget_retained() and backfill() rebuild them under the new ones", async () => {
-    await admin.q("create table kept (id int primary key, v text); insert into kept values (1, 'a'); select realtime.watch('kept', retain => true); select realtime.backfill('kept')");
+    await admin.q(
+      "create table kept (id int primary key, v text); insert into kept values (1, 'a'); select realtime.watch('kept', retain => true); select realtime.backfill('kept')",
+    );
     await admin.q("alter table kept rename to kept2");
     await app.q("update kept2 set v = 'b'");
     const rows = async () => {
@@ -489,7 +515,9 @@ describe("without event triggers (installed by a non-superuser owner)", () => {
   });
 
   it("says so in a NOTICE and installs no event trigger; the capture functions carry the guard", async () => {
-    expect(owner.notices.join("\n")).toMatch(/NOTICE: realtime: installed without event triggers: creating them needs a superuser, and rt_owner_\w+ is not one/);
+    expect(owner.notices.join("\n")).toMatch(
+      /NOTICE: realtime: installed without event triggers: creating them needs a superuser, and rt_owner_\w+ is not one/,
+    );
     expect(await owner.q("select evtname from pg_event_trigger")).toEqual([]);
     await owner.q("create table g (id int primary key); select realtime.watch('g')");
     const [fn] = await owner.q<{ src: string }>("select prosrc as src from pg_proc where proname = 'capture_' || 'g'::regclass::oid");
@@ -497,11 +525,15 @@ describe("without event triggers (installed by a non-superuser owner)", () => {
   });
 
   it("renames never break writes, events carry the current names, a lost key or template column skips capture with a WARNING, and the install regenerates", async () => {
-    await owner.q("create table items (id int primary key, tenant_id int not null, name text); select realtime.watch('items', 'tenant:{tenant_id}', retain => true)");
+    await owner.q(
+      "create table items (id int primary key, tenant_id int not null, name text); select realtime.watch('items', 'tenant:{tenant_id}', retain => true)",
+    );
     const events = async () =>
-      (await owner.q<{ channel: string; event: string; retain: boolean; table: string; schema: string; key: Record<string, unknown> }>(
-        "select channel, event, retain, payload ->> 'schema' as schema, payload ->> 'table' as table, payload -> 'key' as key from realtime.outbox order by id",
-      )).map((r) => [r.channel, r.event, r.retain, r.schema, r.table, r.key]);
+      (
+        await owner.q<{ channel: string; event: string; retain: boolean; table: string; schema: string; key: Record<string, unknown> }>(
+          "select channel, event, retain, payload ->> 'schema' as schema, payload ->> 'table' as table, payload -> 'key' as key from realtime.outbox order by id",
+        )
+      ).map((r) => [r.channel, r.event, r.retain, r.schema, r.table, r.key]);
     await owner.q("insert into items values (1, 1, 'a')");
     await owner.q("alter table items rename column id to ident");
     await owner.q("insert into items values (2, 1, 'b')");
@@ -540,7 +572,9 @@ describe("without event triggers (installed by a non-superuser owner)", () => {
     // The install brings the watch in line: suspended (template column gone), triggers dropped.
     owner.notices.length = 0;
     await installSchema(owner.client);
-    expect(owner.notices.join("\n")).toMatch(/WARNING: realtime: the changes of other.things are not captured: its channel template 'tenant:\{tenant_id\}' needs column tenant_id/);
+    expect(owner.notices.join("\n")).toMatch(
+      /WARNING: realtime: the changes of other.things are not captured: its channel template 'tenant:\{tenant_id\}' needs column tenant_id/,
+    );
     expect(await owner.q("select tgname from pg_trigger where tgrelid = 'other.things'::regclass")).toEqual([]);
     await owner.q("select realtime.watch('other.things', 'named:{name}')");
     const [fn] = await owner.q<{ src: string }>("select prosrc as src from pg_proc where proname = 'capture_' || 'other.things'::regclass::oid");
@@ -551,7 +585,9 @@ describe("without event triggers (installed by a non-superuser owner)", () => {
 
   it("the install removes, with a WARNING naming it, the watch of a table dropped since; unwatch() finds one by name before that", async () => {
     await owner.q("create table d1 (id int primary key); create table d2 (id int primary key); select realtime.watch('d1'), realtime.watch('d2')");
-    const oids = (await owner.q<{ oid: number }>("select tbl::oid::int as oid from realtime.watches where tbl in ('d1'::regclass, 'd2'::regclass)")).map((r) => r.oid);
+    const oids = (await owner.q<{ oid: number }>("select tbl::oid::int as oid from realtime.watches where tbl in ('d1'::regclass, 'd2'::regclass)")).map(
+      (r) => r.oid,
+    );
     await owner.q("drop table d1; drop table d2");
     await owner.q("select realtime.unwatch('public.d2')");
     owner.notices.length = 0;
@@ -578,16 +614,26 @@ describe("npm run dev", () => {
     const child = spawn(process.execPath, ["--import", "tsx", join(root, "scripts/dev.ts")], { cwd: root, env, stdio: ["ignore", "pipe", "pipe"] });
     let out = "";
     const listeners = new Set<() => void>();
-    for (const stream of [child.stdout, child.stderr]) stream.on("data", (d) => ((out += d), listeners.forEach((l) => l())));
+    for (const stream of [child.stdout, child.stderr]) {
+      stream.on("data", (d) => {
+        out += d;
+        for (const l of listeners) l();
+      });
+    }
     const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
-    child.on("exit", () => listeners.forEach((l) => l()));
+    child.on("exit", () => {
+      for (const l of listeners) l();
+    });
     try {
       await waitUntil(
         () => {
           if (child.exitCode !== null) throw new Error(`npm run dev exited ${child.exitCode}: ${out.slice(-800)}`);
           return /\nrelay: \S+ \(capture: \w+\)\n/.test(out) || undefined;
         },
-        (n) => (listeners.add(n), () => listeners.delete(n)),
+        (n) => {
+          listeners.add(n);
+          return () => listeners.delete(n);
+        },
         () => `the stack to start (output: ${out.slice(-800)})`,
         120_000,
       );

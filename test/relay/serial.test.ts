@@ -3,10 +3,11 @@
  * runs their queries one after another in the order asked, so node-postgres never has to queue
  * them (deprecated in pg 8, removed in pg 9).
  */
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+
 import type pg from "pg";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { SerialClient } from "../../relay/serial.ts";
-import { testDatabase, type TestDatabase } from "../support/db.ts";
+import { type TestDatabase, testDatabase } from "../support/db.ts";
 
 let db: TestDatabase;
 let client: pg.Client;

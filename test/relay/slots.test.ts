@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { installSchema } from "../../relay/install.ts";
 import { relayMetrics } from "../../relay/observe.ts";
 import type { Relay } from "../../relay/relay.ts";
-import { createDatabase, startEmbedded, type PostgresHandle } from "../../scripts/postgres.ts";
+import { createDatabase, type PostgresHandle, startEmbedded } from "../../scripts/postgres.ts";
 import { recordingClient } from "../support/client.ts";
 import { relayEvent, startRelay } from "../support/relay.ts";
 import { startTestWorker, type TestWorker } from "../support/worker.ts";
@@ -61,8 +61,19 @@ afterAll(async () => {
   await server?.stop();
 });
 
-const slot = async () => (await sql<{ confirmed: string; wal_status: string }>(db.url, "select confirmed_flush_lsn::text as confirmed, wal_status from pg_replication_slots where slot_name like 'realtime%'"))[0]!;
-const lsnAtLeast = async (lsn: string) => (await sql<{ ok: boolean }>(db.url, "select (select confirmed_flush_lsn from pg_replication_slots where slot_name like 'realtime%') >= $1::pg_lsn as ok", [lsn]))[0]!.ok;
+const slot = async () =>
+  (
+    await sql<{ confirmed: string; wal_status: string }>(
+      db.url,
+      "select confirmed_flush_lsn::text as confirmed, wal_status from pg_replication_slots where slot_name like 'realtime%'",
+    )
+  )[0]!;
+const lsnAtLeast = async (lsn: string) =>
+  (
+    await sql<{ ok: boolean }>(db.url, "select (select confirmed_flush_lsn from pg_replication_slots where slot_name like 'realtime%') >= $1::pg_lsn as ok", [
+      lsn,
+    ])
+  )[0]!.ok;
 
 describe("the replication slot", () => {
   it("shows its health in the metrics, and moves on while only another database writes (the heartbeat)", async () => {
@@ -102,7 +113,11 @@ describe("the replication slot", () => {
       await lost;
       await relayEvent(relay, "streaming", undefined, 60_000);
       await client.until(() => client.seen.resets.find((r) => r.reason === "lost"), "a reset: lost");
-      const ids = () => client.seen.snapshots.at(-1)?.rows.map((r) => (r.row as { id: number }).id).sort();
+      const ids = () =>
+        client.seen.snapshots
+          .at(-1)
+          ?.rows.map((r) => (r.row as { id: number }).id)
+          .sort();
       // The snapshot after the reset, then the rows captured again through the new slot.
       await client.until(() => ids()?.length === 0 || ids()?.length === 3, "the snapshot after the reset");
       await sql(db.url, "insert into items values (4, 'after')");

@@ -6,12 +6,12 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { relayMetrics } from "../../relay/observe.ts";
 import { formatLsn, parseLsn, parseMessage, slotName } from "../../relay/wal.ts";
-import { testDatabase, type TestDatabase } from "../support/db.ts";
-import { startFaultProxy, type FaultProxy } from "../support/fault-proxy.ts";
+import { expectExactlyOnceInOrder, killTwiceDuringBurst, writeNumbered } from "../faults/ledger.ts";
+import { type TestDatabase, testDatabase } from "../support/db.ts";
+import { type FaultProxy, startFaultProxy } from "../support/fault-proxy.ts";
 import { relayEvent, startRelay } from "../support/relay.ts";
 import { TestSubscriber } from "../support/subscriber.ts";
 import { startTestWorker, type TestWorker } from "../support/worker.ts";
-import { expectExactlyOnceInOrder, killTwiceDuringBurst, writeNumbered } from "../faults/ledger.ts";
 
 let db: TestDatabase;
 let worker: TestWorker;
@@ -20,7 +20,10 @@ let proxy: FaultProxy;
 beforeAll(async () => {
   [db, worker] = await Promise.all([testDatabase("wal"), startTestWorker()]);
   const [{ wal_level }] = (await db.sql<{ wal_level: string }>("show wal_level")) as [{ wal_level: string }];
-  if (wal_level !== "logical") throw new Error(`these tests need wal_level = logical, and the test Postgres has ${wal_level}: set it on DATABASE_URL's server (ALTER SYSTEM SET wal_level = logical, then restart), or unset DATABASE_URL`);
+  if (wal_level !== "logical")
+    throw new Error(
+      `these tests need wal_level = logical, and the test Postgres has ${wal_level}: set it on DATABASE_URL's server (ALTER SYSTEM SET wal_level = logical, then restart), or unset DATABASE_URL`,
+    );
   proxy = await startFaultProxy(worker.url);
   await db.sql("create table items (id int primary key, tenant text not null, v int not null default 0)");
   await db.sql("select realtime.watch('items', 'wal-items:{tenant}')");
@@ -41,7 +44,12 @@ async function outboxRows(): Promise<number> {
 
 describe("the message format and positions", () => {
   it("splits channel, event, retain and the payload (whose own newlines stay)", () => {
-    expect(parseMessage('tenant:7\nupdate\n1\n{"a":"x\\ny","b":\n2}')).toEqual({ channel: "tenant:7", event: "update", retain: true, data: '{"a":"x\\ny","b":\n2}' });
+    expect(parseMessage('tenant:7\nupdate\n1\n{"a":"x\\ny","b":\n2}')).toEqual({
+      channel: "tenant:7",
+      event: "update",
+      retain: true,
+      data: '{"a":"x\\ny","b":\n2}',
+    });
     expect(parseMessage("app\nhello\n0\nnull")).toEqual({ channel: "app", event: "hello", retain: false, data: "null" });
     for (const bad of ["", "app", "app\nhello", "app\nhello\n2\n{}", "app\nhello\n10\n{}"]) expect(() => parseMessage(bad)).toThrow(/did not write/);
   });
@@ -71,7 +79,9 @@ describe("switching to the WAL", () => {
     try {
       await relayEvent(relay, "streaming");
       expect(await capture()).toBe("wal");
-      const [slot] = await db.sql<{ slot_name: string; plugin: string }>("select slot_name, plugin from pg_replication_slots where database = current_database()");
+      const [slot] = await db.sql<{ slot_name: string; plugin: string }>(
+        "select slot_name, plugin from pg_replication_slots where database = current_database()",
+      );
       const [install] = await db.sql<{ install_id: string }>("select install_id from realtime.installation");
       expect(slot).toEqual({ slot_name: slotName(install!.install_id, "default"), plugin: "pgoutput" });
 
@@ -98,10 +108,15 @@ describe("switching to the WAL", () => {
       const events = [...t0, ...t1];
       // Every increment arrived once, and each row's values in the order they were committed.
       for (const id of [1, 2, 3, 4, 5, 6]) {
-        const vs = events.filter((e) => e.event === "update" && (e.data as { key: { id: number } }).key.id === id).map((e) => (e.data as { new: { v: number } }).new.v);
+        const vs = events
+          .filter((e) => e.event === "update" && (e.data as { key: { id: number } }).key.id === id)
+          .map((e) => (e.data as { new: { v: number } }).new.v);
         expect({ id, vs }).toEqual({ id, vs: Array.from({ length: increments.get(id) ?? 0 }, (_, i) => i + 1) });
       }
-      expect(t0.slice(-2).map((e) => [e.event, (e.data as { key: { id: number } }).key.id])).toEqual([["delete", 2], ["delete", 6]]);
+      expect(t0.slice(-2).map((e) => [e.event, (e.data as { key: { id: number } }).key.id])).toEqual([
+        ["delete", 2],
+        ["delete", 6],
+      ]);
       expect(t1.at(-1)).toMatchObject({ event: "insert", data: { key: { id: 2 }, new: { tenant: "t1", v: increments.get(2) } } });
       // The 6 rows inserted before the switch came first, from the outbox.
       expect([...t0.slice(0, 3), ...t1.slice(0, 3)].every((e) => e.event === "insert" && (e.data as { new: { v: number } }).new.v === 0)).toBe(true);
@@ -118,7 +133,10 @@ describe("switching to the WAL", () => {
   it("moves the slot past acknowledged transactions, and past work it does not ship once idle", async () => {
     const sub = await TestSubscriber.connect(worker.url, "wal-app");
     const relay = startRelay({ databaseUrl: db.url, workerUrl: worker.url, source: "wal" });
-    const confirmed = async () => parseLsn((await db.sql<{ lsn: string }>("select confirmed_flush_lsn::text as lsn from pg_replication_slots where database = current_database()"))[0]!.lsn);
+    const confirmed = async () =>
+      parseLsn(
+        (await db.sql<{ lsn: string }>("select confirmed_flush_lsn::text as lsn from pg_replication_slots where database = current_database()"))[0]!.lsn,
+      );
     try {
       await relayEvent(relay, "streaming");
       const before = await confirmed();
@@ -164,7 +182,9 @@ describe("switching to the WAL", () => {
     c.on("notice", (n) => warnings.push(`${n.severity}: ${n.message}`));
     await c.query("insert into items (id, tenant) values (100, 'no spaces')");
     expect(await db.sql("select id from items where id = 100")).toEqual([{ id: 100 }]);
-    expect(warnings).toEqual(["WARNING: realtime: this insert on items is not captured: its channel template gave 'wal-items:no spaces', which is not a channel name"]);
+    expect(warnings).toEqual([
+      "WARNING: realtime: this insert on items is not captured: its channel template gave 'wal-items:no spaces', which is not a channel name",
+    ]);
     await expect(db.sql("select realtime.publish('bad name', 'x')")).rejects.toThrow(/is not a valid channel name/);
   });
 });
@@ -178,10 +198,17 @@ async function pollUntil(check: () => Promise<boolean>, what: string): Promise<v
   }
 }
 
-
 describe("faults", () => {
   it("loses and duplicates nothing when the relay is SIGKILLed twice during a burst on 3 channels", async () => {
-    await killTwiceDuringBurst({ db, workerUrl: worker.url, proxy, channels: ["wal-crash-a", "wal-crash-b", "wal-crash-c"], perChannel: 1500, env: { RELAY_SOURCE: "wal" }, ready: "streaming" });
+    await killTwiceDuringBurst({
+      db,
+      workerUrl: worker.url,
+      proxy,
+      channels: ["wal-crash-a", "wal-crash-b", "wal-crash-c"],
+      perChannel: 1500,
+      env: { RELAY_SOURCE: "wal" },
+      ready: "streaming",
+    });
   });
 
   it("keeps events in Postgres through a Worker outage, even when the relay is stopped during it, then delivers them once, in order", async () => {

@@ -1,6 +1,6 @@
 /** The real client (client/ over partysocket, in Node), recording everything it reports. */
 import WebSocket from "ws";
-import { subscribe, type ChannelEvent, type PresenceMember, type SnapshotRow, type SubscribeOptions, type Subscription } from "../../client/index.ts";
+import { type ChannelEvent, type PresenceMember, type SnapshotRow, type SubscribeOptions, type Subscription, subscribe } from "../../client/index.ts";
 import { waitUntil } from "./subscriber.ts";
 
 /** What a recording client saw. */
@@ -21,10 +21,12 @@ export function recordingClient(options: Omit<SubscribeOptions, "WebSocket">): {
 } {
   const seen: Seen = { events: [], resets: [], statuses: [], snapshots: [], members: [], broadcasts: [] };
   const listeners = new Set<() => void>();
-  const record = <A extends unknown[]>(f: (...args: A) => void) => (...args: A) => {
-    f(...args);
-    listeners.forEach((l) => l());
-  };
+  const record =
+    <A extends unknown[]>(f: (...args: A) => void) =>
+    (...args: A) => {
+      f(...args);
+      for (const l of listeners) l();
+    };
   const sub = subscribe({
     WebSocket,
     // Fast reconnects: the tests cut connections on purpose.
@@ -38,6 +40,14 @@ export function recordingClient(options: Omit<SubscribeOptions, "WebSocket">): {
     presence: options.presence ? { ...options.presence, onChange: record((m) => (seen.members = m)) } : undefined,
   });
   const until = <T>(check: () => T | undefined | null | false, what: string, timeoutMs = 60_000) =>
-    waitUntil(check, (n) => (listeners.add(n), () => listeners.delete(n)), () => `${what}: ${JSON.stringify(seen).slice(0, 400)}`, timeoutMs);
+    waitUntil(
+      check,
+      (n) => {
+        listeners.add(n);
+        return () => listeners.delete(n);
+      },
+      () => `${what}: ${JSON.stringify(seen).slice(0, 400)}`,
+      timeoutMs,
+    );
   return { sub, seen, until };
 }

@@ -30,10 +30,11 @@ export async function startFaultProxy(target: string, options: { record?: boolea
     target,
     counts: { passed: 0, failed: 0 },
     ingests: [],
-    close: () => new Promise((resolve) => {
-      for (const s of sockets) s.destroy();
-      server.close(() => resolve());
-    }),
+    close: () =>
+      new Promise((resolve) => {
+        for (const s of sockets) s.destroy();
+        server.close(() => resolve());
+      }),
   };
   const server: Server = createServer(async (req, res) => {
     const chunks: Buffer[] = [];
@@ -58,7 +59,11 @@ export async function startFaultProxy(target: string, options: { record?: boolea
     const headers: Record<string, string> = {};
     for (const [k, v] of Object.entries(req.headers)) if (typeof v === "string" && k !== "host" && k !== "connection") headers[k] = v;
     try {
-      const upstream = await fetch(new URL(req.url ?? "/", proxy.target), { method: req.method, headers, body: req.method === "GET" ? undefined : Buffer.concat(chunks) });
+      const upstream = await fetch(new URL(req.url ?? "/", proxy.target), {
+        method: req.method,
+        headers,
+        body: req.method === "GET" ? undefined : Buffer.concat(chunks),
+      });
       const body = Buffer.from(await upstream.arrayBuffer());
       proxy.counts.passed++;
       res.writeHead(upstream.status, { "Content-Type": upstream.headers.get("content-type") ?? "application/json" }).end(body);

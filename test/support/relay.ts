@@ -1,11 +1,11 @@
 /** Starting relays in tests: in-process (a Relay object) or as the real CLI process. */
-import { spawn, type ChildProcess } from "node:child_process";
+import { type ChildProcess, spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
+import type { RelayOptions } from "../../relay/config.ts";
 import { createLogger } from "../../relay/log.ts";
 import { Relay, type RelayEvents } from "../../relay/relay.ts";
-import type { RelayOptions } from "../../relay/config.ts";
-import { TEST_SECRET } from "./worker.ts";
 import { waitUntil } from "./subscriber.ts";
+import { TEST_SECRET } from "./worker.ts";
 
 /** Fast settings so tests do not wait on defaults meant for production. */
 export const FAST = { pollIntervalMs: 200, retryBaseMs: 20, retryMaxMs: 200, standbyPollMs: 100 } as const;
@@ -20,7 +20,12 @@ export function startRelay(options: Partial<RelayOptions> & { databaseUrl: strin
 }
 
 /** Resolves on the relay's next `event` for which `check` holds. */
-export function relayEvent<K extends keyof RelayEvents>(relay: Relay, event: K, check: (...args: RelayEvents[K]) => boolean = () => true, timeoutMs = 20_000): Promise<void> {
+export function relayEvent<K extends keyof RelayEvents>(
+  relay: Relay,
+  event: K,
+  check: (...args: RelayEvents[K]) => boolean = () => true,
+  timeoutMs = 20_000,
+): Promise<void> {
   let hit = false;
   return waitUntil(
     () => hit || undefined,
@@ -61,7 +66,10 @@ export type CliProcess = ChildProcess & {
 /** Runs the built CLI (the package's `bin`) with `env`; stderr and stdout are collected. */
 export function spawnCli(args: string[], env: Record<string, string>): CliProcess {
   // Several relays run at once in some tests: none takes the default /metrics port unless asked.
-  const child = spawn(process.execPath, [CLI, ...args], { env: { PATH: process.env.PATH ?? "", RELAY_HTTP: "off", ...env }, stdio: ["ignore", "pipe", "pipe"] });
+  const child = spawn(process.execPath, [CLI, ...args], {
+    env: { PATH: process.env.PATH ?? "", RELAY_HTTP: "off", ...env },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
   let out = "";
   const listeners = new Set<() => void>();
   const onData = (d: Buffer) => {

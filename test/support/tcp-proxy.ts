@@ -2,8 +2,9 @@
  * A TCP hop between WebSocket clients and the Worker that can cut every connection and refuse new
  * ones: a real network fault (the client sees an abnormal close), not a mocked socket.
  */
-import { createConnection, createServer, type Socket } from "node:net";
+
 import type { AddressInfo } from "node:net";
+import { createConnection, createServer, type Socket } from "node:net";
 
 /** A running TCP proxy. */
 export interface TcpProxy {

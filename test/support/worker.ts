@@ -22,7 +22,10 @@ export async function startTestWorker(vars: Record<string, string> = {}, options
   process.env.CLOUDFLARE_CF_FETCH_ENABLED = "false";
   process.env.WRANGLER_SEND_METRICS = "false";
   const bindings = Object.fromEntries(
-    Object.entries({ INGEST_SECRET: TEST_SECRET, JWT_SECRET: TEST_JWT_SECRET, PUBLIC_CHANNELS: "*", ...vars }).map(([k, value]) => [k, { type: "plain_text" as const, value }]),
+    Object.entries({ INGEST_SECRET: TEST_SECRET, JWT_SECRET: TEST_JWT_SECRET, PUBLIC_CHANNELS: "*", ...vars }).map(([k, value]) => [
+      k,
+      { type: "plain_text" as const, value },
+    ]),
   );
   const worker = await unstable_startWorker({
     config: fileURLToPath(new URL("../../wrangler.toml", import.meta.url)),

@@ -3,13 +3,13 @@
  * the Worker before any Durable Object is touched; connection, frame-size and rate limits are
  * enforced by the channel; the ingest secret can be rotated.
  */
-import { env } from "cloudflare:workers";
+
 import { evictDurableObject, listDurableObjectIds } from "cloudflare:test";
+import { env } from "cloudflare:workers";
 import { sign } from "hono/utils/jwt/jwt";
 import { describe, expect, it } from "vitest";
-import { ingestBody, signBody } from "../../protocol/index.ts";
-import { channelMatches } from "../../protocol/index.ts";
-import { authorize, AuthError } from "../../worker/auth.ts";
+import { channelMatches, ingestBody, signBody } from "../../protocol/index.ts";
+import { AuthError, authorize } from "../../worker/auth.ts";
 import type { AuthConfig } from "../../worker/config.ts";
 import { event, ingest, JWT_SECRET, postIngest, Socket, tokenFor, upgrade } from "./helpers.ts";
 

@@ -1,6 +1,7 @@
 /** The Channel Durable Object inside workerd: sockets, hibernation, resume, large events. */
-import { env, exports } from "cloudflare:workers";
+
 import { evictDurableObject, runInDurableObject } from "cloudflare:test";
+import { env, exports } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { resolveWorkerConfig } from "../../worker/config.ts";
 import { EventLog } from "../../worker/event-log.ts";
@@ -55,7 +56,11 @@ describe("hibernation", () => {
     await ingest([event("hib", "after")]);
     for (const s of sockets) {
       const events = await s.eventCount(3);
-      expect(events.map((e) => [e.seq, e.data])).toEqual([[1, "before-1"], [2, "before-2"], [3, "after"]]);
+      expect(events.map((e) => [e.seq, e.data])).toEqual([
+        [1, "before-1"],
+        [2, "before-2"],
+        [3, "after"],
+      ]);
     }
     // Same history after waking: same epoch, and a newcomer is welcomed at seq 3.
     const late = await Socket.open("hib");
@@ -84,7 +89,12 @@ describe("resume", () => {
     const again = await Socket.open("resume", `?since=2&epoch=${epoch}`);
     await ingest([event("resume", 6)]);
     const events = await again.eventCount(4);
-    expect(events.map((e) => [e.seq, e.data])).toEqual([[3, 3], [4, 4], [5, 5], [6, 6]]);
+    expect(events.map((e) => [e.seq, e.data])).toEqual([
+      [3, 3],
+      [4, 4],
+      [5, 5],
+      [6, 6],
+    ]);
     expect(again.frames[0]).toMatchObject({ type: "welcome", seq: 5 });
   });
 
@@ -152,7 +162,9 @@ describe("stats", () => {
     await ingest([event("stats-ch"), event("stats-ch")]);
     await sock.eventCount(2);
     const read = async () =>
-      (await exports.default.fetch(`http://edge${path}`, { headers: { [SIGNATURE_HEADER]: await signBody(env.INGEST_SECRET!, `GET ${path}`) } })).json() as Promise<Record<string, unknown>>;
+      (
+        await exports.default.fetch(`http://edge${path}`, { headers: { [SIGNATURE_HEADER]: await signBody(env.INGEST_SECRET!, `GET ${path}`) } })
+      ).json() as Promise<Record<string, unknown>>;
     const before = await read();
     expect(before).toMatchObject({ channel: "stats-ch", seq: 2, sockets: 1, replayLogEvents: 2, replayLogOldestSeq: 1 });
     expect(typeof before.lastPublishAt).toBe("string");
@@ -165,7 +177,12 @@ describe("stats", () => {
 
 describe("trimming the log and the dedupe ids", () => {
   const logSeqs = (channel: string) =>
-    runInDurableObject(stubOf(channel), (_, state) => state.storage.sql.exec<{ seq: number }>("select seq from log order by seq").toArray().map((r) => r.seq));
+    runInDurableObject(stubOf(channel), (_, state) =>
+      state.storage.sql
+        .exec<{ seq: number }>("select seq from log order by seq")
+        .toArray()
+        .map((r) => r.seq),
+    );
   const range = (from: number, to: number) => Array.from({ length: to - from + 1 }, (_, i) => from + i);
 
   it("drops log rows past REPLAY_MAX_AGE_SECONDS and past REPLAY_MAX_EVENTS (50 here), and keeps the rest", async () => {

@@ -2,8 +2,9 @@
  * Retained state, row filters, presence, client broadcast and conflation, inside workerd, across
  * hibernation (evictDurableObject) where it matters.
  */
-import { env } from "cloudflare:workers";
+
 import { evictDurableObject, runDurableObjectAlarm, runInDurableObject } from "cloudflare:test";
+import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import type { PresenceMember, ServerFrame, SnapshotRow } from "../../protocol/index.ts";
 import { change, event, ingest, Socket, tokenFor } from "./helpers.ts";
@@ -19,7 +20,10 @@ describe("retained state", () => {
       change("ret", "INSERT", { id: 2, title: "b", done: false }),
       change("ret", "INSERT", { id: 3, title: "c", done: false }),
     ]);
-    await ingest([change("ret", "UPDATE", { id: 2, title: "b2", done: true }, { old: { id: 2, title: "b", done: false } }), change("ret", "DELETE", { id: 3, title: "c", done: false })]);
+    await ingest([
+      change("ret", "UPDATE", { id: 2, title: "b2", done: true }, { old: { id: 2, title: "b", done: false } }),
+      change("ret", "DELETE", { id: 3, title: "c", done: false }),
+    ]);
     const sock = await Socket.open("ret");
     const [welcome, snapshot] = await sock.frameCount(2);
     expect(welcome).toMatchObject({ type: "welcome", seq: 5 });
@@ -36,12 +40,16 @@ describe("retained state", () => {
   });
 
   it("keeps its state across eviction, clears a table on TRUNCATE, and ignores events not marked retain", async () => {
-    await ingest([change("ret2", "INSERT", { id: 1 }), change("ret2", "INSERT", { id: 1 }, { table: "other" }), change("ret2", "INSERT", { id: 9 }, { retain: false })]);
+    await ingest([
+      change("ret2", "INSERT", { id: 1 }),
+      change("ret2", "INSERT", { id: 1 }, { table: "other" }),
+      change("ret2", "INSERT", { id: 9 }, { retain: false }),
+    ]);
     await evictDurableObject(stubOf("ret2"));
     await ingest([change("ret2", "TRUNCATE", null)]);
     const sock = await Socket.open("ret2");
     const [, snapshot] = await sock.frameCount(2);
-    expect((snapshot as { rows: SnapshotRow[] }).rows.map((r) => `${r.table}:${JSON.stringify(r.key)}`)).toEqual(["other:{\"id\":1}"]);
+    expect((snapshot as { rows: SnapshotRow[] }).rows.map((r) => `${r.table}:${JSON.stringify(r.key)}`)).toEqual(['other:{"id":1}']);
   });
 
   it("hands the state over with a reset, so a client too far behind reloads without the database", async () => {
@@ -97,7 +105,11 @@ describe("row filters", () => {
     const first = await Socket.open("flt2", filterQuery(open));
     const [w] = await first.frameCount(1);
     first.ws.close();
-    await ingest([change("flt2", "INSERT", { id: 1, done: false }), change("flt2", "INSERT", { id: 2, done: true }), change("flt2", "INSERT", { id: 3, done: false })]);
+    await ingest([
+      change("flt2", "INSERT", { id: 1, done: false }),
+      change("flt2", "INSERT", { id: 2, done: true }),
+      change("flt2", "INSERT", { id: 3, done: false }),
+    ]);
     const resumed = await Socket.open("flt2", `${filterQuery(open)}&since=0&epoch=${(w as { epoch: string }).epoch}`);
     expect((await resumed.eventCount(2)).map((e) => e.seq)).toEqual([1, 3]);
     const fresh = await Socket.open("flt2", filterQuery(open));
@@ -142,7 +154,11 @@ describe("presence", () => {
     await alice.until(() => framesOf(alice, "presence").length > 0);
     const bob = await Socket.open("room", "?presence=1", { token: await tokenFor(["room"], "bob") });
     await bob.until(() => framesOf(bob, "presence").length > 0);
-    expect(members(bob).map((m) => m.user).sort()).toEqual(["alice", "bob"]);
+    expect(
+      members(bob)
+        .map((m) => m.user)
+        .sort(),
+    ).toEqual(["alice", "bob"]);
     await alice.until(() => members(alice).length === 2);
     // A lurker (no presence=1) is not listed and gets no presence frames.
     const lurker = await Socket.open("room");
@@ -204,7 +220,11 @@ describe("conflation (CONFLATE=conf:*=50 here)", () => {
     expect(sock.events).toEqual([]); // nothing until the window ends
     expect(await runDurableObjectAlarm(stubOf("conf:dash"))).toBe(true);
     const events = await sock.eventCount(3);
-    expect(events.map((e) => [e.seq, (e.data as { new?: { v: number } }).new?.v ?? e.data])).toEqual([[10, 9], [11, 0], [12, "note"]]);
+    expect(events.map((e) => [e.seq, (e.data as { new?: { v: number } }).new?.v ?? e.data])).toEqual([
+      [10, 9],
+      [11, 0],
+      [12, "note"],
+    ]);
     // The log keeps everything: a resuming client is replayed all twelve.
     const [w] = sock.frames;
     const resumed = await Socket.open("conf:dash", `?since=0&epoch=${(w as { epoch: string }).epoch}`);

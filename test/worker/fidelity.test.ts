@@ -5,8 +5,9 @@
  * and 10,000 wide); retained keys compare by their exact text; one event's content never fails
  * its batch or the batches after it.
  */
-import { env } from "cloudflare:workers";
+
 import { evictDurableObject, runInDurableObject } from "cloudflare:test";
+import { env } from "cloudflare:workers";
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import type { IngestEvent, SnapshotRow } from "../../protocol/index.ts";
@@ -83,30 +84,34 @@ function raw(channel: string, data: string, over: Partial<IngestEvent> = {}): In
 }
 
 describe("values are carried as the text they were written", () => {
-  it("delivers any JSON text byte for byte: live, replayed after a reconnect, and replayed after eviction", async () => {
-    let run = 0;
-    await fc.assert(
-      fc.asyncProperty(fc.array(jsonText, { minLength: 1, maxLength: 8 }), async (datas) => {
-        const channel = `fid-${++run}`;
-        const live = await Socket.open(channel);
-        const [welcome] = await live.frameCount(1);
-        const events = datas.map((d) => raw(channel, d));
-        expect((await ingest(events)).status).toBe(200);
-        await live.eventCount(datas.length);
-        expect(dataTexts(live)).toEqual(datas);
-        const since = `?since=0&epoch=${(welcome as { epoch: string }).epoch}`;
-        const replayed = await Socket.open(channel, since);
-        await replayed.eventCount(datas.length);
-        expect(dataTexts(replayed)).toEqual(datas);
-        await evictDurableObject(stubOf(channel));
-        const afterWake = await Socket.open(channel, since);
-        await afterWake.eventCount(datas.length);
-        expect(dataTexts(afterWake)).toEqual(datas);
-        for (const s of [live, replayed, afterWake]) s.ws.close();
-      }),
-      { numRuns: 40 },
-    );
-  }, PROPERTY_TIMEOUT_MS);
+  it(
+    "delivers any JSON text byte for byte: live, replayed after a reconnect, and replayed after eviction",
+    async () => {
+      let run = 0;
+      await fc.assert(
+        fc.asyncProperty(fc.array(jsonText, { minLength: 1, maxLength: 8 }), async (datas) => {
+          const channel = `fid-${++run}`;
+          const live = await Socket.open(channel);
+          const [welcome] = await live.frameCount(1);
+          const events = datas.map((d) => raw(channel, d));
+          expect((await ingest(events)).status).toBe(200);
+          await live.eventCount(datas.length);
+          expect(dataTexts(live)).toEqual(datas);
+          const since = `?since=0&epoch=${(welcome as { epoch: string }).epoch}`;
+          const replayed = await Socket.open(channel, since);
+          await replayed.eventCount(datas.length);
+          expect(dataTexts(replayed)).toEqual(datas);
+          await evictDurableObject(stubOf(channel));
+          const afterWake = await Socket.open(channel, since);
+          await afterWake.eventCount(datas.length);
+          expect(dataTexts(afterWake)).toEqual(datas);
+          for (const s of [live, replayed, afterWake]) s.ws.close();
+        }),
+        { numRuns: 40 },
+      );
+    },
+    PROPERTY_TIMEOUT_MS,
+  );
 
   it("keeps a value 10,000 levels deep and one 10,000 keys wide, in a batch with others, through a filter and a shard", async () => {
     const filtered = await Socket.open("deep", `?filter=${encodeURIComponent('{"k1":{"eq":9007199254740993}}')}`);
@@ -128,7 +133,8 @@ describe("values are carried as the text they were written", () => {
   });
 
   it("tells integers one apart past 2^53 in retained keys: two rows stay two, and deleting one keeps the other", async () => {
-    const row = (id: string, v: string) => `{"op" : "INSERT", "schema" : "public", "table" : "big", "key" : {"id" : ${id}}, "new" : {"id":${id},"v":${v}}, "old" : null}`;
+    const row = (id: string, v: string) =>
+      `{"op" : "INSERT", "schema" : "public", "table" : "big", "key" : {"id" : ${id}}, "new" : {"id":${id},"v":${v}}, "old" : null}`;
     const del = (id: string) => `{"op" : "DELETE", "schema" : "public", "table" : "big", "key" : {"id" : ${id}}, "new" : null, "old" : {"id":${id}}}`;
     await ingest([
       raw("bigkeys", row("9007199254740992", "12345678901234567890.12345678901234567890"), { event: "insert", retain: true }),
@@ -160,14 +166,26 @@ describe("values are carried as the text they were written", () => {
 describe("no event can stop the others", () => {
   it("retains a row larger than STATE_MAX_ROW_BYTES as its key flagged oversized, the same for live and joining clients", async () => {
     const big = "x".repeat(1024 * 1024 + 10);
-    const ins = (id: number, title: string) => `{"op":"INSERT","schema":"public","table":"docs","key":{"id":${id}},"new":{"id":${id},"title":"${title}"},"old":null}`;
+    const ins = (id: number, title: string) =>
+      `{"op":"INSERT","schema":"public","table":"docs","key":{"id":${id}},"new":{"id":${id},"title":"${title}"},"old":null}`;
     const live = await Socket.open("big-rows", "?snapshot=1");
     await live.frameCount(2); // welcome and the empty snapshot it asked for
     expect(snapshotTexts(live)).toEqual([]);
-    const res = await ingest([raw("big-rows", ins(1, "small"), { event: "insert", retain: true }), raw("big-rows", ins(2, big), { event: "insert", retain: true })]);
+    const res = await ingest([
+      raw("big-rows", ins(1, "small"), { event: "insert", retain: true }),
+      raw("big-rows", ins(2, big), { event: "insert", retain: true }),
+    ]);
     expect(res.body).toEqual({ accepted: 2, duplicates: 0, markers: 1 });
     const events = await live.eventCount(2);
-    expect(events[1]!.data).toEqual({ oversized: true, reason: "row_too_large", bytes: ins(2, big).length, op: "INSERT", schema: "public", table: "docs", key: { id: 2 } });
+    expect(events[1]!.data).toEqual({
+      oversized: true,
+      reason: "row_too_large",
+      bytes: ins(2, big).length,
+      op: "INSERT",
+      schema: "public",
+      table: "docs",
+      key: { id: 2 },
+    });
     const joining = await Socket.open("big-rows");
     const [, snapshot] = await joining.frameCount(2);
     expect((snapshot as { rows: SnapshotRow[] }).rows).toEqual([
@@ -178,7 +196,13 @@ describe("no event can stop the others", () => {
     await ingest([raw("big-rows", ins(2, "smaller now").replace("INSERT", "UPDATE"), { event: "update", retain: true })]);
     const later = await Socket.open("big-rows");
     const [, snap2] = await later.frameCount(2);
-    expect((snap2 as { rows: SnapshotRow[] }).rows[1]).toEqual({ schema: "public", table: "docs", key: { id: 2 }, row: { id: 2, title: "smaller now" }, seq: 3 });
+    expect((snap2 as { rows: SnapshotRow[] }).rows[1]).toEqual({
+      schema: "public",
+      table: "docs",
+      key: { id: 2 },
+      row: { id: 2, title: "smaller now" },
+      seq: 3,
+    });
   });
 
   it("stores an event its channel's storage refuses as an unstorable marker, and every other event of the batch as sent", async () => {
@@ -186,27 +210,43 @@ describe("no event can stop the others", () => {
     // past its limits in production (a trigger in the real database, not a stand-in for our code).
     const sock = await Socket.open("poison");
     await runInDurableObject(stubOf("poison"), (_, state) => {
-      state.storage.sql.exec(`create trigger refuse before insert on log when new.data like '%refuse_me%' begin select raise(abort, 'refused by storage'); end`);
+      state.storage.sql.exec(
+        `create trigger refuse before insert on log when new.data like '%refuse_me%' begin select raise(abort, 'refused by storage'); end`,
+      );
     });
     const poison = `{"op":"INSERT","schema":"public","table":"t","key":{"id":9007199254740993},"new":{"id":9007199254740993,"note":"refuse_me"},"old":null}`;
     const res = await ingest([raw("poison", "1"), raw("poison", poison, { event: "insert", retain: true }), raw("poison", "3")]);
     expect(res).toEqual({ status: 200, body: { accepted: 3, duplicates: 0, markers: 1 } });
     await sock.eventCount(3);
-    expect(dataTexts(sock)).toEqual(["1", `{"unstorable":true,"reason":"unstorable","bytes":${poison.length},"op":"INSERT","schema":"public","table":"t","key":{"id":9007199254740993}}`, "3"]);
+    expect(dataTexts(sock)).toEqual([
+      "1",
+      `{"unstorable":true,"reason":"unstorable","bytes":${poison.length},"op":"INSERT","schema":"public","table":"t","key":{"id":9007199254740993}}`,
+      "3",
+    ]);
     // The channel keeps working, and its counters say what happened.
     await ingest([raw("poison", "4")]);
     expect((await sock.eventCount(4)).at(-1)!.data).toBe(4);
-    const unstorable = await runInDurableObject(stubOf("poison"), (_, state) => state.storage.sql.exec<{ value: string }>("select value from meta where key = 'unstorable'").one().value);
+    const unstorable = await runInDurableObject(
+      stubOf("poison"),
+      (_, state) => state.storage.sql.exec<{ value: string }>("select value from meta where key = 'unstorable'").one().value,
+    );
     expect(unstorable).toBe("1");
   });
 
   it("fills an update's unchanged columns from the retained row, from an earlier batch or the same one; names them when it keeps none", async () => {
-    const ins = (id: number) => `{"op" : "INSERT", "schema" : "public", "table" : "t", "key" : {"id" : ${id}}, "new" : {"id":${id},"title":"a","body":"${"b".repeat(50)}","n":9007199254740993}, "old" : null}`;
-    const upd = (id: number) => `{"op" : "UPDATE", "schema" : "public", "table" : "t", "key" : {"id" : ${id}}, "new" : {"id":${id},"title":"z","n":9007199254740993}, "old" : null, "unchanged" : ["body"]}`;
-    const filled = (id: number) => `{"op" : "UPDATE", "schema" : "public", "table" : "t", "key" : {"id" : ${id}}, "new" : {"id":${id},"title":"z","body":"${"b".repeat(50)}","n":9007199254740993}, "old" : null}`;
+    const ins = (id: number) =>
+      `{"op" : "INSERT", "schema" : "public", "table" : "t", "key" : {"id" : ${id}}, "new" : {"id":${id},"title":"a","body":"${"b".repeat(50)}","n":9007199254740993}, "old" : null}`;
+    const upd = (id: number) =>
+      `{"op" : "UPDATE", "schema" : "public", "table" : "t", "key" : {"id" : ${id}}, "new" : {"id":${id},"title":"z","n":9007199254740993}, "old" : null, "unchanged" : ["body"]}`;
+    const filled = (id: number) =>
+      `{"op" : "UPDATE", "schema" : "public", "table" : "t", "key" : {"id" : ${id}}, "new" : {"id":${id},"title":"z","body":"${"b".repeat(50)}","n":9007199254740993}, "old" : null}`;
     const sock = await Socket.open("toast");
     await ingest([raw("toast", ins(1), { event: "insert", retain: true })]);
-    await ingest([raw("toast", upd(1), { event: "update", retain: true }), raw("toast", ins(2), { event: "insert", retain: true }), raw("toast", upd(2), { event: "update", retain: true })]);
+    await ingest([
+      raw("toast", upd(1), { event: "update", retain: true }),
+      raw("toast", ins(2), { event: "insert", retain: true }),
+      raw("toast", upd(2), { event: "update", retain: true }),
+    ]);
     // Not retained: nothing to fill from, the event names the column.
     await ingest([raw("toast", upd(3), { event: "update" })]);
     await sock.eventCount(5);

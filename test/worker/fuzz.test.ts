@@ -74,54 +74,73 @@ const valid = fc.record({
 /** 300 and 60 generated runs take 2-4 s on an idle 2-core machine; a loaded one needs more. */
 const FUZZ_TIMEOUT_MS = 30_000;
 
-it("answers every signed ingest body with 200 or a 4xx JSON error, and stores exactly what it accepts", async () => {
-  const statuses = new Set<number>();
-  await fc.assert(
-    fc.asyncProperty(fc.oneof(valid.map((b) => JSON.stringify(b)), nearlyValid.map((b) => JSON.stringify(b)), fc.jsonValue().map((v) => JSON.stringify(v)), fc.string()), async (body) => {
-      const res = await postIngest(body);
-      statuses.add(res.status);
-      const text = await res.text();
-      seen.push(text);
-      expect([200, 400, 413]).toContain(res.status);
-      const answer = JSON.parse(text);
-      if (res.status === 200) {
-        const sent = (JSON.parse(body) as { events: unknown[] }).events.length;
-        expect(answer.accepted + answer.duplicates).toBe(sent);
-      } else {
-        expect(typeof answer.error.code).toBe("string");
-        expect(typeof answer.error.message).toBe("string");
-      }
-    }),
-    { numRuns: 300 },
-  );
-  expect([...statuses].sort()).toEqual([200, 400]);
-}, FUZZ_TIMEOUT_MS);
+it(
+  "answers every signed ingest body with 200 or a 4xx JSON error, and stores exactly what it accepts",
+  async () => {
+    const statuses = new Set<number>();
+    await fc.assert(
+      fc.asyncProperty(
+        fc.oneof(
+          valid.map((b) => JSON.stringify(b)),
+          nearlyValid.map((b) => JSON.stringify(b)),
+          fc.jsonValue().map((v) => JSON.stringify(v)),
+          fc.string(),
+        ),
+        async (body) => {
+          const res = await postIngest(body);
+          statuses.add(res.status);
+          const text = await res.text();
+          seen.push(text);
+          expect([200, 400, 413]).toContain(res.status);
+          const answer = JSON.parse(text);
+          if (res.status === 200) {
+            const sent = (JSON.parse(body) as { events: unknown[] }).events.length;
+            expect(answer.accepted + answer.duplicates).toBe(sent);
+          } else {
+            expect(typeof answer.error.code).toBe("string");
+            expect(typeof answer.error.message).toBe("string");
+          }
+        },
+      ),
+      { numRuns: 300 },
+    );
+    expect([...statuses].sort()).toEqual([200, 400]);
+  },
+  FUZZ_TIMEOUT_MS,
+);
 
-it("survives any inbound frame (text or binary, any size): only protocol frames come back, and the channel keeps working", async () => {
-  await fc.assert(
-    fc.asyncProperty(
-      fc.array(fc.oneof(fc.string({ maxLength: 100 }), fc.string({ unit: "grapheme", maxLength: 3000 }), fc.uint8Array({ maxLength: 6000 })), { minLength: 1, maxLength: 4 }),
-      async (messages) => {
-        const sock = await Socket.open("fuzz-frames");
-        await sock.frameCount(1);
-        for (const m of messages) sock.ws.send(m);
-        // Each message is answered (an error frame) or ends the socket (a limit).
-        await sock.until(() => sock.closed || sock.frames.length >= 1 + messages.length);
-        for (const raw of sock.raw) {
-          seen.push(raw);
-          const frame = JSON.parse(raw) as ServerFrame;
-          expect(FRAME_TYPES.has(frame.type)).toBe(true);
-        }
-        sock.ws.close();
-      },
-    ),
-    { numRuns: 60 },
-  );
-  const after = await Socket.open("fuzz-frames");
-  await after.frameCount(1);
-  await ingest([event("fuzz-frames", "alive")]);
-  expect((await after.eventCount(1))[0]!.data).toBe("alive");
-}, FUZZ_TIMEOUT_MS);
+it(
+  "survives any inbound frame (text or binary, any size): only protocol frames come back, and the channel keeps working",
+  async () => {
+    await fc.assert(
+      fc.asyncProperty(
+        fc.array(fc.oneof(fc.string({ maxLength: 100 }), fc.string({ unit: "grapheme", maxLength: 3000 }), fc.uint8Array({ maxLength: 6000 })), {
+          minLength: 1,
+          maxLength: 4,
+        }),
+        async (messages) => {
+          const sock = await Socket.open("fuzz-frames");
+          await sock.frameCount(1);
+          for (const m of messages) sock.ws.send(m);
+          // Each message is answered (an error frame) or ends the socket (a limit).
+          await sock.until(() => sock.closed || sock.frames.length >= 1 + messages.length);
+          for (const raw of sock.raw) {
+            seen.push(raw);
+            const frame = JSON.parse(raw) as ServerFrame;
+            expect(FRAME_TYPES.has(frame.type)).toBe(true);
+          }
+          sock.ws.close();
+        },
+      ),
+      { numRuns: 60 },
+    );
+    const after = await Socket.open("fuzz-frames");
+    await after.frameCount(1);
+    await ingest([event("fuzz-frames", "alive")]);
+    expect((await after.eventCount(1))[0]!.data).toBe("alive");
+  },
+  FUZZ_TIMEOUT_MS,
+);
 
 it("never echoes a token or secret in refusals", async () => {
   const token = await tokenFor(["somewhere-else"]);
@@ -129,7 +148,7 @@ it("never echoes a token or secret in refusals", async () => {
   for (const res of [
     await upgrade("private-leak", "", { token }),
     await upgrade("private-leak", "", { token: `${token}x` }),
-    await upgrade("private-leak", "", { token: token.split(".").slice(0, 2).join(".") + ".AAAA" }),
+    await upgrade("private-leak", "", { token: `${token.split(".").slice(0, 2).join(".")}.AAAA` }),
   ]) {
     seen.push(await res.text());
     expect(res.status).toBeGreaterThanOrEqual(400);

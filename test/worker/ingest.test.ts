@@ -1,6 +1,7 @@
 /** POST /ingest inside workerd: signatures, validation, routing, dedupe, sequencing. */
-import { env, exports } from "cloudflare:workers";
+
 import { runInDurableObject } from "cloudflare:test";
+import { env, exports } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { ingestBody, SIGNATURE_HEADER, signBody } from "../../protocol/index.ts";
 import { event, ingest, postIngest, Socket, wire } from "./helpers.ts";
@@ -8,7 +9,9 @@ import { event, ingest, postIngest, Socket, wire } from "./helpers.ts";
 /** The channel's stored seq, read inside its Durable Object. */
 async function storedSeq(channel: string): Promise<number> {
   const stub = env.CHANNEL.get(env.CHANNEL.idFromName(channel));
-  return runInDurableObject(stub, (_, state) => Number(state.storage.sql.exec<{ value: string }>("select value from meta where key = 'seq'").toArray()[0]?.value ?? 0));
+  return runInDurableObject(stub, (_, state) =>
+    Number(state.storage.sql.exec<{ value: string }>("select value from meta where key = 'seq'").toArray()[0]?.value ?? 0),
+  );
 }
 
 describe("signature", () => {
@@ -79,7 +82,7 @@ describe("body validation", () => {
     ["streamed (no length)", true],
   ])("refuses a body over MAX_INGEST_BYTES with 413 before reading it all: %s", async (_, streamed) => {
     const body = ingestBody([event("big-body", "x".repeat(9 * 1024 * 1024))]);
-    const res = await postIngest(body, { signature: "t=1,v1=" + "0".repeat(64), streamed });
+    const res = await postIngest(body, { signature: `t=1,v1=${"0".repeat(64)}`, streamed });
     expect(res.status).toBe(413);
     expect(await res.json()).toMatchObject({ error: { code: "payload_too_large" } });
   });

@@ -3,14 +3,15 @@
  * the channel exactly as on its root (seq, ids, epoch, resume, snapshot, filters, presence,
  * broadcast), and a shard that missed a delivery fills the gap from the root.
  */
-import { env } from "cloudflare:workers";
+
 import { runInDurableObject } from "cloudflare:test";
+import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import type { ChannelEvent, PresenceMember, ServerFrame } from "../../protocol/index.ts";
 import { shardName } from "../../worker/channel.ts";
 import { resolveWorkerConfig } from "../../worker/config.ts";
 import type { Env } from "../../worker/env.ts";
-import { CHANNEL_NAME_HEADER, SHARD_HEADER, USER_HEADER, CAN_PUBLISH_HEADER } from "../../worker/hub.ts";
+import { CAN_PUBLISH_HEADER, CHANNEL_NAME_HEADER, SHARD_HEADER, USER_HEADER } from "../../worker/hub.ts";
 import { change, event, ingest, Socket } from "./helpers.ts";
 
 const root = (channel: string) => env.CHANNEL.get(env.CHANNEL.idFromName(channel));
@@ -95,7 +96,13 @@ describe("sharded channels", () => {
     await runInDurableObject(root("live:gap"), (channel, state) => {
       const o = channel as unknown as { seq: number }; // its private counter, set as a lost publish would leave it
       for (const n of [3, 4]) {
-        state.storage.sql.exec("insert into log (seq, id, event, data, parts, ts, stored_at) values (?, ?, 'test', ?, 0, 1, ?)", n, `lost-${n}`, String(n), Date.now());
+        state.storage.sql.exec(
+          "insert into log (seq, id, event, data, parts, ts, stored_at) values (?, ?, 'test', ?, 0, 1, ?)",
+          n,
+          `lost-${n}`,
+          String(n),
+          Date.now(),
+        );
       }
       o.seq = 4;
       state.storage.sql.exec("update meta set value = '4' where key = 'seq'");
@@ -126,7 +133,13 @@ describe("shard configuration", () => {
   const config = (vars: Record<string, string>) => () => resolveWorkerConfig({ ...vars } as unknown as Env);
 
   it("reads SHARDS patterns and AUTO_SHARD_SOCKETS, off by default", () => {
-    expect(config({ SHARDS: "live:*=8, feed:{sub}=2" })()).toMatchObject({ shards: [{ pattern: "live:*", count: 8 }, { pattern: "feed:{sub}", count: 2 }], autoShardSockets: 0 });
+    expect(config({ SHARDS: "live:*=8, feed:{sub}=2" })()).toMatchObject({
+      shards: [
+        { pattern: "live:*", count: 8 },
+        { pattern: "feed:{sub}", count: 2 },
+      ],
+      autoShardSockets: 0,
+    });
     expect(config({ AUTO_SHARD_SOCKETS: "5000" })().autoShardSockets).toBe(5000);
   });
 

@@ -3,11 +3,12 @@
  * (dedupe, chunking, replay, trimming), the shard members, the meta table; and the change rules
  * that the channel and the client both follow (protocol/change.ts), checked against each other.
  */
-import { env } from "cloudflare:workers";
+
 import { runInDurableObject } from "cloudflare:test";
+import { env } from "cloudflare:workers";
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import { applyChange, type ChannelEvent, parseJson, type RowState, type SnapshotFrame, stateFromSnapshot } from "../../protocol/index.ts";
+import { applyChange, parseJson, type RowState, type SnapshotFrame, stateFromSnapshot } from "../../protocol/index.ts";
 import { chunks, EventLog } from "../../worker/event-log.ts";
 import { MetaTable } from "../../worker/meta.ts";
 import { ShardMembers } from "../../worker/presence.ts";
@@ -53,7 +54,10 @@ describe("EventLog", () => {
     const result = await onFreshStorage((sql) => {
       const log = new EventLog(sql, { maxEvents: 10, maxAgeMs: 86_400_000 });
       const now = Date.now();
-      log.append(Array.from({ length: 30 }, (_, i) => logged(i + 1)), now);
+      log.append(
+        Array.from({ length: 30 }, (_, i) => logged(i + 1)),
+        now,
+      );
       log.trim(30, now, 15); // events after 15 are not yet delivered
       const kept = log.size();
       const covers = [log.covers(15), log.covers(14)];
@@ -129,7 +133,12 @@ describe("ShardMembers and MetaTable", () => {
 describe("the change rules, at the edge and in the client", () => {
   type Op = { op: "INSERT" | "UPDATE" | "DELETE"; table: "a" | "b"; id: number; v: number } | { op: "TRUNCATE"; table: "a" | "b" };
   const op: fc.Arbitrary<Op> = fc.oneof(
-    fc.record({ op: fc.constantFrom("INSERT" as const, "UPDATE" as const, "DELETE" as const), table: fc.constantFrom("a" as const, "b" as const), id: fc.integer({ min: 1, max: 5 }), v: fc.integer() }),
+    fc.record({
+      op: fc.constantFrom("INSERT" as const, "UPDATE" as const, "DELETE" as const),
+      table: fc.constantFrom("a" as const, "b" as const),
+      id: fc.integer({ min: 1, max: 5 }),
+      v: fc.integer(),
+    }),
     fc.record({ op: fc.constant("TRUNCATE" as const), table: fc.constantFrom("a" as const, "b" as const) }),
   );
   let run = 0;
@@ -139,9 +148,7 @@ describe("the change rules, at the edge and in the client", () => {
       fc.asyncProperty(fc.array(op, { minLength: 1, maxLength: 25 }), async (ops) => {
         const channel = `rules-${++run}`;
         const events = ops.map((o) =>
-          o.op === "TRUNCATE"
-            ? change(channel, "TRUNCATE", null, { table: o.table })
-            : change(channel, o.op, { id: o.id, v: o.v }, { table: o.table }),
+          o.op === "TRUNCATE" ? change(channel, "TRUNCATE", null, { table: o.table }) : change(channel, o.op, { id: o.id, v: o.v }, { table: o.table }),
         );
         expect((await ingest(events)).status).toBe(200);
         // The client's view: applyChange over the events as they arrive.
@@ -172,6 +179,3 @@ describe("the change rules, at the edge and in the client", () => {
     expect(state.rows.size + state.oversized.size).toBe(0);
   });
 });
-
-// Keeps the type import used when ChannelEvent's shape changes (the client reads these from frames).
-export type { ChannelEvent };
