@@ -108,3 +108,20 @@ export function parseClientFrame(message: string): ClientFrameResult {
     type: null,
   };
 }
+
+/** The media type of a channel's event stream (Server-Sent Events). */
+export const EVENT_STREAM_TYPE = "text/event-stream";
+
+/**
+ * One Server-Sent Events message carrying `frame` (a frame's JSON text), with `id` (a seq: what a
+ * reconnecting EventSource sends back as Last-Event-ID) when given. Lines of the frame's text
+ * (JSON whitespace inside event data may hold line breaks) become `data:` lines, which the
+ * receiver joins with "\n".
+ */
+export function sseMessage(frame: string, id?: number): string {
+  const data = frame.includes("\n") || frame.includes("\r") ? frame.split(/\r\n|\r|\n/).join("\ndata: ") : frame;
+  return `${id === undefined ? "" : `id: ${id}\n`}data: ${data}\n\n`;
+}
+
+/** A comment line: keeps an idle stream's connection open through proxies; EventSource ignores it. */
+export const SSE_KEEPALIVE = ": keep-alive\n\n";

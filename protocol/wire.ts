@@ -184,6 +184,33 @@ export interface PresenceMember {
   state: unknown;
 }
 
+/**
+ * The answer of `GET /channels/<channel>/events?since=<seq>&epoch=<epoch>` (HTTP catch-up): the
+ * events after `since` (at most `limit`, those `filter` passes), and where to go on from:
+ * ask again with `since=next` while `more`. Without `since`, no events: the channel's position
+ * (and its retained rows). When the events after `since` cannot be given (another epoch, or
+ * older than the replay log), `reset` says why, as the WebSocket's `reset` frame does, and the
+ * client reloads its state from `snapshot` (retaining channels) or its own source, then goes on
+ * from `next`.
+ */
+export interface CatchUp<Data = unknown> {
+  channel: string;
+  epoch: string;
+  /** The channel's latest seq when answered. */
+  seq: number;
+  events: ChannelEvent<string, Data>[];
+  /** The seq to ask from next (the last event examined: with a filter, events it skipped count). */
+  next: number;
+  /** More events follow `next` already. */
+  more: boolean;
+  reset?: { reason: ResetReason };
+  /** The retained rows, as the `snapshot` frame carries them (retaining channels, or `snapshot=1`). */
+  snapshot?: SnapshotFrame;
+}
+
+/** Events one catch-up answer carries at most (and its default `limit`). */
+export const MAX_CATCH_UP_EVENTS = 1000;
+
 /** Messages a client may send (besides the `ping` heartbeat). */
 export type ClientFrame = { type: "presence"; state: unknown } | { type: "broadcast"; event: string; data: unknown };
 

@@ -18,12 +18,36 @@
  * log, state, filters, shard members) or in socket attachments and tags; the only timer is the
  * storage alarm of a conflating channel, and pings are answered by the runtime's auto-response.
  */
-import type { ChangeText, IngestEvent, IngestResult, PresenceMember, ResetReason, RowFilter, ServerFrame } from "../protocol/index.ts";
-import { channelMatches, eventJson, fillUnchanged, frameJson, markerJson, parseFilter, readChange, rowKey, utf8Length } from "../protocol/index.ts";
+import type { ChangeText, ErrorCode, IngestEvent, IngestResult, PresenceMember, ResetReason, RowFilter, ServerFrame } from "../protocol/index.ts";
+import {
+  channelMatches,
+  errorBody,
+  eventJson,
+  fillUnchanged,
+  frameJson,
+  markerJson,
+  matchesEvent,
+  parseFilter,
+  readChange,
+  rowKey,
+  utf8Length,
+} from "../protocol/index.ts";
 import type { Env } from "./env.ts";
 import { EventLog, type LoggedEvent } from "./event-log.ts";
-import { CHANNEL_NAME_HEADER, isUpgrade, member, type Outgoing, type SocketAttachment, SocketHub, send } from "./hub.ts";
-import { type Join, type JoinQuery, joinQuery, replayFrames } from "./join.ts";
+import {
+  CHANNEL_NAME_HEADER,
+  filterData,
+  isUpgrade,
+  member,
+  type Outgoing,
+  SINCE_PATTERN,
+  SINCE_RULE,
+  type SocketAttachment,
+  SocketHub,
+  send,
+  wantsEventStream,
+} from "./hub.ts";
+import { type Join, type JoinQuery, joinQuery, replayFrames, SharedReplays } from "./join.ts";
 import { log } from "./log.ts";
 import { MetaTable } from "./meta.ts";
 import { ShardMembers } from "./presence.ts";
@@ -56,6 +80,8 @@ export interface ChannelStats {
   conflateMs: number | null;
   /** RPCs sent to shards since this object last woke (fewer than publishes x shards under load: coalesced). */
   shardDeliveries: number;
+  /** Replays built for resuming sockets, and replays shared with another socket resuming from the same point, since this object last woke. */
+  replays: { built: number; shared: number };
 }
 
 /** What one store() wrote: the new events, ready to send, and what it dropped or replaced. */
@@ -80,6 +106,7 @@ export class Channel extends SocketHub {
   private seq: number;
   private name: string | null;
   private alarmPending = false;
+  private readonly replays = new SharedReplays();
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
@@ -135,8 +162,9 @@ export class Channel extends SocketHub {
     }
     const { fresh, duplicates, markers, resets } = stored;
     if (resets > 0) {
-      // Every socket reconnects and is told (reset "lost", and the snapshot) as it joins again.
+      // Every socket and stream reconnects and is told (reset "lost", and the snapshot) as it joins again.
       for (const ws of this.ctx.getWebSockets()) ws.close(1012, "events were lost at the source: reconnect");
+      this.streams.endAll();
       await this.fanout.newEpoch();
     }
     if (fresh.length > 0) {
@@ -335,8 +363,9 @@ export class Channel extends SocketHub {
     await this.fanout.deliver(events);
   }
 
-  /** Accepts a WebSocket (forwarded by the Worker), greets it, and replays what it missed. */
+  /** Accepts a WebSocket or an event stream (forwarded by the Worker), greets it, and replays what it missed. */
   override async fetch(request: Request): Promise<Response> {
+    if (wantsEventStream(request)) return this.openStream(request);
     if (!isUpgrade(request)) return this.upgradeRequired();
     const channel = request.headers.get(CHANNEL_NAME_HEADER);
     if (channel) this.remember(channel);
@@ -346,13 +375,85 @@ export class Channel extends SocketHub {
     const { server, me, filter } = accepted;
     // No await from here on: a publish cannot slip in between, so the socket sees welcome, then
     // snapshot or replay, then live events, with no gap and no overlap.
-    const join = this.join(joinQuery(new URL(request.url)), filter);
+    const join = this.join(joinQuery(new URL(request.url)), filter, accepted.filterText);
     const joined = this.welcome(server, me, join, { channel: this.name ?? "", epoch: this.epoch, seq: this.seq });
     if (joined && me.presence) {
       send(server, { type: "presence", members: this.allMembers() });
       await this.presenceDiff({ type: "presence_diff", joins: [member(me)], leaves: [] }, server);
     }
     return accepted.response;
+  }
+
+  /**
+   * An event stream (Server-Sent Events): the frames a WebSocket with the same query gets, one
+   * message each. The last message of the join carries `id:` the seq it brings the client to, and
+   * every live batch the seq of its last event, so a reconnecting EventSource resumes from its
+   * Last-Event-ID (which wins over the URL's `since`). Without the URL's `epoch`, a Last-Event-ID is
+   * taken as a seq of this epoch. Refusals are HTTP errors (a browser's EventSource reports them
+   * as an error and stops).
+   */
+  private async openStream(request: Request): Promise<Response> {
+    const channel = request.headers.get(CHANNEL_NAME_HEADER);
+    if (channel) this.remember(channel);
+    const admitted = await this.admit(request);
+    if (!admitted.ok) return Response.json(errorBody(admitted.code, admitted.message), { status: admitted.code.startsWith("invalid") ? 400 : 429 });
+    const url = new URL(request.url);
+    const query = joinQuery(url);
+    const lastEventId = request.headers.get("Last-Event-ID");
+    if (lastEventId !== null && lastEventId !== "") {
+      query.since = lastEventId;
+      query.epoch ??= this.epoch;
+    }
+    // No await from here on: the join's frames are queued on the stream before any live batch.
+    const join = this.join(query, admitted.filter, admitted.filterText);
+    if (!join.ok) return Response.json(errorBody(join.code, join.message), { status: 400 });
+    const { stream, response } = this.streams.start(admitted.user, admitted.filter);
+    const frames = [frameJson({ type: "welcome", channel: join.channel, epoch: join.epoch, seq: join.seq }), ...join.frames];
+    frames.forEach((frame, i) => {
+      this.streams.send(stream, frame, i === frames.length - 1 ? join.seq : undefined);
+    });
+    return response;
+  }
+
+  /**
+   * HTTP catch-up (`GET /channels/<channel>/events`): the events after `since`, at most `limit` of
+   * those `filterText` passes, as the JSON text of a {@link CatchUp} (event data as stored: exact).
+   */
+  catchUp(
+    channel: string,
+    query: JoinQuery,
+    filterText: string | null,
+    limit: number,
+  ): { ok: true; json: string } | { ok: false; code: ErrorCode; message: string } {
+    this.remember(channel);
+    const parsed = filterText ? parseFilter(filterText) : null;
+    if (parsed && !parsed.ok) return { ok: false, code: "invalid_filter", message: parsed.message };
+    const filter = parsed?.ok ? parsed.filter : null;
+    const { since, epoch, snapshot } = query;
+    const head = `{"channel":${JSON.stringify(this.name ?? channel)},"epoch":${JSON.stringify(this.epoch)},"seq":${this.seq}`;
+    const position = (reset: ResetReason | null) => {
+      const rows = this.state.snapshotFrames(this.seq, filter, snapshot);
+      return `${head},"events":[],"next":${this.seq},"more":false${reset ? `,"reset":{"reason":"${reset}"}` : ""}${rows.length > 0 ? `,"snapshot":${rows[0]}` : ""}}`;
+    };
+    if (since === null || since === "") return { ok: true, json: position(null) };
+    if (!SINCE_PATTERN.test(since)) return { ok: false, code: "invalid_query", message: SINCE_RULE };
+    const sinceSeq = Number(since);
+    if (epoch !== this.epoch || sinceSeq > this.seq) return { ok: true, json: position(this.resetReason(epoch)) };
+    this.log.trim(this.seq, Date.now(), this.keepAfter);
+    if (sinceSeq < this.seq && !this.log.covers(sinceSeq)) return { ok: true, json: position("gap") };
+    const events: string[] = [];
+    let next = sinceSeq;
+    // Read in pages of `limit` until `limit` events pass the filter or the log ends.
+    while (events.length < limit && next < this.seq) {
+      const page = this.log.from(next, limit);
+      if (page.length === 0) break;
+      for (const e of page) {
+        next = e.seq;
+        if (!filter || matchesEvent(filter, filterData(e))) events.push(e.json);
+        if (events.length === limit) break;
+      }
+    }
+    return { ok: true, json: `${head},"events":[${events.join(",")}],"next":${next},"more":${next < this.seq}}` };
   }
 
   /**
@@ -364,7 +465,7 @@ export class Channel extends SocketHub {
     this.remember(channel);
     const parsed = filterText ? parseFilter(filterText) : null;
     if (parsed && !parsed.ok) return { ok: false, code: "invalid_filter", message: parsed.message };
-    return this.join(query, parsed?.ok ? parsed.filter : null);
+    return this.join(query, parsed?.ok ? parsed.filter : null, filterText);
   }
 
   /** Events after `after` up to `upTo`, for a shard that missed a batch; null if the log no longer has them. */
@@ -425,21 +526,22 @@ export class Channel extends SocketHub {
   }
 
   /** What a socket joining with `since`/`epoch` (or neither) is sent after its welcome. */
-  private join({ since, epoch, snapshot }: JoinQuery, filter: RowFilter | null): Join {
+  private join({ since, epoch, snapshot }: JoinQuery, filter: RowFilter | null, filterText: string | null): Join {
     const base = { ok: true as const, channel: this.name ?? "", epoch: this.epoch, seq: this.seq };
     if (since === null || since === "") return { ...base, frames: this.state.snapshotFrames(this.seq, filter, snapshot) };
-    if (!/^\d{1,15}$/.test(since))
-      return { ok: false, code: "invalid_query", message: "since must be a non-negative integer: the seq of the last event received" };
+    if (!SINCE_PATTERN.test(since)) return { ok: false, code: "invalid_query", message: SINCE_RULE };
     const sinceSeq = Number(since);
-    if (epoch !== this.epoch || sinceSeq > this.seq) {
-      // A client of the epoch a source loss ended is told so; any other epoch is just not this one.
-      const lost = epoch !== null && epoch === this.meta.get("previous_epoch") && this.meta.get("epoch_reason") === "lost";
-      return { ...base, frames: this.resetFrames(lost ? "lost" : "epoch", filter, snapshot) };
-    }
+    if (epoch !== this.epoch || sinceSeq > this.seq) return { ...base, frames: this.resetFrames(this.resetReason(epoch), filter, snapshot) };
     if (sinceSeq === this.seq) return { ...base, frames: [] };
     this.log.trim(this.seq, Date.now(), this.keepAfter);
     if (!this.log.covers(sinceSeq)) return { ...base, frames: this.resetFrames("gap", filter, snapshot) };
-    return { ...base, frames: replayFrames(this.log.from(sinceSeq), filter) };
+    const frames = this.replays.get(`${this.epoch}:${this.seq}`, sinceSeq, filterText ?? "", () => replayFrames(this.log.from(sinceSeq), filter));
+    return { ...base, frames };
+  }
+
+  /** Why a client of `epoch` cannot resume here: the epoch a source loss ended is told so; any other epoch is just not this one. */
+  private resetReason(epoch: string | null): ResetReason {
+    return epoch !== null && epoch === this.meta.get("previous_epoch") && this.meta.get("epoch_reason") === "lost" ? "lost" : "epoch";
   }
 
   /** A reset, and on a retaining channel the state that goes with it (the client reloads from it). */
@@ -466,6 +568,7 @@ export class Channel extends SocketHub {
       retained: this.state.size(),
       conflateMs: this.conflateMs,
       shardDeliveries: this.fanout.deliveries,
+      replays: { built: this.replays.built, shared: this.replays.shared },
     };
   }
 

@@ -121,12 +121,13 @@ export class EventLog {
     for (const [seq, part, chunk] of parts) this.sql.exec("insert into log_part (seq, part, chunk) values (?, ?, ?)", seq, part, chunk);
   }
 
-  /** Events after `seq`, in order, each with its frame JSON and its data as the text it was stored as. */
-  from(seq: number): Outgoing[] {
+  /** Events after `seq` (at most `limit`), in order, each with its frame JSON and its data as the text it was stored as. */
+  from(seq: number, limit = -1): Outgoing[] {
     return this.sql
       .exec<{ seq: number; id: string; event: string; data: string; parts: number; ts: number }>(
-        "select seq, id, event, data, parts, ts from log where seq > ? order by seq",
+        "select seq, id, event, data, parts, ts from log where seq > ? order by seq limit ?",
         seq,
+        limit,
       )
       .toArray()
       .map((row) => {

@@ -9,6 +9,7 @@ import { DurableObject } from "cloudflare:workers";
 import type { ErrorCode, PresenceMember, RowFilter, ServerFrame } from "../protocol/index.ts";
 import {
   broadcastFrame,
+  EVENT_STREAM_TYPE,
   errorBody,
   eventsFrame,
   frameJson,
@@ -22,6 +23,7 @@ import {
 } from "../protocol/index.ts";
 import { resolveWorkerConfig, type WorkerConfig } from "./config.ts";
 import type { Env } from "./env.ts";
+import { EventStreams } from "./event-streams.ts";
 import type { Join } from "./join.ts";
 
 /** Header the Worker sets on a forwarded upgrade: the channel's name. */
@@ -79,6 +81,20 @@ export function filterData(e: Outgoing): unknown {
   return e.parsed;
 }
 
+/** `since`: the seq of the last event a client received. */
+export const SINCE_PATTERN = /^\d{1,15}$/;
+export const SINCE_RULE = "since must be a non-negative integer: the seq of the last event received";
+
+/** What {@link SocketHub.admit} decided. */
+export type Admission =
+  | { ok: true; filter: RowFilter | null; filterText: string | null; user: string | null; userTag: string | null; wantsPresence: boolean }
+  | { ok: false; code: ErrorCode; message: string };
+
+/** True for a request for the channel's event stream (Server-Sent Events, as EventSource asks). */
+export function wantsEventStream(request: Request): boolean {
+  return request.headers.get("Accept")?.includes(EVENT_STREAM_TYPE) ?? false;
+}
+
 /** True for a WebSocket upgrade request. */
 export function isUpgrade(request: Request): boolean {
   return request.headers.get("Upgrade")?.toLowerCase() === "websocket";
@@ -112,6 +128,8 @@ export function refusal(code: ErrorCode, message: string): { refused: true; resp
 export abstract class SocketHub extends DurableObject<Env> {
   protected readonly sql: SqlStorage;
   protected readonly config: WorkerConfig;
+  /** Event streams (Server-Sent Events) held by this object; only a channel's root opens them. */
+  protected readonly streams = new EventStreams();
   /** Filter tag -> filter, for every filter a socket joined with (kept in SQLite too). */
   protected readonly filters: Map<string, RowFilter>;
 
@@ -144,27 +162,9 @@ export abstract class SocketHub extends DurableObject<Env> {
    * upgrade response went out closed ~10 s late). An accepted socket gets its tags and attachment.
    */
   protected async accept(request: Request): Promise<Accepted> {
-    const url = new URL(request.url);
-    const filterText = url.searchParams.get("filter");
-    const parsedFilter = filterText ? parseFilter(filterText) : null;
-    const wantsPresence = url.searchParams.get("presence") === "1";
-    const user = request.headers.get(USER_HEADER);
-    const userTag = user === null ? null : await tagFor(user);
-    const { limits } = this.config;
-    const since = url.searchParams.get("since");
-
-    if (parsedFilter && !parsedFilter.ok) return refusal("invalid_filter", parsedFilter.message);
-    if (since !== null && since !== "" && !/^\d{1,15}$/.test(since)) {
-      return refusal("invalid_query", "since must be a non-negative integer: the seq of the last event received");
-    }
-    if (this.ctx.getWebSockets().length >= limits.socketsPerChannel) {
-      return refusal("channel_full", `this channel has its maximum of ${limits.socketsPerChannel} connections (MAX_SOCKETS_PER_CHANNEL)`);
-    }
-    if (userTag && this.ctx.getWebSockets(userTag).length >= limits.connectionsPerUser) {
-      return refusal("too_many_connections", `at most ${limits.connectionsPerUser} connections per user on one channel (MAX_CONNECTIONS_PER_USER)`);
-    }
-
-    const filter = parsedFilter?.ok ? parsedFilter.filter : null;
+    const admitted = await this.admit(request);
+    if (!admitted.ok) return refusal(admitted.code, admitted.message);
+    const { filter, filterText, user, userTag, wantsPresence } = admitted;
     const filterTag = filter ? await tagForFilter(filterText!) : TAG_UNFILTERED;
     const { 0: client, 1: server } = new WebSocketPair();
     // Tags let getWebSockets(tag) find a user's sockets, a filter's sockets, or presence members
@@ -186,7 +186,36 @@ export abstract class SocketHub extends DurableObject<Env> {
       this.filters.set(filterTag, filter);
       this.sql.exec("insert into filters (tag, filter) values (?, ?) on conflict (tag) do nothing", filterTag, filterText!);
     }
-    return { refused: false, server, response: new Response(null, { status: 101, webSocket: client }), me, filter, filterText: filter ? filterText : null };
+    return { refused: false, server, response: new Response(null, { status: 101, webSocket: client }), me, filter, filterText };
+  }
+
+  /**
+   * What a WebSocket and an event stream both have to pass to join: a valid filter and `since`, and
+   * room under the channel's and the user's connection limits (an object's sockets and streams
+   * count together).
+   */
+  protected async admit(request: Request): Promise<Admission> {
+    const url = new URL(request.url);
+    const filterText = url.searchParams.get("filter");
+    const parsedFilter = filterText ? parseFilter(filterText) : null;
+    const user = request.headers.get(USER_HEADER);
+    const userTag = user === null ? null : await tagFor(user);
+    const { limits } = this.config;
+    const since = url.searchParams.get("since");
+    if (parsedFilter && !parsedFilter.ok) return { ok: false, code: "invalid_filter", message: parsedFilter.message };
+    if (since !== null && since !== "" && !SINCE_PATTERN.test(since)) return { ok: false, code: "invalid_query", message: SINCE_RULE };
+    if (this.ctx.getWebSockets().length + this.streams.size >= limits.socketsPerChannel) {
+      return { ok: false, code: "channel_full", message: `this channel has its maximum of ${limits.socketsPerChannel} connections (MAX_SOCKETS_PER_CHANNEL)` };
+    }
+    if (userTag && this.ctx.getWebSockets(userTag).length + this.streams.countOf(user) >= limits.connectionsPerUser) {
+      return {
+        ok: false,
+        code: "too_many_connections",
+        message: `at most ${limits.connectionsPerUser} connections per user on one channel (MAX_CONNECTIONS_PER_USER)`,
+      };
+    }
+    const filter = parsedFilter?.ok ? parsedFilter.filter : null;
+    return { ok: true, filter, filterText: filter ? filterText : null, user, userTag, wantsPresence: url.searchParams.get("presence") === "1" };
   }
 
   /** The answer of either object to a request that is not a WebSocket upgrade. */
@@ -221,6 +250,7 @@ export abstract class SocketHub extends DurableObject<Env> {
   /** Sends events to this object's sockets: one frame per filter, computed once; `skip` sockets get none. */
   protected deliverLocal(events: Outgoing[], skip?: (ws: WebSocket) => boolean): void {
     if (events.length === 0) return;
+    this.streams.deliver(events);
     const all = eventsFrame(events.map((e) => e.json));
     for (const ws of this.ctx.getWebSockets(TAG_UNFILTERED)) if (!skip?.(ws)) trySend(ws, all);
     for (const [tag, filter] of this.filters) {

@@ -39,3 +39,41 @@ export function replayFrames(events: readonly Outgoing[], filter: RowFilter | nu
   if (batch.length > 0) frames.push(eventsFrame(batch));
   return frames;
 }
+
+/** Replays kept at most, and the most event JSON one may hold to be kept. */
+const SHARED_REPLAYS = 16;
+const SHARED_REPLAY_UNITS = 8 * 1024 * 1024;
+
+/**
+ * Replay frames shared by the sockets that resume from the same seq with the same filter while
+ * the channel stands still: after a deploy cuts every socket, clients come back with the few
+ * positions they had reached, and each replay is built (read from the log, filtered, framed)
+ * once, not once per socket. Everything is dropped as soon as the channel moves (a new seq or
+ * epoch). In memory only: a woken object builds afresh.
+ */
+export class SharedReplays {
+  private position = "";
+  private readonly replays = new Map<string, string[]>();
+  /** Replays built, and replays served from one already built, since this object woke. */
+  built = 0;
+  shared = 0;
+
+  /** The frames for (`since`, `filterKey`) at channel position `position`, built by `build` unless already built. */
+  get(position: string, since: number, filterKey: string, build: () => string[]): string[] {
+    if (position !== this.position) {
+      this.replays.clear();
+      this.position = position;
+    }
+    const key = `${since}|${filterKey}`;
+    const hit = this.replays.get(key);
+    if (hit) {
+      this.shared++;
+      return hit;
+    }
+    const frames = build();
+    this.built++;
+    if (this.replays.size >= SHARED_REPLAYS) this.replays.delete(this.replays.keys().next().value!);
+    if (frames.reduce((n, f) => n + f.length, 0) <= SHARED_REPLAY_UNITS) this.replays.set(key, frames);
+    return frames;
+  }
+}

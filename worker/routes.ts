@@ -2,18 +2,29 @@
  * The realtime routes, as a Hono app to mount in any Worker (`app.route("/", realtimeRoutes())`,
  * or under a prefix) or to call from a plain fetch handler through {@link handleRealtime}:
  * - `POST /ingest`: signed batches from the relay (ingest.ts);
- * - `GET /parties/main/<channel>`: a channel's WebSocket, partysocket's default URL;
+ * - `GET /parties/main/<channel>`: a channel's WebSocket, partysocket's default URL; with
+ *   `Accept: text/event-stream`, the same frames as Server-Sent Events (worker/event-streams.ts);
+ * - `GET /channels/<channel>/events`: HTTP catch-up, the events after `since` as JSON;
  * - `GET /channels/<channel>/stats`: a channel's counters, signed like ingest.
  * Channels live in the Durable Objects `Channel` and `ChannelShard`, bound as CHANNEL and SHARD.
  */
 import { Hono } from "hono";
-import { CHANNEL_PATH_PREFIX, isValidChannel, SIGNATURE_HEADER, SIGNATURE_TOLERANCE_SECONDS, verifySignature } from "../protocol/index.ts";
+import {
+  CHANNEL_PATH_PREFIX,
+  EVENT_STREAM_TYPE,
+  isValidChannel,
+  MAX_CATCH_UP_EVENTS,
+  SIGNATURE_HEADER,
+  SIGNATURE_TOLERANCE_SECONDS,
+  verifySignature,
+} from "../protocol/index.ts";
 import { AuthError, authorize } from "./auth.ts";
 import { resolveWorkerConfig, type WorkerConfig, WorkerConfigError } from "./config.ts";
 import type { RealtimeEnv } from "./env.ts";
 import { jsonError } from "./errors.ts";
-import { CAN_PUBLISH_HEADER, CHANNEL_NAME_HEADER, isUpgrade, SHARD_HEADER, USER_HEADER } from "./hub.ts";
+import { CAN_PUBLISH_HEADER, CHANNEL_NAME_HEADER, isUpgrade, SHARD_HEADER, USER_HEADER, wantsEventStream } from "./hub.ts";
 import { ingest } from "./ingest.ts";
+import { joinQuery } from "./join.ts";
 import { log } from "./log.ts";
 import { shardCount, shardName } from "./shard-fanout.ts";
 
@@ -28,28 +39,23 @@ export function realtimeRoutes<E extends { Bindings: RealtimeEnv } = { Bindings:
     const config = resolveWorkerConfig(c.env);
     const channel = c.req.param("channel");
     if (!validChannel(channel, config)) return jsonError(c, 400, "invalid_channel", channelRule(config));
-    if (!isUpgrade(c.req.raw)) {
-      return jsonError(c, 426, "upgrade_required", "connect with a WebSocket (for example new PartySocket({ host, room }))");
+    const stream = wantsEventStream(c.req.raw);
+    if (!stream && !isUpgrade(c.req.raw)) {
+      return jsonError(
+        c,
+        426,
+        "upgrade_required",
+        `connect with a WebSocket (for example new PartySocket({ host, room })), or ask for an event stream (Accept: ${EVENT_STREAM_TYPE})`,
+      );
     }
-    let identity: Awaited<ReturnType<typeof authorize>>;
-    try {
-      identity = await authorize(c.req.raw, channel, config.auth);
-    } catch (err) {
-      if (err instanceof AuthError) return jsonError(c, err.status, err.code, err.message);
-      throw err;
+    const forwarded = await forwardable(c.req.raw, channel, config);
+    if (forwarded instanceof AuthError) return jsonError(c, forwarded.status, forwarded.code, forwarded.message);
+    const { url, headers } = forwarded;
+    if (stream) {
+      // Event streams are held by the channel's root, sharded or not.
+      const res = await c.env.CHANNEL.get(c.env.CHANNEL.idFromName(channel)).fetch(new Request(url, { headers }));
+      return withCors(res, c.req.header("Origin"));
     }
-    // The channel learns who connects from trusted headers; the token itself goes no further.
-    const url = new URL(c.req.url);
-    url.searchParams.delete("token");
-    const headers = new Headers(c.req.raw.headers);
-    headers.delete("Authorization");
-    // Only this Worker (and the channel's root) set the objects' own headers.
-    for (const name of [...headers.keys()]) if (name.startsWith("x-realtime-")) headers.delete(name);
-    headers.set(CHANNEL_NAME_HEADER, channel);
-    if (identity.sub) headers.set(USER_HEADER, identity.sub);
-    else headers.delete(USER_HEADER);
-    if (identity.canPublish) headers.set(CAN_PUBLISH_HEADER, "1");
-    else headers.delete(CAN_PUBLISH_HEADER);
     const shards = shardCount(config.shards, channel);
     if (shards > 0) {
       // A sharded channel: any shard will do, the channel looks the same from each.
@@ -59,6 +65,41 @@ export function realtimeRoutes<E extends { Bindings: RealtimeEnv } = { Bindings:
     }
     const stub = c.env.CHANNEL.get(c.env.CHANNEL.idFromName(channel));
     return stub.fetch(new Request(url, { headers }));
+  });
+
+  // HTTP catch-up: the events after `since`, as JSON, for server-side consumers and background
+  // fetches; the same tokens as a channel's WebSocket (`?token=` or Authorization: Bearer).
+  routes.get("/channels/:channel/events", async (c) => {
+    const config = resolveWorkerConfig(c.env);
+    const channel = c.req.param("channel");
+    if (!validChannel(channel, config)) return jsonError(c, 400, "invalid_channel", channelRule(config));
+    const limitText = c.req.query("limit");
+    const limit = limitText === undefined ? MAX_CATCH_UP_EVENTS : Number(limitText);
+    if (!Number.isSafeInteger(limit) || limit < 1 || limit > MAX_CATCH_UP_EVENTS) {
+      return jsonError(c, 400, "invalid_query", `limit must be an integer from 1 to ${MAX_CATCH_UP_EVENTS}`);
+    }
+    const forwarded = await forwardable(c.req.raw, channel, config);
+    if (forwarded instanceof AuthError) return jsonError(c, forwarded.status, forwarded.code, forwarded.message);
+    const url = new URL(c.req.url);
+    const answer = await c.env.CHANNEL.get(c.env.CHANNEL.idFromName(channel)).catchUp(channel, joinQuery(url), url.searchParams.get("filter"), limit);
+    if (!answer.ok) return withCors(jsonError(c, 400, answer.code, answer.message), c.req.header("Origin"));
+    return withCors(
+      new Response(answer.json, { headers: { "Content-Type": "application/json; charset=utf-8", "Cache-Control": "no-store" } }),
+      c.req.header("Origin"),
+    );
+  });
+
+  // Browsers may send the token as a header (a preflighted request); the origin rule is the channel's.
+  routes.options("/channels/:channel/events", (c) => {
+    const origin = c.req.header("Origin");
+    const config = resolveWorkerConfig(c.env);
+    if (origin && config.auth.allowedOrigins && !config.auth.allowedOrigins.includes(origin)) return c.body(null, 403);
+    return c.body(null, 204, {
+      ...(origin ? { "Access-Control-Allow-Origin": origin, Vary: "Origin" } : {}),
+      "Access-Control-Allow-Methods": "GET",
+      "Access-Control-Allow-Headers": "Authorization",
+      "Access-Control-Max-Age": "600",
+    });
   });
 
   // Operators' view of a channel, signed like ingest (the relay's secret) over "GET <path>", so it
@@ -82,6 +123,42 @@ export function realtimeRoutes<E extends { Bindings: RealtimeEnv } = { Bindings:
   return routes as unknown as Hono<E>;
 }
 
+/**
+ * A request to pass on to a channel's objects once `authorize` let it through: its URL without the
+ * token, and the trusted headers that say who it is (the token itself goes no further; only this
+ * Worker and the channel's root set the objects' own headers). The AuthError when refused.
+ */
+async function forwardable(request: Request, channel: string, config: WorkerConfig): Promise<{ url: URL; headers: Headers } | AuthError> {
+  let identity: Awaited<ReturnType<typeof authorize>>;
+  try {
+    identity = await authorize(request, channel, config.auth);
+  } catch (err) {
+    if (err instanceof AuthError) return err;
+    throw err;
+  }
+  const url = new URL(request.url);
+  url.searchParams.delete("token");
+  const headers = new Headers(request.headers);
+  headers.delete("Authorization");
+  for (const name of [...headers.keys()]) if (name.startsWith("x-realtime-")) headers.delete(name);
+  headers.set(CHANNEL_NAME_HEADER, channel);
+  if (identity.sub) headers.set(USER_HEADER, identity.sub);
+  if (identity.canPublish) headers.set(CAN_PUBLISH_HEADER, "1");
+  return { url, headers };
+}
+
+/**
+ * `res` readable by a page of `origin` (an event stream or a catch-up answer fetched across
+ * origins): `authorize` already held the origin to ALLOWED_ORIGINS. WebSockets need no CORS.
+ */
+function withCors(res: Response, origin: string | undefined): Response {
+  if (!origin) return res;
+  const out = new Response(res.body, res);
+  out.headers.set("Access-Control-Allow-Origin", origin);
+  out.headers.append("Vary", "Origin");
+  return out;
+}
+
 /** A channel name this Worker serves: the protocol's characters, at most MAX_CHANNEL_LENGTH of them. */
 function validChannel(channel: string, config: WorkerConfig): boolean {
   return isValidChannel(channel) && channel.length <= config.maxChannelLength;
@@ -91,11 +168,11 @@ function channelRule(config: WorkerConfig): string {
   return `channel names are 1-${config.maxChannelLength} of A-Z a-z 0-9 _ . : @ -`;
 }
 
-const STATS_PATH = /^\/channels\/[^/]+\/stats$/;
+const CHANNEL_API_PATH = /^\/channels\/[^/]+\/(stats|events)$/;
 
 /** True for a path the realtime routes answer (mounted at the root). */
 export function isRealtimePath(pathname: string): boolean {
-  return pathname === "/ingest" || pathname.startsWith(CHANNEL_PATH_PREFIX) || STATS_PATH.test(pathname);
+  return pathname === "/ingest" || pathname.startsWith(CHANNEL_PATH_PREFIX) || CHANNEL_API_PATH.test(pathname);
 }
 
 const shared = new WeakMap<object, Hono<{ Bindings: RealtimeEnv }>>();

@@ -79,6 +79,34 @@ describe("hibernation", () => {
 });
 
 describe("resume", () => {
+  it("builds a replay once for the sockets resuming from the same point with the same filter, and afresh once the channel moves", async () => {
+    const channel = "shared-replay";
+    const first = await Socket.open(channel);
+    const { epoch } = await welcomeOf(first);
+    first.ws.close();
+    await ingest(Array.from({ length: 30 }, (_, i) => event(channel, { n: i + 1, even: (i + 1) % 2 === 0 })));
+    const resume = (query: string) => Socket.open(channel, `?since=5&epoch=${epoch}${query}`);
+    const even = `&filter=${encodeURIComponent(JSON.stringify({ even: { eq: true } }))}`;
+    // Ten sockets back from seq 5 (a deploy's reconnects), two of them filtered.
+    const plain = await Promise.all(Array.from({ length: 8 }, () => resume("")));
+    const filtered = await Promise.all([resume(even), resume(even)]);
+    for (const s of plain) expect((await s.eventCount(25)).map((e) => e.seq)).toEqual(Array.from({ length: 25 }, (_, i) => i + 6));
+    for (const s of filtered) expect((await s.eventCount(13)).map((e) => (e.data as { n: number }).n)).toEqual(Array.from({ length: 13 }, (_, i) => 6 + 2 * i));
+    // Every socket got the same replay text as the others of its filter.
+    const replayText = (s: Socket) => s.raw.slice(1).join("\n");
+    expect(new Set(plain.map(replayText)).size).toBe(1);
+    expect(new Set(filtered.map(replayText)).size).toBe(1);
+    let stats = await stubOf(channel).stats();
+    expect(stats.replays).toEqual({ built: 2, shared: 8 });
+    // A publish moves the channel: the next socket from seq 5 gets the new event too, in a replay built for it.
+    await ingest([event(channel, { n: 31, even: false })]);
+    const late = await resume("");
+    expect((await late.eventCount(26)).at(-1)).toMatchObject({ seq: 31 });
+    stats = await stubOf(channel).stats();
+    expect(stats.replays).toEqual({ built: 3, shared: 8 });
+    for (const s of [...plain, ...filtered, late]) s.ws.close();
+  });
+
   it("replays exactly the events after since, then continues live, with no overlap", async () => {
     const first = await Socket.open("resume");
     const { epoch } = await welcomeOf(first);
