@@ -10,6 +10,10 @@
  *                                            per-channel-ms, send-us, send-per-event-us, rpc-ms,
  *                                            rpc-root-ms, network-ms, relay-events-per-second, trigger-us),
  *                                            e.g. with figures from production
+ *
+ * Then deploy day: how long until every socket is back after a deploy, and what each object
+ * receives meanwhile, from the resume costs test/faults/storm.test.ts measured
+ * (bench/results/storm.json; --resume-accept-ms, --resume-sync-ms and --sockets-per-sync override them).
  */
 import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -17,13 +21,20 @@ import { fileURLToPath } from "node:url";
 import { SIGNATURE_HEADER, signBody } from "../protocol/index.ts";
 import {
   type Costs,
+  DEFAULT_JITTER_MS,
   DELIVERY_BUDGET_MS,
+  type DeployStorm,
+  deployStorm,
   LIMITS,
   monthlyCost,
+  PARTYSOCKET,
   PRICES,
   planChannel,
   planRelays,
   RELAY_HEADROOM,
+  type ResumeCosts,
+  resumeCostsFrom,
+  type StormResult,
   simulate,
   TARGET_UTILIZATION,
   type Workload,
@@ -305,6 +316,76 @@ function project(costs: Costs): { markdown: string; data: unknown[] } {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Deploy day
+
+/** Used when no storm run left bench/results/storm.json: the figures docs/scale.md, "Deploy day", reports. */
+const FALLBACK_RESUME: ResumeCosts = { acceptMs: 2.6, syncMs: 0.3, socketsPerSync: 1 };
+
+function resumeCosts(): { costs: ResumeCosts; from: string } {
+  const file = join(root, "bench/results/storm.json");
+  let costs = FALLBACK_RESUME;
+  let from = "docs/scale.md (no bench/results/storm.json: run npx vitest run --project node test/faults/storm.test.ts to measure)";
+  if (existsSync(file)) {
+    const run = JSON.parse(readFileSync(file, "utf8")) as { at: string; shapes: StormResult[] };
+    const measuredCosts = resumeCostsFrom(run.shapes);
+    if (measuredCosts) {
+      costs = measuredCosts;
+      from = `test/faults/storm.test.ts, ${run.at}`;
+    }
+  }
+  const override = (name: string, value: number) => (flag(name) === undefined ? value : Number(flag(name)));
+  return {
+    costs: {
+      acceptMs: override("resume-accept-ms", costs.acceptMs),
+      syncMs: override("resume-sync-ms", costs.syncMs),
+      socketsPerSync: override("sockets-per-sync", costs.socketsPerSync),
+    },
+    from,
+  };
+}
+
+function deployDay(): { markdown: string; data: unknown[] } {
+  const { costs, from } = resumeCosts();
+  const jitterMs = flag("jitter-ms") === undefined ? DEFAULT_JITTER_MS : Number(flag("jitter-ms"));
+  const storms: Omit<DeployStorm, "jitterMs" | "reconnectDelayMs" | "connectionTimeoutMs">[] = [
+    { label: "10,000 sockets on one channel over 4 shards", sockets: 10_000, channels: 1, shards: 4 },
+    { label: "10,000 sockets over 50 channels of 200", sockets: 10_000, channels: 50, shards: 0 },
+    { label: "100,000 sockets on one channel over 16 shards", sockets: 100_000, channels: 1, shards: 16 },
+    { label: "100,000 sockets over 500 channels of 200", sockets: 100_000, channels: 500, shards: 0 },
+    { label: "1M sockets on one channel over 150 shards", sockets: 1_000_000, channels: 1, shards: 150 },
+  ];
+  const rows: (string | number)[][] = [];
+  const data: unknown[] = [];
+  for (const base of storms) {
+    const at = (window: number) =>
+      deployStorm(costs, {
+        ...base,
+        jitterMs: window,
+        reconnectDelayMs: PARTYSOCKET.minReconnectionDelayMs,
+        connectionTimeoutMs: PARTYSOCKET.connectionTimeoutMs,
+      });
+    const plan = at(jitterMs);
+    const wide = at(Math.max(jitterMs, Math.ceil(plan.queueFreeJitterMs / 1000) * 1000));
+    data.push({ storm: base, jitterMs, plan, queueFree: wide });
+    rows.push([
+      base.label,
+      `${fmt(plan.rootRequestsPerSecond)}/s${base.shards > 0 ? ` (syncs); each shard ${fmt(plan.shardRequestsPerSecond)}/s` : ""}`,
+      `${fmt(plan.channelResumesPerSecond)}/s (${plan.bottleneck})`,
+      `${fmt(plan.allResumedMs / 1000, 1)} s`,
+      `${fmt(plan.maxWaitMs / 1000, 1)} s`,
+      `${fmt(Math.max(jitterMs, Math.ceil(plan.queueFreeJitterMs / 1000) * 1000) / 1000)} s: ${fmt(wide.allResumedMs / 1000, 1)} s`,
+      plan.problems.length ? plan.problems.join("; ") : "fits",
+    ]);
+  }
+  const markdown = [
+    `Resume costs used (${from}): ${fmt(costs.acceptMs, 2)} ms of the accepting object's time per socket, ${fmt(costs.syncMs, 2)} ms of a sharded channel's root (its share of a sync RPC), ${fmt(costs.socketsPerSync, 1)} sockets per sync RPC (coalesced by each shard). Window ${fmt(jitterMs / 1000, 1)} s after partysocket's ${PARTYSOCKET.minReconnectionDelayMs / 1000} s delay; partysocket's connection timeout ${PARTYSOCKET.connectionTimeoutMs / 1000} s; at most ${fmt(LIMITS.requestsPerSecondPerObject)} requests/s per object.`,
+    "",
+    table(["deploy", "requests per root (peak)", "channel serves", "all resumed", "longest wait", "queue-free window: all resumed", "limits"], rows),
+  ].join("\n");
+  return { markdown, data };
+}
+
+// ---------------------------------------------------------------------------------------------
 
 let measured: Measured;
 const costsFile = flag("costs");
@@ -318,6 +399,7 @@ if (costsFile) {
 const costs = costsFromArgs(measured.costs);
 const { check } = measured;
 const projection = project(costs);
+const deploy = deployDay();
 const out = [
   "### Per-hop costs, measured here",
   "",
@@ -346,6 +428,10 @@ const out = [
   "",
   projection.markdown,
   "",
+  "### Deploy day",
+  "",
+  deploy.markdown,
+  "",
 ].join("\n");
 process.stdout.write(`\n${out}`);
-writeFileSync(join(root, "bench/results/scale-model.json"), JSON.stringify({ measured, costs, projection: projection.data }, null, 2));
+writeFileSync(join(root, "bench/results/scale-model.json"), JSON.stringify({ measured, costs, projection: projection.data, deployDay: deploy.data }, null, 2));

@@ -5,10 +5,14 @@
  * the last `seq` and the channel's `epoch` and sends them as `since`/`epoch` on every reconnect
  * (partysocket evaluates a `query` function per connection), so the Channel replays exactly what
  * was missed, or answers `reset` when it cannot.
+ *
+ * Where WebSockets cannot connect (a proxy refusing upgrades), it reads the same channel as an
+ * event stream instead (client/event-stream.ts): see the `transport` option.
  */
 import PartySocket, { type PartySocketOptions } from "partysocket";
 import type { ChannelEvent, ClientFrame, ErrorCode, NumberMode, PresenceMember, ResetReason, RowFilter, SnapshotRow } from "../protocol/index.ts";
 import { clientFrameJson, PING, parseServerFrame } from "../protocol/index.ts";
+import { channelHttpUrl, type EventSourceConstructor, EventStreamTransport } from "./event-stream.ts";
 
 export type {
   ChangeEvent,
@@ -80,6 +84,28 @@ export interface SubscribeOptions<Events extends Record<string, unknown> = Recor
   WebSocket?: unknown;
   /** Send a heartbeat every this many ms (0: never). Answered by the edge without waking the channel. Default 30000. */
   heartbeatMs?: number;
+  /**
+   * After the server or the network closes an open socket (a deploy closes every socket of every
+   * channel at once), the first reconnect waits a random delay in [0, reconnectJitterMs) on top of
+   * partysocket's own delay, so the clients of a deploy come back spread over the window instead
+   * of all at the same moment; later attempts use partysocket's backoff alone. A close the app
+   * asks for (`close()`, `socket.reconnect()`) is not delayed. 0 turns it off. Default 5000: an
+   * object serves a deploy's reconnects as they come for channels of up to a few thousand
+   * sockets, for a wait of half the window on average; larger channels want a longer one
+   * (docs/scale.md, "Deploy day").
+   */
+  reconnectJitterMs?: number;
+  /**
+   * How to reach the channel. `"auto"`: the WebSocket, and the channel's event stream (Server-Sent
+   * Events) for the rest of the subscription once {@link SSE_AFTER_FAILURES} WebSocket attempts in
+   * a row failed before ever opening (a network that refuses WebSockets), when an EventSource is
+   * available. `"websocket"`: never the stream. `"sse"`: the stream from the start. Over the stream,
+   * events, snapshots and resets arrive as over the socket; presence and broadcast do not (they
+   * report an `unsupported_frame` error once). Default `"auto"`.
+   */
+  transport?: "auto" | "websocket" | "sse";
+  /** EventSource constructor, for Node (e.g. from the `eventsource` package). Default: the global one. */
+  EventSource?: unknown;
   /** More partysocket options (reconnect delays, `maxRetries`, ...). Default: partysocket's. */
   socket?: Omit<PartySocketOptions, "host" | "room" | "query" | "WebSocket">;
   /**
@@ -104,8 +130,13 @@ export interface SubscribeOptions<Events extends Record<string, unknown> = Recor
   onBroadcast?: (message: { event: string; data: unknown; from: { id: string; user: string | null } }) => void;
 }
 
+/** WebSocket attempts in a row that never opened after which `transport: "auto"` reads the event stream. */
+export const SSE_AFTER_FAILURES = 3;
+
 /** A live subscription. */
 export interface Subscription {
+  /** How the channel is read now: `"sse"` once the subscription fell back to (or started with) the event stream. */
+  readonly transport: "websocket" | "sse";
   /** Seq of the last event delivered (0 before any). */
   readonly seq: number;
   /** The channel's epoch, once welcomed. */
@@ -140,12 +171,40 @@ export function subscribe<Events extends Record<string, unknown> = Record<string
   let presenceState: unknown = options.presence?.state ?? null;
   const members = new Map<string, PresenceMember>();
   const sendFrame = (frame: ClientFrame) => {
+    if (stream) {
+      // One-way: said once, not per call.
+      if (!toldNoUpstream)
+        options.onError?.({ code: "unsupported_frame", message: "presence and broadcast need the WebSocket; this subscription reads the event stream" });
+      toldNoUpstream = true;
+      return;
+    }
     if (socket.readyState === 1) socket.send(clientFrameJson(frame));
   };
   const membersChanged = () => options.presence?.onChange?.([...members.values()]);
   const mode = options.numbers ?? "exact";
   const numberMode: NumberMode = mode === "exact" ? "string" : mode;
   const wantsSnapshot = options.snapshot ?? options.onSnapshot !== undefined;
+  const jitterMs = options.reconnectJitterMs ?? 5_000;
+  // The socket opened since it last closed: only a close of an open socket is a server going away.
+  let wasOpen = false;
+  // The next connect waits its jitter first (set by a close the app did not ask for).
+  let jitterNext = false;
+  // The app's own socket.reconnect() is under way: the close it dispatches is asked for.
+  let reconnecting = false;
+  // The jitter wait under way: ending it lets the pending connect go on (or give up, once closed).
+  let endJitter: (() => void) | null = null;
+  const jitter = async (): Promise<void> => {
+    if (!jitterNext) return;
+    jitterNext = false;
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(() => endJitter?.(), Math.random() * jitterMs);
+      endJitter = () => {
+        clearTimeout(timer);
+        endJitter = null;
+        resolve();
+      };
+    });
+  };
 
   const setStatus = (next: Status) => {
     if (next === status) return;
@@ -153,36 +212,97 @@ export function subscribe<Events extends Record<string, unknown> = Record<string
     options.onStatus?.(next);
   };
 
+  /** The query of a (re)connect: where this client stands, and what it asks for. */
+  const joinParams = async (): Promise<Record<string, string | null>> => {
+    const q: Record<string, string | null> = {};
+    if (epoch !== null) {
+      q.since = String(seq);
+      q.epoch = epoch;
+    }
+    if (options.token) q.token = typeof options.token === "function" ? await options.token() : options.token;
+    if (options.filter) q.filter = filterJson(options.filter);
+    if (options.presence) q.presence = "1";
+    if (wantsSnapshot) q.snapshot = "1";
+    return q;
+  };
+  const transportChoice = options.transport ?? "auto";
+  const EventSourceImpl = (options.EventSource ?? (globalThis as { EventSource?: unknown }).EventSource) as EventSourceConstructor | undefined;
+  if (transportChoice === "sse" && !EventSourceImpl)
+    throw new Error('transport "sse" needs an EventSource: pass one (EventSource option) where there is no global one');
+  /** The event stream, once the subscription reads it. */
+  let stream: EventStreamTransport | null = null;
+  /** WebSocket attempts in a row that failed before opening, and whether one ever opened. */
+  let failedOpens = 0;
+  let everOpened = false;
+  let toldNoUpstream = false;
+
   const socket = new PartySocket({
     ...options.socket,
+    startClosed: transportChoice === "sse" || options.socket?.startClosed,
     host: options.host,
     room: options.channel,
     WebSocket: options.WebSocket,
-    // Evaluated on every (re)connect: resume from what this client has actually seen.
+    // Evaluated on every (re)connect, after partysocket's delay: resume from what this client has
+    // actually seen. The jitter waits here, inside partysocket's connect, so its backoff, retry
+    // count and connection timeout stay its own; the token is fetched once the wait is over.
     query: async () => {
+      await jitter();
       const q: Record<string, string | null> = {};
-      if (epoch !== null) {
-        q.since = String(seq);
-        q.epoch = epoch;
-      }
-      if (options.token) q.token = typeof options.token === "function" ? await options.token() : options.token;
-      if (options.filter) q.filter = filterJson(options.filter);
-      if (options.presence) q.presence = "1";
-      if (wantsSnapshot) q.snapshot = "1";
-      return q;
+      // Closed during the wait: partysocket gives up this connect once the URL is back.
+      if (!socket.shouldReconnect) return q;
+      return joinParams();
     },
   });
 
+  // A reconnect the app asks for goes at once, as partysocket's own does: it is not a storm.
+  const reconnect = socket.reconnect.bind(socket);
+  socket.reconnect = (code?: number, reason?: string) => {
+    reconnecting = true;
+    try {
+      reconnect(code, reason);
+    } finally {
+      reconnecting = false;
+    }
+    jitterNext = false;
+    endJitter?.();
+  };
+
   socket.addEventListener("open", () => {
+    wasOpen = true;
+    everOpened = true;
+    failedOpens = 0;
     const every = options.heartbeatMs ?? 30_000;
     if (every > 0 && !heartbeat) heartbeat = setInterval(() => socket.readyState === 1 && socket.send(PING), every);
   });
   socket.addEventListener("close", () => {
     if (heartbeat) clearInterval(heartbeat);
     heartbeat = null;
+    // An open socket closed by the server or the network, partysocket reconnecting: every other
+    // client of a restarted server is reconnecting at this moment too (partysocket has already
+    // scheduled this connect; its query waits the jitter).
+    if (wasOpen && !reconnecting && socket.shouldReconnect && jitterMs > 0) jitterNext = true;
+    if (!wasOpen && !reconnecting && socket.shouldReconnect) failedOpens++;
+    wasOpen = false;
     if (status !== "closed") setStatus("connecting");
+    if (transportChoice === "auto" && !everOpened && failedOpens >= SSE_AFTER_FAILURES && EventSourceImpl && status !== "closed") {
+      // A network that refuses WebSockets: the event stream, for the rest of the subscription.
+      socket.close();
+      openStream();
+    }
   });
-  socket.addEventListener("message", (message: MessageEvent) => {
+  const openStream = () => {
+    stream = new EventStreamTransport({
+      url: async () => channelHttpUrl(options.host, options.channel, await joinParams()),
+      EventSource: EventSourceImpl!,
+      minDelayMs: 250,
+      maxDelayMs: 10_000,
+    });
+    stream.addEventListener("message", (m) => onMessage(m as MessageEvent));
+    stream.addEventListener("close", () => {
+      if (status !== "closed") setStatus("connecting");
+    });
+  };
+  const onMessage = (message: MessageEvent) => {
     if (typeof message.data !== "string") return;
     const frame = parseServerFrame(message.data, numberMode);
     if (frame === null) return;
@@ -236,7 +356,9 @@ export function subscribe<Events extends Record<string, unknown> = Record<string
         options.onError?.({ code: frame.code, message: frame.message });
         break;
     }
-  });
+  };
+  socket.addEventListener("message", onMessage);
+  if (transportChoice === "sse") openStream();
 
   return {
     get seq() {
@@ -247,6 +369,9 @@ export function subscribe<Events extends Record<string, unknown> = Record<string
     },
     get status() {
       return status;
+    },
+    get transport() {
+      return stream ? "sse" : "websocket";
     },
     socket,
     get member() {
@@ -266,6 +391,10 @@ export function subscribe<Events extends Record<string, unknown> = Record<string
       setStatus("closed");
       if (heartbeat) clearInterval(heartbeat);
       socket.close();
+      stream?.close();
+      // No timer outlives the subscription: a pending jitter wait ends, and its connect gives up.
+      jitterNext = false;
+      endJitter?.();
     },
   };
 }

@@ -47,7 +47,7 @@ import {
   send,
   wantsEventStream,
 } from "./hub.ts";
-import { type Join, type JoinQuery, joinQuery, replayFrames, SharedReplays } from "./join.ts";
+import { type Join, type JoinQuery, joinQuery, packJoins, replayFrames, SharedReplays, type SyncAnswer, type SyncRequest } from "./join.ts";
 import { log } from "./log.ts";
 import { MetaTable } from "./meta.ts";
 import { ShardMembers } from "./presence.ts";
@@ -82,6 +82,8 @@ export interface ChannelStats {
   shardDeliveries: number;
   /** Replays built for resuming sockets, and replays shared with another socket resuming from the same point, since this object last woke. */
   replays: { built: number; shared: number };
+  /** Sync calls from this channel's shards (each coalescing the sockets that joined meanwhile), and the sockets they carried, since this object last woke. */
+  syncs: { calls: number; sockets: number };
 }
 
 /** What one store() wrote: the new events, ready to send, and what it dropped or replaced. */
@@ -107,6 +109,8 @@ export class Channel extends SocketHub {
   private name: string | null;
   private alarmPending = false;
   private readonly replays = new SharedReplays();
+  /** Shards' sync calls, and the sockets they carried, since this object woke. */
+  private readonly syncs = { calls: 0, sockets: 0 };
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
@@ -457,15 +461,23 @@ export class Channel extends SocketHub {
   }
 
   /**
-   * A shard's new socket: what it is owed after `welcome` (replay, or reset and snapshot, or the
-   * snapshot of a fresh subscriber), with the filter applied. One call, atomic: the seq returned is
-   * the one those frames end at, and the shard sends live events after it.
+   * A shard's joining sockets: what each is owed after `welcome` (replay, or reset and snapshot,
+   * or the snapshot of a fresh subscriber), with its filter applied. One call, atomic: the seq
+   * returned is the one those frames end at, and the shard sends live events after it. A shard
+   * coalesces the joins that arrive while its last call is under way (a deploy's reconnects), so
+   * the root answers them in one request, each shared replay built and sent once.
    */
-  sync(channel: string, query: JoinQuery, filterText: string | null): Join {
+  sync(channel: string, requests: SyncRequest[]): SyncAnswer {
     this.remember(channel);
-    const parsed = filterText ? parseFilter(filterText) : null;
-    if (parsed && !parsed.ok) return { ok: false, code: "invalid_filter", message: parsed.message };
-    return this.join(query, parsed?.ok ? parsed.filter : null, filterText);
+    this.syncs.calls++;
+    this.syncs.sockets += requests.length;
+    return packJoins(
+      requests.map(({ query, filterText }): Join => {
+        const parsed = filterText ? parseFilter(filterText) : null;
+        if (parsed && !parsed.ok) return { ok: false, code: "invalid_filter", message: parsed.message };
+        return this.join(query, parsed?.ok ? parsed.filter : null, filterText);
+      }),
+    );
   }
 
   /** Events after `after` up to `upTo`, for a shard that missed a batch; null if the log no longer has them. */
@@ -569,6 +581,7 @@ export class Channel extends SocketHub {
       conflateMs: this.conflateMs,
       shardDeliveries: this.fanout.deliveries,
       replays: { built: this.replays.built, shared: this.replays.shared },
+      syncs: { ...this.syncs },
     };
   }
 

@@ -24,6 +24,42 @@ export function joinQuery(url: URL): JoinQuery {
 /** What a socket is sent after `welcome` when it joins: replay, or a reset, or a snapshot; or why it cannot join. */
 export type Join = { ok: true; channel: string; epoch: string; seq: number; frames: string[] } | { ok: false; code: ErrorCode; message: string };
 
+/** One socket joining a shard, as the shard asks its root what the socket is owed. */
+export interface SyncRequest {
+  query: JoinQuery;
+  filterText: string | null;
+}
+
+/**
+ * The root's answer to a shard's coalesced syncs: one join per request, in order, each `frames`
+ * an index into `frameSets`, so a replay shared by many resuming sockets crosses the RPC once.
+ */
+export interface SyncAnswer {
+  joins: (Extract<Join, { ok: false }> | (Omit<Extract<Join, { ok: true }>, "frames"> & { frames: number }))[];
+  frameSets: string[][];
+}
+
+/** `joins` as one {@link SyncAnswer}: frame lists that are the same array (a shared replay) are sent once. */
+export function packJoins(joins: readonly Join[]): SyncAnswer {
+  const index = new Map<string[], number>();
+  const frameSets: string[][] = [];
+  const packed = joins.map((j) => {
+    if (!j.ok) return j;
+    let i = index.get(j.frames);
+    if (i === undefined) {
+      i = frameSets.push(j.frames) - 1;
+      index.set(j.frames, i);
+    }
+    return { ...j, frames: i };
+  });
+  return { joins: packed, frameSets };
+}
+
+/** The joins of a {@link SyncAnswer}. */
+export function unpackJoins(answer: SyncAnswer): Join[] {
+  return answer.joins.map((j) => (j.ok ? { ...j, frames: answer.frameSets[j.frames]! } : j));
+}
+
 /** `events` (in seq order) as replay frames, the ones `filter` passes, REPLAY_FRAME_EVENTS to a frame. */
 export function replayFrames(events: readonly Outgoing[], filter: RowFilter | null): string[] {
   const frames: string[] = [];

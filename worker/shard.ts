@@ -4,7 +4,7 @@
  * each shard's `deliver` with every batch; a shard sends it to its sockets, one frame per filter.
  * A socket joining a shard is welcomed with what the root says it is owed (`sync`: replay, reset,
  * snapshot), so seq, epoch, resume, filters and presence are the channel's, whichever shard a
- * client lands on.
+ * client lands on. Sockets that join while a sync call is under way go in the next one together.
  *
  * Order: batches from the root carry consecutive seqs; a shard that sees a gap (a failed delivery)
  * asks the root for the missing events before going on, and drops anything it already has. A
@@ -15,6 +15,7 @@
 import type { PresenceMember } from "../protocol/index.ts";
 import { eventsFrame, matchesEvent } from "../protocol/index.ts";
 import type { Channel } from "./channel.ts";
+import { Coalescer } from "./coalesce.ts";
 import type { Env } from "./env.ts";
 import {
   CHANNEL_NAME_HEADER,
@@ -29,12 +30,14 @@ import {
   send,
   trySend,
 } from "./hub.ts";
-import { joinQuery } from "./join.ts";
+import { type Join, joinQuery, type SyncRequest, unpackJoins } from "./join.ts";
 import { log } from "./log.ts";
 import { MetaTable } from "./meta.ts";
 
 /** Recent events kept in memory to catch up sockets whose join overlapped a delivery. */
 const RECENT_EVENTS = 2000;
+/** Joining sockets one sync call to the root carries at most. */
+const SYNC_BATCH = 500;
 
 export class ChannelShard extends SocketHub {
   private channel: string | null;
@@ -52,6 +55,8 @@ export class ChannelShard extends SocketHub {
   private queue: Promise<void> = Promise.resolve();
 
   private readonly meta: MetaTable;
+  /** Joins that arrive while a sync call is under way go to the root together, in the next one. */
+  private readonly syncs = new Coalescer<SyncRequest, Join>(async (requests) => unpackJoins(await this.root().sync(this.channel!, requests)), SYNC_BATCH);
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
@@ -89,7 +94,7 @@ export class ChannelShard extends SocketHub {
     const url = new URL(request.url);
     this.pending.add(server);
     try {
-      const join = await this.root().sync(channel, joinQuery(url), accepted.filterText);
+      const join = await this.syncs.request({ query: joinQuery(url), filterText: accepted.filterText });
       if (!this.welcome(server, me, join, { channel, epoch: this.epoch ?? "", seq: this.lastSeq }, this.index) || !join.ok) return accepted.response;
       // Events this shard received while the root answered, after the seq the answer ends at.
       const missed = this.recent.filter((e) => e.seq > join.seq && (!filter || matchesEvent(filter, filterData(e))));

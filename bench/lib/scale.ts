@@ -420,3 +420,204 @@ export function simulate(costs: Costs, w: Workload, plan: ChannelPlan, relays: R
     backlogMs: Math.max(0, last - end),
   };
 }
+
+// ---------------------------------------------------------------------------------------------
+// Deploy day: a Worker deploy closes every socket of every object at once, and every client
+// comes back with its `since` (client/: after partysocket's delay, plus a random share of
+// reconnectJitterMs).
+
+/** What one socket's resume keeps each object it passes through busy, ms (measured by test/faults/storm.test.ts). */
+export interface ResumeCosts {
+  /** The object that accepts the socket (an unsharded channel's root, or a shard): upgrade, welcome, replay or catch-up. */
+  acceptMs: number;
+  /** A sharded channel's root, for each socket joining one of its shards: its share of the shard's sync RPC (what the socket is owed). */
+  syncMs: number;
+  /**
+   * Sockets one sync RPC carries: a shard coalesces the joins that arrive while its last sync is
+   * under way (worker/coalesce.ts), so during a storm the root receives fewer requests than
+   * sockets. Measured at the storm test's arrival rate; a busier root answers more slowly and
+   * each call carries more, so a larger storm coalesces at least as well.
+   */
+  socketsPerSync: number;
+}
+
+/** partysocket's defaults that shape a deploy's reconnects (node_modules/partysocket, ws.ts). */
+export const PARTYSOCKET = { minReconnectionDelayMs: 3000, connectionTimeoutMs: 4000 };
+/** client/'s default reconnectJitterMs. */
+export const DEFAULT_JITTER_MS = 5000;
+
+/** A deploy: `sockets` spread evenly over `channels`, each channel over `shards` shard objects (0: its root holds them). */
+export interface DeployStorm {
+  label: string;
+  sockets: number;
+  channels: number;
+  shards: number;
+  /** reconnectJitterMs: each first reconnect waits a uniform share of it, after `reconnectDelayMs`. */
+  jitterMs: number;
+  /** partysocket's delay before its first reconnect (minReconnectionDelay). */
+  reconnectDelayMs: number;
+  /** partysocket's connectionTimeout: a socket whose upgrade waits longer gives up and connects again. */
+  connectionTimeoutMs: number;
+}
+
+/** What a deploy does to the objects, and how long until every socket is back. */
+export interface StormPlan {
+  socketsPerChannel: number;
+  socketsPerShard: number;
+  /** Requests per second arriving at a channel's root while the window lasts (upgrades, or a sharded channel's coalesced syncs). */
+  rootRequestsPerSecond: number;
+  /** The same at each shard (0 when unsharded). */
+  shardRequestsPerSecond: number;
+  /** Resumes per second one channel serves: its slowest stage (one object's rate, at most the requests/s limit). */
+  channelResumesPerSecond: number;
+  /** Which object sets that pace. */
+  bottleneck: "root" | "shards";
+  /** From the cut until the last socket has resumed, ms. */
+  allResumedMs: number;
+  /** The longest a socket's upgrade waits for its turn at the bottleneck, ms. */
+  maxWaitMs: number;
+  /** The shortest window whose arrivals every object serves as they come (no queue). */
+  queueFreeJitterMs: number;
+  /** Requests per second at the Worker (stateless: Cloudflare runs as many instances as it takes). */
+  workerRequestsPerSecond: number;
+  problems: string[];
+}
+
+/** Resumes per second one object serves at `costMs` of busy time each, within the per-object requests/s limit (`perRequest` resumes to a request). */
+function objectRate(costMs: number, perRequest = 1): number {
+  return Math.min(costMs > 0 ? 1000 / costMs : Infinity, LIMITS.requestsPerSecondPerObject * perRequest);
+}
+
+/**
+ * A deploy storm, as a fluid queue. The sockets of a channel arrive uniformly over the jitter
+ * window W (after partysocket's delay D), at n / W per second. Each passes through the object that
+ * accepts it and, on a sharded channel, through the root's sync; the channel serves them at its
+ * slowest stage's rate mu (one object's 1 / cost, at most its requests/s limit). While n / W
+ * stays under mu each is served as it arrives: the last is back at D + W. Past it a queue builds
+ * through the window and drains after: the last is back at D + n / mu, having waited n / mu - W,
+ * the longest wait of all. Channels are independent objects, served in parallel.
+ */
+export function deployStorm(costs: ResumeCosts, s: DeployStorm): StormPlan {
+  const n = s.sockets / s.channels;
+  const perShard = s.shards > 0 ? n / s.shards : 0;
+  const windowS = s.jitterMs / 1000;
+  const rate = (count: number) => (windowS > 0 ? count / windowS : Infinity);
+  const acceptRate = objectRate(costs.acceptMs);
+  const perSync = Math.max(1, costs.socketsPerSync);
+  const rootRate = s.shards > 0 ? objectRate(costs.syncMs, perSync) : acceptRate;
+  const shardsRate = s.shards > 0 ? s.shards * acceptRate : Infinity;
+  const mu = Math.min(rootRate, shardsRate);
+  const drainMs = (n / mu) * 1000;
+  const serviceMs = costs.acceptMs + (s.shards > 0 ? costs.syncMs : 0);
+  const maxWaitMs = Math.max(0, drainMs - s.jitterMs);
+  const plan: StormPlan = {
+    socketsPerChannel: n,
+    socketsPerShard: perShard,
+    rootRequestsPerSecond: s.shards > 0 ? rate(n) / perSync : rate(n),
+    shardRequestsPerSecond: s.shards > 0 ? rate(perShard) : 0,
+    channelResumesPerSecond: mu,
+    bottleneck: rootRate <= shardsRate ? "root" : "shards",
+    allResumedMs: s.reconnectDelayMs + Math.max(s.jitterMs, drainMs) + serviceMs,
+    maxWaitMs,
+    queueFreeJitterMs: drainMs,
+    workerRequestsPerSecond: rate(s.sockets),
+    problems: [],
+  };
+  const limit = LIMITS.requestsPerSecondPerObject;
+  const fmt = (x: number) => Math.round(x).toLocaleString("en-US");
+  if (plan.rootRequestsPerSecond > limit)
+    plan.problems.push(
+      `each root receives ${fmt(plan.rootRequestsPerSecond)} requests/s, past the soft limit of ${fmt(limit)} (they queue, then fail "overloaded")`,
+    );
+  if (plan.shardRequestsPerSecond > limit)
+    plan.problems.push(`each shard receives ${fmt(plan.shardRequestsPerSecond)} requests/s, past the soft limit of ${fmt(limit)}`);
+  if (maxWaitMs > s.connectionTimeoutMs)
+    plan.problems.push(
+      `upgrades wait up to ${(maxWaitMs / 1000).toFixed(1)} s at the ${plan.bottleneck}, past partysocket's ${s.connectionTimeoutMs / 1000} s connection timeout: those sockets give up and connect again, adding to the queue; a window of ${fmt(Math.ceil(drainMs / 1000))} s or more avoids it`,
+    );
+  const perObject = s.shards > 0 ? perShard : n;
+  if (perObject > LIMITS.defaultSocketsPerChannel)
+    plan.problems.push(`${fmt(perObject)} sockets per object, past MAX_SOCKETS_PER_CHANNEL's default of ${fmt(LIMITS.defaultSocketsPerChannel)}`);
+  return plan;
+}
+
+/** One simulated deploy storm of a channel: when its last socket was back, and the longest wait. */
+export interface SimulatedStorm {
+  allResumedMs: number;
+  maxWaitMs: number;
+}
+
+/**
+ * One channel of `s` socket by socket, to check deployStorm's fluid arithmetic: arrivals uniform
+ * over the window, each socket on a shard at random (as the Worker places them), served first
+ * in order of arrival by its shard (or an unsharded root) for `acceptMs`, then, sharded, by the
+ * root's sync for `syncMs` in order of the shards' requests, each object one at a time and at
+ * most LIMITS.requestsPerSecondPerObject a second.
+ */
+export function simulateStorm(costs: ResumeCosts, s: DeployStorm, seed = 1): SimulatedStorm {
+  const random = prng(seed);
+  const n = Math.round(s.sockets / s.channels);
+  const gap = (ms: number) => Math.max(ms, 1000 / LIMITS.requestsPerSecondPerObject);
+  const arrivals = Array.from({ length: n }, () => s.reconnectDelayMs + random() * s.jitterMs).sort((a, b) => a - b);
+  const free = new Array<number>(Math.max(1, s.shards)).fill(0);
+  const accepted: { arrival: number; done: number }[] = [];
+  for (const arrival of arrivals) {
+    const i = s.shards > 0 ? Math.floor(random() * s.shards) : 0;
+    const start = Math.max(arrival, free[i]!);
+    free[i] = start + gap(costs.acceptMs);
+    accepted.push({ arrival, done: start + costs.acceptMs });
+  }
+  let maxWaitMs = 0;
+  let last = 0;
+  if (s.shards === 0) {
+    for (const a of accepted) {
+      maxWaitMs = Math.max(maxWaitMs, a.done - costs.acceptMs - a.arrival);
+      last = Math.max(last, a.done);
+    }
+    return { allResumedMs: last, maxWaitMs };
+  }
+  let root = 0;
+  for (const a of accepted.sort((x, y) => x.done - y.done)) {
+    const start = Math.max(a.done, root);
+    root = start + Math.max(costs.syncMs, 1000 / (LIMITS.requestsPerSecondPerObject * Math.max(1, costs.socketsPerSync)));
+    maxWaitMs = Math.max(maxWaitMs, start - a.arrival - costs.acceptMs);
+    last = Math.max(last, start + costs.syncMs);
+  }
+  return { allResumedMs: last, maxWaitMs };
+}
+
+/** One shape of test/faults/storm.test.ts, as it writes bench/results/storm.json. */
+export interface StormResult {
+  label: string;
+  sockets: number;
+  channels: number;
+  shards: number;
+  jitterMs: number;
+  /** The restart: from the first socket's close until the last had resumed; workerd's CPU per socket. */
+  resume: { seconds: number; afterUpSeconds: number; cpuMsPerSocket: number; connections: number };
+  /** The same sockets' first connection, arriving over the same window. */
+  first: { seconds: number; cpuMsPerSocket: number; connections: number };
+  /** workerd's CPU delivering the writes to every socket, with nothing else going on. */
+  writesCpuMsPerSecond: number;
+  /** A sharded channel's root after the restart: the shards' sync calls and the sockets they carried. */
+  rootSyncs?: { calls: number; sockets: number };
+}
+
+/**
+ * Resume costs from a storm run: an unsharded channel's resume is all the accepting object's (an
+ * upper bound: workerd's CPU per resumed socket counts the Worker's routing and the writes'
+ * delivery during the storm in); a sharded channel's costs the root what it costs more than that
+ * (the sync RPC between shard and root).
+ */
+export function resumeCostsFrom(shapes: StormResult[]): ResumeCosts | null {
+  const unsharded = shapes.find((s) => s.shards === 0);
+  const sharded = shapes.find((s) => s.shards > 0);
+  if (!unsharded || !sharded) return null;
+  const acceptMs = unsharded.resume.cpuMsPerSocket;
+  const syncs = sharded.rootSyncs;
+  return {
+    acceptMs,
+    syncMs: Math.max(0.05, sharded.resume.cpuMsPerSocket - acceptMs),
+    socketsPerSync: syncs && syncs.calls > 0 ? syncs.sockets / syncs.calls : 1,
+  };
+}

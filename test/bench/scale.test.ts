@@ -8,13 +8,18 @@ import {
   type Costs,
   channelPublishes,
   DELIVERY_BUDGET_MS,
+  type DeployStorm,
+  deployStorm,
   LIMITS,
   monthlyCost,
+  PARTYSOCKET,
   PRICES,
   planChannel,
   planRelays,
+  type ResumeCosts,
   shardLoad,
   simulate,
+  simulateStorm,
   type Workload,
 } from "../../bench/lib/scale.ts";
 
@@ -208,5 +213,114 @@ describe("monthlyCost", () => {
     const relays = planRelays(costs, w);
     const bill = monthlyCost(costs, w, planChannel(costs, w, relays), relays);
     expect(bill.gbSeconds).toBeLessThan(1000 * PRICES.doMemoryGb * MONTH * 0.001);
+  });
+});
+
+describe("deployStorm", () => {
+  const resume: ResumeCosts = { acceptMs: 2.5, syncMs: 0.5, socketsPerSync: 1 };
+  const storm = (s: Partial<DeployStorm>): DeployStorm => ({
+    label: "t",
+    sockets: 10_000,
+    channels: 1,
+    shards: 0,
+    jitterMs: 5000,
+    reconnectDelayMs: PARTYSOCKET.minReconnectionDelayMs,
+    connectionTimeoutMs: PARTYSOCKET.connectionTimeoutMs,
+    ...s,
+  });
+
+  it("serves a deploy spread over many channels as it arrives: the last socket is back when the window ends", () => {
+    const plan = deployStorm(resume, storm({ channels: 50 }));
+    expect(plan.socketsPerChannel).toBe(200);
+    expect(plan.rootRequestsPerSecond).toBeCloseTo(40); // 200 sockets over 5 s
+    expect(plan.channelResumesPerSecond).toBeCloseTo(400); // 1 / 2.5 ms
+    expect(plan.maxWaitMs).toBe(0);
+    expect(plan.allResumedMs).toBeCloseTo(3000 + 5000 + 2.5);
+    expect(plan.workerRequestsPerSecond).toBeCloseTo(2000);
+    expect(plan.problems).toEqual([]);
+  });
+
+  it("queues at a sharded channel's root, which every resume passes through, and says what window avoids it", () => {
+    const plan = deployStorm(resume, storm({ shards: 4 }));
+    // The root's syncs: 10,000 over 5 s = 2,000/s, served at most 1,000/s (the requests/s limit,
+    // though 0.5 ms each would allow 2,000/s); each shard's 500/s is within its 400/s x 4 together.
+    expect(plan.rootRequestsPerSecond).toBeCloseTo(2000);
+    expect(plan.shardRequestsPerSecond).toBeCloseTo(500);
+    expect(plan.bottleneck).toBe("root");
+    expect(plan.channelResumesPerSecond).toBe(LIMITS.requestsPerSecondPerObject);
+    expect(plan.allResumedMs).toBeCloseTo(3000 + 10_000 + 3);
+    expect(plan.maxWaitMs).toBeCloseTo(5000);
+    expect(plan.queueFreeJitterMs).toBeCloseTo(10_000);
+    expect(plan.problems.join("; ")).toMatch(/soft limit of 1,000/);
+    expect(plan.problems.join("; ")).toMatch(/past partysocket's 4 s connection timeout.*10 s or more/);
+    // With that window, nothing queues and nothing is over a limit.
+    const wide = deployStorm(resume, storm({ shards: 4, jitterMs: plan.queueFreeJitterMs }));
+    expect(wide.maxWaitMs).toBe(0);
+    expect(wide.allResumedMs).toBeCloseTo(3000 + 10_000 + 3);
+    expect(wide.problems).toEqual([]);
+  });
+
+  it("counts a sharded root's requests as the shards' coalesced syncs, several sockets each", () => {
+    const cheap: ResumeCosts = { acceptMs: 1.5, syncMs: 0.25, socketsPerSync: 8 };
+    const plan = deployStorm(cheap, storm({ shards: 4 }));
+    // 2,000 sockets/s reach the shards (4 x 667/s serve them as they come); 250 sync calls/s reach
+    // the root, within its limit, which serves 4,000 sockets/s of its own time.
+    expect(plan.rootRequestsPerSecond).toBeCloseTo(250);
+    expect(plan.channelResumesPerSecond).toBeCloseTo(4000 / 1.5);
+    expect(plan.bottleneck).toBe("shards");
+    expect(plan.maxWaitMs).toBe(0);
+    expect(plan.problems).toEqual([]);
+    expect(simulateStorm(cheap, storm({ shards: 4 }), 3).allResumedMs).toBeLessThan(plan.allResumedMs * 1.05);
+    // One call per socket: 2,000 requests/s at the root, which takes 1,000 a second; a queue of 5 s.
+    const uncoalesced = deployStorm({ ...cheap, socketsPerSync: 1 }, storm({ shards: 4 }));
+    expect(uncoalesced.bottleneck).toBe("root");
+    expect(uncoalesced.channelResumesPerSecond).toBe(LIMITS.requestsPerSecondPerObject);
+    expect(uncoalesced.maxWaitMs).toBeCloseTo(5000);
+    expect(uncoalesced.problems.join("; ")).toMatch(/each root receives 2,000 requests\/s/);
+  });
+
+  it("finds the shards the bottleneck when accepting costs more than the root's syncs", () => {
+    const plan = deployStorm({ acceptMs: 10, syncMs: 0.5, socketsPerSync: 1 }, storm({ sockets: 2000, shards: 2 }));
+    expect(plan.bottleneck).toBe("shards");
+    expect(plan.channelResumesPerSecond).toBeCloseTo(200); // 2 shards x 100/s
+    expect(plan.allResumedMs).toBeCloseTo(3000 + 10_000 + 10.5);
+  });
+
+  it("without jitter, every socket of an object arrives at once and the last waits for all the others", () => {
+    const plan = deployStorm(resume, storm({ sockets: 1000, jitterMs: 0 }));
+    expect(plan.rootRequestsPerSecond).toBe(Infinity);
+    expect(plan.maxWaitMs).toBeCloseTo(2500); // 1,000 x 2.5 ms
+    expect(plan.allResumedMs).toBeCloseTo(3000 + 2500 + 2.5);
+  });
+
+  it("a wider window never lengthens a socket's wait, and ends the queue at n / rate", () => {
+    let previous = Infinity;
+    for (const jitterMs of [0, 1000, 2000, 5000, 10_000, 20_000]) {
+      const plan = deployStorm(resume, storm({ sockets: 4000, jitterMs }));
+      expect(plan.maxWaitMs).toBeLessThanOrEqual(previous);
+      previous = plan.maxWaitMs;
+      if (jitterMs >= 10_000) expect(plan.maxWaitMs).toBe(0); // 4,000 at 400/s
+    }
+  });
+
+  it("says when one object would hold more sockets than MAX_SOCKETS_PER_CHANNEL allows", () => {
+    expect(deployStorm(resume, storm({ sockets: 20_000, jitterMs: 60_000 })).problems.join("; ")).toMatch(/MAX_SOCKETS_PER_CHANNEL/);
+  });
+
+  it("agrees with a socket-by-socket simulation of the same channel", () => {
+    for (const s of [
+      storm({ channels: 50 }),
+      storm({ sockets: 3000, jitterMs: 2000 }),
+      storm({ shards: 4 }),
+      storm({ shards: 4, jitterMs: 20_000 }),
+      storm({ sockets: 4000, shards: 2, jitterMs: 3000 }),
+    ]) {
+      const plan = deployStorm(resume, s);
+      const sim = simulateStorm(resume, s, 11);
+      expect(sim.allResumedMs).toBeGreaterThan(plan.allResumedMs * 0.95);
+      expect(sim.allResumedMs).toBeLessThan(plan.allResumedMs * 1.05);
+      // Arrivals at random come in bursts the fluid model smooths out: a wait of a few services more.
+      expect(Math.abs(sim.maxWaitMs - plan.maxWaitMs)).toBeLessThan(plan.maxWaitMs * 0.1 + 200);
+    }
   });
 });

@@ -1,7 +1,8 @@
 /**
  * The Channel's parts on their own, inside workerd on a Durable Object's SQLite: the event log
  * (dedupe, chunking, replay, trimming), the shard members, the meta table; and the change rules
- * that the channel and the client both follow (protocol/change.ts), checked against each other.
+ * that the channel and the client both follow (protocol/change.ts), checked against each other; a
+ * shard's coalesced sync calls to its root.
  */
 
 import { runInDurableObject } from "cloudflare:test";
@@ -9,7 +10,9 @@ import { env } from "cloudflare:workers";
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { applyChange, parseJson, type RowState, type SnapshotFrame, stateFromSnapshot } from "../../protocol/index.ts";
+import { Coalescer } from "../../worker/coalesce.ts";
 import { chunks, EventLog } from "../../worker/event-log.ts";
+import { type Join, packJoins, unpackJoins } from "../../worker/join.ts";
 import { MetaTable } from "../../worker/meta.ts";
 import { ShardMembers } from "../../worker/presence.ts";
 import { change, ingest, Socket } from "./helpers.ts";
@@ -177,5 +180,66 @@ describe("the change rules, at the edge and in the client", () => {
     expect([...state.oversized.values()]).toEqual([{ schema: "public", table: "t", key: { id: 2 } }]);
     expect(applyChange(state, { op: "TRUNCATE", schema: "public", table: "t" })).toBe(true);
     expect(state.rows.size + state.oversized.size).toBe(0);
+  });
+});
+
+describe("Coalescer and a shard's sync answers", () => {
+  it("answers every request with its own answer, in order, with one call in flight at a time, and calls carrying the requests that waited", async () => {
+    await fc.assert(
+      fc.asyncProperty(fc.array(fc.nat({ max: 3 }), { minLength: 1, maxLength: 60 }), fc.integer({ min: 1, max: 8 }), async (arrivals, max) => {
+        let inFlight = 0;
+        let most = 0;
+        const calls: number[][] = [];
+        const c = new Coalescer<number, string>(async (requests) => {
+          inFlight++;
+          most = Math.max(most, inFlight);
+          calls.push(requests);
+          await new Promise((r) => setTimeout(r, 1));
+          inFlight--;
+          return requests.map((r) => `answer ${r}`);
+        }, max);
+        // Requests arrive in groups (0-3 microtask turns apart), while calls are under way.
+        const answers: Promise<string>[] = [];
+        for (const [i, gap] of arrivals.entries()) {
+          for (let t = 0; t < gap; t++) await Promise.resolve();
+          answers.push(c.request(i));
+        }
+        expect(await Promise.all(answers)).toEqual(arrivals.map((_, i) => `answer ${i}`));
+        expect(most).toBe(1);
+        expect(calls.flat()).toEqual(arrivals.map((_, i) => i));
+        expect(calls.every((b) => b.length >= 1 && b.length <= max)).toBe(true);
+        expect(c.calls).toBe(calls.length);
+        expect(c.requests).toBe(arrivals.length);
+        // The first goes alone; every later one arrives (microtasks apart) while it is under way,
+        // so they go together, `max` to a call.
+        expect(calls.length).toBe(1 + Math.ceil((arrivals.length - 1) / max));
+      }),
+      { numRuns: 50 },
+    );
+  });
+
+  it("fails every request of a call that throws, and goes on with the next call", async () => {
+    let call = 0;
+    const c = new Coalescer<number, number>(async (requests) => {
+      if (call++ === 0) throw new Error("root unavailable");
+      return requests.map((r) => r * 10);
+    }, 10);
+    const first = c.request(1);
+    const waiting = [c.request(2), c.request(3)];
+    await expect(first).rejects.toThrow("root unavailable");
+    expect(await Promise.all(waiting)).toEqual([20, 30]);
+  });
+
+  it("sends a replay shared by many joins once, and gives each join its frames back", () => {
+    const replay = ['{"type":"events","events":[1]}'];
+    const joins: Join[] = [
+      { ok: true, channel: "c", epoch: "e", seq: 5, frames: replay },
+      { ok: false, code: "invalid_filter", message: "bad" },
+      { ok: true, channel: "c", epoch: "e", seq: 5, frames: replay },
+      { ok: true, channel: "c", epoch: "e", seq: 5, frames: [] },
+    ];
+    const packed = packJoins(joins);
+    expect(packed.frameSets).toHaveLength(2);
+    expect(unpackJoins(structuredClone(packed))).toEqual(joins);
   });
 });
