@@ -4,12 +4,12 @@
  * page's own form makes the round trip through the edge.
  */
 
-import { type Browser, chromium } from "playwright-core";
+import type { Browser } from "playwright-core";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { type DemoApi, startDemoApi, TODOS_DDL } from "../../scripts/demo-api.ts";
 import { useStack } from "../support/stack.ts";
 import { TEST_JWT_SECRET } from "../support/worker.ts";
-import { CHROMIUM, CHROMIUM_ARGS } from "./chromium.ts";
+import { launchChromium } from "./chromium.ts";
 
 let api: DemoApi;
 let browser: Browser;
@@ -28,7 +28,7 @@ const stack = useStack({
 
 beforeAll(async () => {
   api = await startDemoApi(stack.db.url, 0, { jwtSecret: TEST_JWT_SECRET });
-  browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
+  browser = await launchChromium();
 });
 
 afterAll(async () => {

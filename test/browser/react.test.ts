@@ -2,20 +2,16 @@
  * client/react's useChannel in real Chromium (React 19, bundled by esbuild): the retained rows
  * render from the snapshot, then follow inserts, updates and deletes typed into Postgres.
  */
-import { createServer, type Server } from "node:http";
-import type { AddressInfo } from "node:net";
-import { build } from "esbuild";
-import { type Browser, chromium } from "playwright-core";
+import type { Browser } from "playwright-core";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { mintToken } from "../../token/index.ts";
 import { caughtUp } from "../support/relay.ts";
 import { useStack } from "../support/stack.ts";
 import { TEST_JWT_SECRET } from "../support/worker.ts";
-import { CHROMIUM, CHROMIUM_ARGS } from "./chromium.ts";
+import { launchChromium, servePage, type TestPage } from "./chromium.ts";
 
 let browser: Browser;
-let page: Server;
-let pageUrl: string;
+let page: TestPage;
 
 const stack = useStack({
   database: "react",
@@ -29,23 +25,11 @@ const stack = useStack({
 
 beforeAll(async () => {
   await caughtUp(stack.relay);
-  const bundle = await build({
-    entryPoints: [new URL("./react-app.tsx", import.meta.url).pathname],
-    bundle: true,
-    write: false,
-    format: "esm",
+  page = await servePage(new URL("./react-app.tsx", import.meta.url), '<div id="root"></div>', {
     jsx: "automatic",
     define: { "process.env.NODE_ENV": '"production"' },
-    logLevel: "warning",
   });
-  const js = bundle.outputFiles[0]!.text;
-  page = createServer((req, res) => {
-    if (req.url?.startsWith("/app.js")) return void res.writeHead(200, { "Content-Type": "text/javascript" }).end(js);
-    res.writeHead(200, { "Content-Type": "text/html" }).end('<!doctype html><div id="root"></div><script type="module" src="/app.js"></script>');
-  });
-  await new Promise<void>((resolve) => page.listen(0, "127.0.0.1", resolve));
-  pageUrl = `http://127.0.0.1:${(page.address() as AddressInfo).port}`;
-  browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
+  browser = await launchChromium();
 });
 
 afterAll(async () => {
@@ -59,7 +43,7 @@ it("renders the channel's rows from the snapshot and keeps them current as rows 
   tab.on("pageerror", (e) => errors.push(e.message));
   try {
     const token = await mintToken({ secret: TEST_JWT_SECRET, sub: "react", channels: ["items"] });
-    await tab.goto(`${pageUrl}/?host=${encodeURIComponent(new URL(stack.worker.url).host)}&token=${token}`);
+    await tab.goto(`${page.url}/?host=${encodeURIComponent(new URL(stack.worker.url).host)}&token=${token}`);
     await tab.locator("#status", { hasText: "open" }).waitFor();
     await tab.locator("#rows li", { hasText: "from the snapshot" }).waitFor();
 
@@ -82,7 +66,7 @@ it("shows an empty retained channel as no rows (not loading), an id past 2^53 di
   const errors: string[] = [];
   tab.on("pageerror", (e) => errors.push(e.message));
   const token = await mintToken({ secret: TEST_JWT_SECRET, sub: "react-big", channels: ["big_items"] });
-  const url = `${pageUrl}/?host=${encodeURIComponent(new URL(stack.worker.url).host)}&token=${token}&channel=big_items`;
+  const url = `${page.url}/?host=${encodeURIComponent(new URL(stack.worker.url).host)}&token=${token}&channel=big_items`;
   try {
     await tab.goto(url);
     await tab.locator("#status", { hasText: "open" }).waitFor();

@@ -3,16 +3,13 @@
  * every event: client/ falls back to the channel's event stream by itself, across origins, and
  * resumes it when the network cuts the stream, nothing missed and nothing twice. Real Chromium.
  */
-import { createServer, type Server } from "node:http";
-import type { AddressInfo } from "node:net";
-import { build } from "esbuild";
-import { type Browser, chromium } from "playwright-core";
+import type { Browser } from "playwright-core";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { mintToken } from "../../token/index.ts";
 import { type NoWebSocketProxy, startNoWebSocketProxy } from "../support/no-websocket-proxy.ts";
 import { useStack } from "../support/stack.ts";
 import { TEST_JWT_SECRET } from "../support/worker.ts";
-import { CHROMIUM, CHROMIUM_ARGS } from "./chromium.ts";
+import { launchChromium, servePage, type TestPage } from "./chromium.ts";
 
 const stack = useStack({
   database: "sse",
@@ -22,29 +19,13 @@ const stack = useStack({
 });
 
 let browser: Browser;
-let page: Server;
-let pageUrl: string;
+let page: TestPage;
 let proxy: NoWebSocketProxy;
 
 beforeAll(async () => {
   proxy = await startNoWebSocketProxy(stack.worker.url);
-  const bundle = await build({
-    entryPoints: [new URL("./sse-app.ts", import.meta.url).pathname],
-    bundle: true,
-    write: false,
-    format: "esm",
-    logLevel: "warning",
-  });
-  const js = bundle.outputFiles[0]!.text;
-  page = createServer((req, res) => {
-    if (req.url?.startsWith("/app.js")) return void res.writeHead(200, { "Content-Type": "text/javascript" }).end(js);
-    res
-      .writeHead(200, { "Content-Type": "text/html" })
-      .end('<!doctype html><p id="transport"></p><p id="status"></p><ol id="events"></ol><script type="module" src="/app.js"></script>');
-  });
-  await new Promise<void>((resolve) => page.listen(0, "127.0.0.1", resolve));
-  pageUrl = `http://127.0.0.1:${(page.address() as AddressInfo).port}`;
-  browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
+  page = await servePage(new URL("./sse-app.ts", import.meta.url), '<p id="transport"></p><p id="status"></p><ol id="events"></ol>');
+  browser = await launchChromium();
 });
 
 afterAll(async () => {
@@ -57,7 +38,7 @@ it("falls back to the event stream when every WebSocket is refused, shows every 
   const token = await mintToken({ secret: TEST_JWT_SECRET, sub: "behind-a-proxy", channels: ["notes"] });
   const tab = await browser.newPage();
   try {
-    await tab.goto(`${pageUrl}/?host=${encodeURIComponent(proxy.host)}&channel=notes&token=${token}`);
+    await tab.goto(`${page.url}/?host=${encodeURIComponent(proxy.host)}&channel=notes&token=${token}`);
     await tab.locator("#status", { hasText: "open" }).waitFor();
     expect(await tab.locator("#transport").textContent()).toBe("sse");
     // It tried the WebSocket first, three times, before falling back.

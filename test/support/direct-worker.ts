@@ -14,7 +14,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { unstable_startWorker } from "wrangler";
-import { TEST_JWT_SECRET, TEST_SECRET, type TestWorker } from "./worker.ts";
+import { type TestWorker, testBindings } from "./worker.ts";
 
 /**
  * Starts the Worker with `vars` over wrangler.toml's [vars] (every channel public unless `vars`
@@ -25,12 +25,7 @@ export async function startDirectWorker(vars: Record<string, string> = {}, optio
   process.env.CLOUDFLARE_CF_FETCH_ENABLED = "false";
   process.env.WRANGLER_SEND_METRICS = "false";
   process.env.X_LOCAL_OBSERVABILITY = "false";
-  const bindings = Object.fromEntries(
-    Object.entries({ INGEST_SECRET: TEST_SECRET, JWT_SECRET: TEST_JWT_SECRET, PUBLIC_CHANNELS: "*", ...vars }).map(([k, value]) => [
-      k,
-      { type: "plain_text" as const, value },
-    ]),
-  );
+  const bindings = testBindings(vars);
   const worker = await unstable_startWorker({
     config: configWithoutAssets(),
     bindings,

@@ -13,6 +13,16 @@ export interface TestWorker {
   dispose(): Promise<void>;
 }
 
+/** The test secrets and every channel public, then `vars`, as wrangler's plain-text bindings. */
+export function testBindings(vars: Record<string, string>): Record<string, { type: "plain_text"; value: string }> {
+  return Object.fromEntries(
+    Object.entries({ INGEST_SECRET: TEST_SECRET, JWT_SECRET: TEST_JWT_SECRET, PUBLIC_CHANNELS: "*", ...vars }).map(([k, value]) => [
+      k,
+      { type: "plain_text" as const, value },
+    ]),
+  );
+}
+
 /**
  * Starts the Worker from wrangler.toml with in-memory storage; `vars` override [vars]. Every
  * channel is public unless `vars` says otherwise (PUBLIC_CHANNELS), so tests about delivery need
@@ -21,12 +31,7 @@ export interface TestWorker {
 export async function startTestWorker(vars: Record<string, string> = {}, options: { persistTo?: string } = {}): Promise<TestWorker> {
   process.env.CLOUDFLARE_CF_FETCH_ENABLED = "false";
   process.env.WRANGLER_SEND_METRICS = "false";
-  const bindings = Object.fromEntries(
-    Object.entries({ INGEST_SECRET: TEST_SECRET, JWT_SECRET: TEST_JWT_SECRET, PUBLIC_CHANNELS: "*", ...vars }).map(([k, value]) => [
-      k,
-      { type: "plain_text" as const, value },
-    ]),
-  );
+  const bindings = testBindings(vars);
   const worker = await unstable_startWorker({
     config: fileURLToPath(new URL("../../wrangler.toml", import.meta.url)),
     bindings,

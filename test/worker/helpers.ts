@@ -77,40 +77,11 @@ export async function ingest(events: IngestEvent[]): Promise<{ status: number; b
   return { status: res.status, body: await res.json() };
 }
 
-/** A WebSocket accepted from the Worker, recording frames; `next()` awaits the next one. */
-export class Socket {
-  readonly frames: ServerFrame[] = [];
-  /** Every text message as received, JSON or not (`pong`). */
-  readonly raw: string[] = [];
+/** What a test waits on: `until(check)` resolves once `check` holds, checked again at each `changed()`. */
+class Waitable {
   private waiters: (() => void)[] = [];
-  closed: { code: number; reason: string } | null = null;
 
-  constructor(readonly ws: WebSocket) {
-    ws.accept();
-    ws.addEventListener("message", (m) => {
-      const text = m.data as string;
-      this.raw.push(text);
-      if (text.startsWith("{")) this.frames.push(JSON.parse(text));
-      this.flush();
-    });
-    ws.addEventListener("close", (c) => {
-      this.closed = { code: c.code, reason: c.reason };
-      this.flush();
-    });
-  }
-
-  /** Opens a channel's WebSocket through the Worker's router. */
-  static async open(channel: string, query = "", options: OpenOptions = {}): Promise<Socket> {
-    const res = await upgrade(channel, query, options);
-    if (res.status !== 101 || !res.webSocket) throw new Error(`upgrade failed: ${res.status} ${await res.text()}`);
-    return new Socket(res.webSocket);
-  }
-
-  get events(): ChannelEvent[] {
-    return this.frames.flatMap((f) => (f.type === "events" ? f.events : []));
-  }
-
-  /** Waits until `check` holds (re-checked on every frame). */
+  /** Waits until `check` holds (re-checked on every message). */
   until<T>(check: () => T | undefined | null | false): Promise<T> {
     return new Promise((resolve) => {
       const test = () => {
@@ -127,16 +98,50 @@ export class Socket {
     });
   }
 
+  protected changed(): void {
+    for (const w of [...this.waiters]) w();
+  }
+}
+
+/** A WebSocket accepted from the Worker, recording frames; `next()` awaits the next one. */
+export class Socket extends Waitable {
+  readonly frames: ServerFrame[] = [];
+  /** Every text message as received, JSON or not (`pong`). */
+  readonly raw: string[] = [];
+  closed: { code: number; reason: string } | null = null;
+
+  constructor(readonly ws: WebSocket) {
+    super();
+    ws.accept();
+    ws.addEventListener("message", (m) => {
+      const text = m.data as string;
+      this.raw.push(text);
+      if (text.startsWith("{")) this.frames.push(JSON.parse(text));
+      this.changed();
+    });
+    ws.addEventListener("close", (c) => {
+      this.closed = { code: c.code, reason: c.reason };
+      this.changed();
+    });
+  }
+
+  /** Opens a channel's WebSocket through the Worker's router. */
+  static async open(channel: string, query = "", options: OpenOptions = {}): Promise<Socket> {
+    const res = await upgrade(channel, query, options);
+    if (res.status !== 101 || !res.webSocket) throw new Error(`upgrade failed: ${res.status} ${await res.text()}`);
+    return new Socket(res.webSocket);
+  }
+
+  get events(): ChannelEvent[] {
+    return this.frames.flatMap((f) => (f.type === "events" ? f.events : []));
+  }
+
   frameCount(n: number): Promise<ServerFrame[]> {
     return this.until(() => this.frames.length >= n && this.frames);
   }
 
   eventCount(n: number): Promise<ChannelEvent[]> {
     return this.until(() => this.events.length >= n && this.events);
-  }
-
-  private flush(): void {
-    for (const w of [...this.waiters]) w();
   }
 }
 
@@ -158,14 +163,14 @@ export interface StreamMessage {
 }
 
 /** A channel's event stream (Server-Sent Events) read through the Worker, parsed as EventSource parses it. */
-export class EventStreamReader {
+export class EventStreamReader extends Waitable {
   readonly messages: StreamMessage[] = [];
   /** Comment lines seen (keep-alives). */
   comments = 0;
   ended = false;
-  private waiters: (() => void)[] = [];
 
   constructor(readonly response: Response) {
+    super();
     void this.read(response.body!.getReader());
   }
 
@@ -188,22 +193,6 @@ export class EventStreamReader {
   /** The id an EventSource would send back as Last-Event-ID: the last id seen. */
   get lastEventId(): string | null {
     return this.messages.findLast((m) => m.id !== null)?.id ?? null;
-  }
-
-  until<T>(check: () => T | undefined | null | false): Promise<T> {
-    return new Promise((resolve) => {
-      const test = () => {
-        const v = check();
-        if (v === undefined || v === null || v === false) return false;
-        resolve(v);
-        return true;
-      };
-      if (test()) return;
-      const waiter = () => {
-        if (test()) this.waiters = this.waiters.filter((w) => w !== waiter);
-      };
-      this.waiters.push(waiter);
-    });
   }
 
   eventCount(n: number): Promise<ChannelEvent[]> {
@@ -233,7 +222,7 @@ export class EventStreamReader {
       // cancelled
     }
     this.ended = true;
-    for (const w of [...this.waiters]) w();
+    this.changed();
   }
 
   /** One message block, by the Server-Sent Events rules (data lines joined with "\n"). */
@@ -252,7 +241,7 @@ export class EventStreamReader {
       else if (field === "data") data.push(value);
     }
     if (data.length > 0) this.messages.push({ id, data: data.join("\n") });
-    for (const w of [...this.waiters]) w();
+    this.changed();
   }
 }
 
