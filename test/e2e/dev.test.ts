@@ -3,17 +3,14 @@
  * a row typed into Postgres to a WebSocket on the demo channel, serves the demo page, and stops
  * everything on SIGTERM.
  */
-import { spawn } from "node:child_process";
 import { chmodSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import pg from "pg";
 import { expect, it } from "vitest";
 import { freePort, unreachableByOthers } from "../../scripts/postgres.ts";
-import { TestSubscriber, upgradeStatus, waitUntil } from "../support/subscriber.ts";
-
-const root = fileURLToPath(new URL("../..", import.meta.url));
+import { startDevStack } from "../support/dev.ts";
+import { TestSubscriber, upgradeStatus } from "../support/subscriber.ts";
 
 it.each([
   ["outbox", "(the default)"],
@@ -21,34 +18,15 @@ it.each([
 ])(
   "npm run dev prints worker/database/demo/token/relay, relays a psql insert to the todos channel, and stops cleanly on SIGTERM: capture %s %s",
   async (source) => {
-    const dataDir = mkdtempSync(join(tmpdir(), "dev-stack-"));
-    chmodSync(dataDir, 0o755); // as root, Postgres runs as the postgres user and must reach its data
     const port = await freePort();
-    const env: NodeJS.ProcessEnv = { ...process.env, PORT: String(port), DEV_DATA_DIR: dataDir, RELAY_SOURCE: source };
-    delete env.DATABASE_URL;
-    // As package.json's "dev" runs it: one process, so SIGTERM reaches the stack's own handler.
-    const child = spawn(process.execPath, ["--import", "tsx", join(root, "scripts/dev.ts")], { cwd: root, env, stdio: ["ignore", "pipe", "pipe"] });
-    let out = "";
-    const listeners = new Set<() => void>();
-    for (const stream of [child.stdout, child.stderr]) {
-      stream.on("data", (d) => {
-        out += d;
-        for (const l of listeners) l();
-      });
-    }
-    const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
+    const dev = startDevStack({ PORT: String(port), RELAY_SOURCE: source });
     try {
-      const lines = await waitUntil(
-        () => {
-          if (child.exitCode !== null) throw new Error(`npm run dev exited ${child.exitCode}: ${out.slice(-800)}`);
+      const lines = await dev.until(
+        (out) => {
           const m = /worker: (\S+)\ndatabase: (\S+)\ndemo: (\S+)\ntoken: (\S+)\nrelay: (\S+) \(capture: (\w+)\)\n/.exec(out);
           return m ? { worker: m[1]!, database: m[2]!, demo: m[3]!, token: m[4]!, relay: m[5]!, capture: m[6]! } : undefined;
         },
-        (n) => {
-          listeners.add(n);
-          return () => listeners.delete(n);
-        },
-        () => `the three lines (output: ${out.slice(-800)})`,
+        "the stack's lines",
         90_000,
       );
       expect(lines.worker).toBe(`http://127.0.0.1:${port}`);
@@ -77,15 +55,14 @@ it.each([
         await db.end();
       }
 
-      child.kill("SIGTERM");
-      expect(await exited).toBe(0);
+      dev.child.kill("SIGTERM");
+      expect(await dev.exited).toBe(0);
       // Everything it started is gone: the Worker's port and the database refuse connections.
       await expect(fetch(`${lines.worker}/health`)).rejects.toThrow();
       const after = new pg.Client({ connectionString: lines.database });
       await expect(after.connect()).rejects.toThrow();
     } finally {
-      child.kill("SIGKILL");
-      rmSync(dataDir, { recursive: true, force: true });
+      dev.cleanup();
     }
   },
   180_000,

@@ -6,20 +6,16 @@
  * modes. With the event triggers (the install run by a superuser, as the test harness does) and
  * without them (the install run by a non-superuser owner).
  */
-import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { chmodSync, mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import type { ChangeEvent, ChannelEvent, SnapshotFrame } from "../../protocol/index.ts";
 import { installSchema } from "../../relay/install.ts";
 import type { Relay } from "../../relay/relay.ts";
 import { createDatabase, freePort } from "../../scripts/postgres.ts";
+import { startDevStack } from "../support/dev.ts";
 import { relayEvent, startRelay } from "../support/relay.ts";
-import { TestSubscriber, waitUntil } from "../support/subscriber.ts";
+import { TestSubscriber } from "../support/subscriber.ts";
 import { startTestWorker, type TestWorker } from "../support/worker.ts";
 
 /** A connection that keeps every NOTICE and WARNING Postgres sent it. */
@@ -607,43 +603,15 @@ describe("npm run dev", () => {
     await admin.q("create table old_todos (id int primary key); select realtime.watch('old_todos')");
     // Dropped unseen by the event triggers (an install without them, or before this version).
     await dropUnseen(admin, "old_todos");
-    const dataDir = mkdtempSync(join(tmpdir(), "dev-schema-"));
-    chmodSync(dataDir, 0o755);
-    const root = fileURLToPath(new URL("../..", import.meta.url));
-    const env: NodeJS.ProcessEnv = { ...process.env, PORT: String(await freePort()), DEV_DATA_DIR: dataDir, DATABASE_URL: db.url };
-    const child = spawn(process.execPath, ["--import", "tsx", join(root, "scripts/dev.ts")], { cwd: root, env, stdio: ["ignore", "pipe", "pipe"] });
-    let out = "";
-    const listeners = new Set<() => void>();
-    for (const stream of [child.stdout, child.stderr]) {
-      stream.on("data", (d) => {
-        out += d;
-        for (const l of listeners) l();
-      });
-    }
-    const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
-    child.on("exit", () => {
-      for (const l of listeners) l();
-    });
+    const dev = startDevStack({ PORT: String(await freePort()), DATABASE_URL: db.url });
     try {
-      await waitUntil(
-        () => {
-          if (child.exitCode !== null) throw new Error(`npm run dev exited ${child.exitCode}: ${out.slice(-800)}`);
-          return /\nrelay: \S+ \(capture: \w+\)\n/.test(out) || undefined;
-        },
-        (n) => {
-          listeners.add(n);
-          return () => listeners.delete(n);
-        },
-        () => `the stack to start (output: ${out.slice(-800)})`,
-        120_000,
-      );
-      expect(out).toContain("removed the watch of public.old_todos, a table that was dropped");
+      await dev.until((out) => /\nrelay: \S+ \(capture: \w+\)\n/.test(out) || undefined, "the stack to start", 120_000);
+      expect(dev.output).toContain("removed the watch of public.old_todos, a table that was dropped");
       expect(await admin.q("select tbl::text from realtime.watches")).toEqual([{ tbl: "todos" }]);
-      child.kill("SIGTERM");
-      expect(await exited).toBe(0);
+      dev.child.kill("SIGTERM");
+      expect(await dev.exited).toBe(0);
     } finally {
-      child.kill("SIGKILL");
-      rmSync(dataDir, { recursive: true, force: true });
+      dev.cleanup();
     }
   });
 });

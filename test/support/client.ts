@@ -29,8 +29,10 @@ export function recordingClient(options: Omit<SubscribeOptions, "WebSocket">): {
     };
   const sub = subscribe({
     WebSocket,
-    // Fast reconnects: the tests cut connections on purpose.
+    // Fast reconnects: the tests cut connections on purpose, and wait for the client to come back
+    // while events flow (a deploy's jitter is the storm test's to set, and jitter.test.ts's).
     socket: { minReconnectionDelay: 50, maxReconnectionDelay: 200 },
+    reconnectJitterMs: 0,
     ...options,
     onEvents: record((e) => seen.events.push(...e)),
     onReset: record((r) => seen.resets.push(r)),
