@@ -13,7 +13,8 @@
  *
  * Then deploy day: how long until every socket is back after a deploy, and what each object
  * receives meanwhile, from the resume costs test/faults/storm.test.ts measured
- * (bench/results/storm.json; --resume-accept-ms, --resume-sync-ms and --sockets-per-sync override them).
+ * (bench/results/storm.json; --resume-accept-ms, --resume-sync-ms and --sockets-per-sync override them;
+ * --uncoalesced projects one sync call per socket, as shards made them before coalescing).
  */
 import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -319,7 +320,7 @@ function project(costs: Costs): { markdown: string; data: unknown[] } {
 // Deploy day
 
 /** Used when no storm run left bench/results/storm.json: the figures docs/scale.md, "Deploy day", reports. */
-const FALLBACK_RESUME: ResumeCosts = { acceptMs: 2.6, syncMs: 0.3, socketsPerSync: 1 };
+const FALLBACK_RESUME: ResumeCosts = { acceptMs: 2.6, syncMs: 0.3, coalesced: true, socketsPerSync: 4.5 };
 
 function resumeCosts(): { costs: ResumeCosts; from: string } {
   const file = join(root, "bench/results/storm.json");
@@ -338,6 +339,7 @@ function resumeCosts(): { costs: ResumeCosts; from: string } {
     costs: {
       acceptMs: override("resume-accept-ms", costs.acceptMs),
       syncMs: override("resume-sync-ms", costs.syncMs),
+      coalesced: !args.includes("--uncoalesced"),
       socketsPerSync: override("sockets-per-sync", costs.socketsPerSync),
     },
     from,
@@ -378,7 +380,7 @@ function deployDay(): { markdown: string; data: unknown[] } {
     ]);
   }
   const markdown = [
-    `Resume costs used (${from}): ${fmt(costs.acceptMs, 2)} ms of the accepting object's time per socket, ${fmt(costs.syncMs, 2)} ms of a sharded channel's root (its share of a sync RPC), ${fmt(costs.socketsPerSync, 1)} sockets per sync RPC (coalesced by each shard). Window ${fmt(jitterMs / 1000, 1)} s after partysocket's ${PARTYSOCKET.minReconnectionDelayMs / 1000} s delay; partysocket's connection timeout ${PARTYSOCKET.connectionTimeoutMs / 1000} s; at most ${fmt(LIMITS.requestsPerSecondPerObject)} requests/s per object.`,
+    `Resume costs used (${from}): ${fmt(costs.acceptMs, 2)} ms of the accepting object's time per socket, ${fmt(costs.syncMs, 2)} ms of a sharded channel's root (its share of a sync RPC), ${costs.coalesced ? `sync calls coalesced by each shard (${fmt(costs.socketsPerSync, 1)} sockets per call in the test; more when the root is busier)` : "one sync call per socket (--uncoalesced)"}. Window ${fmt(jitterMs / 1000, 1)} s after partysocket's ${PARTYSOCKET.minReconnectionDelayMs / 1000} s delay; partysocket's connection timeout ${PARTYSOCKET.connectionTimeoutMs / 1000} s; at most ${fmt(LIMITS.requestsPerSecondPerObject)} requests/s per object.`,
     "",
     table(["deploy", "requests per root (peak)", "channel serves", "all resumed", "longest wait", "queue-free window: all resumed", "limits"], rows),
   ].join("\n");

@@ -90,9 +90,9 @@ export interface SubscribeOptions<Events extends Record<string, unknown> = Recor
    * partysocket's own delay, so the clients of a deploy come back spread over the window instead
    * of all at the same moment; later attempts use partysocket's backoff alone. A close the app
    * asks for (`close()`, `socket.reconnect()`) is not delayed. 0 turns it off. Default 5000: an
-   * object serves a deploy's reconnects as they come for channels of up to a few thousand
-   * sockets, for a wait of half the window on average; larger channels want a longer one
-   * (docs/scale.md, "Deploy day").
+   * object (a channel, or one of its shards) serves a deploy's reconnects as they come up to
+   * about 1,750 sockets, for a wait of half the window on average; larger ones want a longer
+   * window or more shards (docs/scale.md, "Deploy day").
    */
   reconnectJitterMs?: number;
   /**

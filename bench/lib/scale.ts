@@ -433,11 +433,13 @@ export interface ResumeCosts {
   /** A sharded channel's root, for each socket joining one of its shards: its share of the shard's sync RPC (what the socket is owed). */
   syncMs: number;
   /**
-   * Sockets one sync RPC carries: a shard coalesces the joins that arrive while its last sync is
-   * under way (worker/coalesce.ts), so during a storm the root receives fewer requests than
-   * sockets. Measured at the storm test's arrival rate; a busier root answers more slowly and
-   * each call carries more, so a larger storm coalesces at least as well.
+   * A shard coalesces the joins that arrive while its last sync is under way (worker/coalesce.ts):
+   * the root's calls then adapt to what it answers (a busier root answers more slowly, and each
+   * call carries more), so they stay within its requests/s and only its time per socket bounds
+   * it. Without (false: one call per socket, as before) each socket is a request.
    */
+  coalesced: boolean;
+  /** Sockets one sync call carried in the storm test (at its arrival rate): the root's calls per socket while it keeps up. */
   socketsPerSync: number;
 }
 
@@ -503,8 +505,8 @@ export function deployStorm(costs: ResumeCosts, s: DeployStorm): StormPlan {
   const windowS = s.jitterMs / 1000;
   const rate = (count: number) => (windowS > 0 ? count / windowS : Infinity);
   const acceptRate = objectRate(costs.acceptMs);
-  const perSync = Math.max(1, costs.socketsPerSync);
-  const rootRate = s.shards > 0 ? objectRate(costs.syncMs, perSync) : acceptRate;
+  const perSync = costs.coalesced ? Math.max(1, costs.socketsPerSync) : 1;
+  const rootRate = s.shards === 0 ? acceptRate : costs.coalesced ? (costs.syncMs > 0 ? 1000 / costs.syncMs : Infinity) : objectRate(costs.syncMs);
   const shardsRate = s.shards > 0 ? s.shards * acceptRate : Infinity;
   const mu = Math.min(rootRate, shardsRate);
   const drainMs = (n / mu) * 1000;
@@ -513,7 +515,7 @@ export function deployStorm(costs: ResumeCosts, s: DeployStorm): StormPlan {
   const plan: StormPlan = {
     socketsPerChannel: n,
     socketsPerShard: perShard,
-    rootRequestsPerSecond: s.shards > 0 ? rate(n) / perSync : rate(n),
+    rootRequestsPerSecond: s.shards > 0 && costs.coalesced ? Math.min(rate(n) / perSync, LIMITS.requestsPerSecondPerObject) : rate(n),
     shardRequestsPerSecond: s.shards > 0 ? rate(perShard) : 0,
     channelResumesPerSecond: mu,
     bottleneck: rootRate <= shardsRate ? "root" : "shards",
@@ -579,7 +581,7 @@ export function simulateStorm(costs: ResumeCosts, s: DeployStorm, seed = 1): Sim
   let root = 0;
   for (const a of accepted.sort((x, y) => x.done - y.done)) {
     const start = Math.max(a.done, root);
-    root = start + Math.max(costs.syncMs, 1000 / (LIMITS.requestsPerSecondPerObject * Math.max(1, costs.socketsPerSync)));
+    root = start + (costs.coalesced ? costs.syncMs : Math.max(costs.syncMs, 1000 / LIMITS.requestsPerSecondPerObject));
     maxWaitMs = Math.max(maxWaitMs, start - a.arrival - costs.acceptMs);
     last = Math.max(last, start + costs.syncMs);
   }
@@ -618,6 +620,7 @@ export function resumeCostsFrom(shapes: StormResult[]): ResumeCosts | null {
   return {
     acceptMs,
     syncMs: Math.max(0.05, sharded.resume.cpuMsPerSocket - acceptMs),
+    coalesced: true,
     socketsPerSync: syncs && syncs.calls > 0 ? syncs.sockets / syncs.calls : 1,
   };
 }

@@ -217,7 +217,7 @@ describe("monthlyCost", () => {
 });
 
 describe("deployStorm", () => {
-  const resume: ResumeCosts = { acceptMs: 2.5, syncMs: 0.5, socketsPerSync: 1 };
+  const resume: ResumeCosts = { acceptMs: 2.5, syncMs: 0.5, coalesced: false, socketsPerSync: 1 };
   const storm = (s: Partial<DeployStorm>): DeployStorm => ({
     label: "t",
     sockets: 10_000,
@@ -261,7 +261,7 @@ describe("deployStorm", () => {
   });
 
   it("counts a sharded root's requests as the shards' coalesced syncs, several sockets each", () => {
-    const cheap: ResumeCosts = { acceptMs: 1.5, syncMs: 0.25, socketsPerSync: 8 };
+    const cheap: ResumeCosts = { acceptMs: 1.5, syncMs: 0.25, coalesced: true, socketsPerSync: 8 };
     const plan = deployStorm(cheap, storm({ shards: 4 }));
     // 2,000 sockets/s reach the shards (4 x 667/s serve them as they come); 250 sync calls/s reach
     // the root, within its limit, which serves 4,000 sockets/s of its own time.
@@ -272,15 +272,22 @@ describe("deployStorm", () => {
     expect(plan.problems).toEqual([]);
     expect(simulateStorm(cheap, storm({ shards: 4 }), 3).allResumedMs).toBeLessThan(plan.allResumedMs * 1.05);
     // One call per socket: 2,000 requests/s at the root, which takes 1,000 a second; a queue of 5 s.
-    const uncoalesced = deployStorm({ ...cheap, socketsPerSync: 1 }, storm({ shards: 4 }));
+    const uncoalesced = deployStorm({ ...cheap, coalesced: false }, storm({ shards: 4 }));
     expect(uncoalesced.bottleneck).toBe("root");
     expect(uncoalesced.channelResumesPerSecond).toBe(LIMITS.requestsPerSecondPerObject);
     expect(uncoalesced.maxWaitMs).toBeCloseTo(5000);
     expect(uncoalesced.problems.join("; ")).toMatch(/each root receives 2,000 requests\/s/);
+    // Coalesced, a storm the root cannot keep up with makes each call carry more: its calls stay
+    // within its limit, and its time per socket sets the pace.
+    const huge = deployStorm(cheap, storm({ sockets: 100_000, shards: 16 }));
+    expect(huge.rootRequestsPerSecond).toBe(LIMITS.requestsPerSecondPerObject);
+    expect(huge.problems.join("; ")).not.toMatch(/each root receives/);
+    expect(huge.bottleneck).toBe("root"); // 4,000 sockets/s at 0.25 ms, below 16 shards x 667/s
+    expect(huge.allResumedMs).toBeCloseTo(3000 + 25_000 + 1.75);
   });
 
   it("finds the shards the bottleneck when accepting costs more than the root's syncs", () => {
-    const plan = deployStorm({ acceptMs: 10, syncMs: 0.5, socketsPerSync: 1 }, storm({ sockets: 2000, shards: 2 }));
+    const plan = deployStorm({ acceptMs: 10, syncMs: 0.5, coalesced: false, socketsPerSync: 1 }, storm({ sockets: 2000, shards: 2 }));
     expect(plan.bottleneck).toBe("shards");
     expect(plan.channelResumesPerSecond).toBeCloseTo(200); // 2 shards x 100/s
     expect(plan.allResumedMs).toBeCloseTo(3000 + 10_000 + 10.5);
