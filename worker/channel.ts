@@ -471,11 +471,22 @@ export class Channel extends SocketHub {
     this.remember(channel);
     this.syncs.calls++;
     this.syncs.sockets += requests.length;
+    // Fresh subscribers that ask the same (snapshot or not, filter) get one answer, built once and
+    // sent once however many asked; resumes share their replays through SharedReplays.
+    const fresh = new Map<string, Join>();
     return packJoins(
       requests.map(({ query, filterText }): Join => {
-        const parsed = filterText ? parseFilter(filterText) : null;
-        if (parsed && !parsed.ok) return { ok: false, code: "invalid_filter", message: parsed.message };
-        return this.join(query, parsed?.ok ? parsed.filter : null, filterText);
+        const key = query.since === null || query.since === "" ? JSON.stringify([query.snapshot, filterText]) : null;
+        let join = key === null ? undefined : fresh.get(key);
+        if (!join) {
+          const parsed = filterText ? parseFilter(filterText) : null;
+          join =
+            parsed && !parsed.ok
+              ? { ok: false, code: "invalid_filter", message: parsed.message }
+              : this.join(query, parsed?.ok ? parsed.filter : null, filterText);
+          if (key !== null) fresh.set(key, join);
+        }
+        return join;
       }),
     );
   }

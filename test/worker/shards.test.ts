@@ -67,6 +67,38 @@ describe("sharded channels", () => {
     expect((await filtered.eventCount(1)).map((e) => e.seq)).toEqual([4]);
   });
 
+  it("answers the joins that reach a shard together in one call to the root, each with its own filter and position", async () => {
+    await ingest([change("live:many", "INSERT", { id: 1, done: false }), change("live:many", "INSERT", { id: 2, done: true })]);
+    await ingest(Array.from({ length: 3 }, (_, i) => event("live:many", i + 1)));
+    const [w] = await (await onShard("live:many", 3)).frameCount(1);
+    const epoch = (w as { epoch: string }).epoch;
+    const done = `&filter=${encodeURIComponent(JSON.stringify({ done: { eq: true } }))}`;
+    // Fresh snapshots (plain and filtered) and resumes from two positions, all at once on one shard, beside a refused join.
+    const queries = [
+      ...Array.from({ length: 6 }, () => "?snapshot=1"),
+      ...Array.from({ length: 4 }, () => `?snapshot=1${done}`),
+      ...Array.from({ length: 5 }, () => `?since=2&epoch=${epoch}`),
+      ...Array.from({ length: 5 }, () => `?since=4&epoch=${epoch}`),
+    ];
+    const before = await runInDurableObject(root("live:many"), (o: { stats(): Promise<{ syncs: { calls: number; sockets: number } }> }) => o.stats());
+    const sockets = await Promise.all(queries.map((q) => onShard("live:many", 0, q)));
+    const refused = await shard("live:many", 0).fetch(`http://edge/parties/main/live:many?filter=${encodeURIComponent("{not json")}`, {
+      headers: { Upgrade: "websocket", [CHANNEL_NAME_HEADER]: "live:many", [SHARD_HEADER]: "0" },
+    });
+    const bad = new Socket(refused.webSocket!);
+    for (const s of sockets) await s.until(() => s.frames.length >= 2 || undefined);
+    const after = await runInDurableObject(root("live:many"), (o: { stats(): Promise<{ syncs: { calls: number; sockets: number } }> }) => o.stats());
+    expect(after.syncs.sockets - before.syncs.sockets).toBe(queries.length); // the bad filter is refused by the shard itself
+    expect(after.syncs.calls - before.syncs.calls).toBeLessThan(queries.length); // coalesced
+    const rest = (s: Socket) => s.frames.slice(1);
+    for (const s of sockets.slice(0, 6)) expect(rest(s)).toMatchObject([{ type: "snapshot", seq: 5, rows: [{ key: { id: 1 } }, { key: { id: 2 } }] }]);
+    for (const s of sockets.slice(6, 10)) expect(rest(s)).toMatchObject([{ type: "snapshot", seq: 5, rows: [{ key: { id: 2 } }] }]);
+    for (const s of sockets.slice(10, 15)) expect((await s.eventCount(3)).map((e) => e.seq)).toEqual([3, 4, 5]);
+    for (const s of sockets.slice(15)) expect((await s.eventCount(1)).map((e) => e.seq)).toEqual([5]);
+    await bad.until(() => bad.closed || undefined);
+    expect(bad.frames).toContainEqual(expect.objectContaining({ type: "error", code: "invalid_filter" }));
+  });
+
   it("keeps one presence list across shards, and relays broadcasts between them", async () => {
     const alice = await onShard("live:room", 0, "?presence=1", { [USER_HEADER]: "alice", [CAN_PUBLISH_HEADER]: "1" });
     await alice.until(() => framesOf(alice, "presence").length > 0);
