@@ -284,7 +284,7 @@ export function subscribe<Events extends Record<string, unknown> = Record<string
     if (!wasOpen && !reconnecting && socket.shouldReconnect) failedOpens++;
     wasOpen = false;
     if (status !== "closed") setStatus("connecting");
-    if (transportChoice === "auto" && !everOpened && failedOpens >= SSE_AFTER_FAILURES && EventSourceImpl && status !== "closed") {
+    if (transportChoice === "auto" && !stream && !everOpened && failedOpens >= SSE_AFTER_FAILURES && EventSourceImpl && status !== "closed") {
       // A network that refuses WebSockets: the event stream, for the rest of the subscription.
       socket.close();
       openStream();
