@@ -36,6 +36,26 @@ const root = fileURLToPath(new URL("..", import.meta.url));
 const resultsDir = `${root}bench/results`;
 mkdirSync(resultsDir, { recursive: true });
 
+/** The default run's sizes; a full run is the same, longer and larger. */
+const DEFAULT_SIZES = {
+  writerRounds: 3,
+  writerSeconds: 4,
+  e2eSeconds: 10,
+  paced: 500,
+  pacedSubs: 100,
+  fastSubs: 10,
+  wideSubs: 200,
+  channels: 50,
+  perChannel: 20,
+  fanoutOne: 1000,
+  fanoutMany: 5000,
+  fanoutChannels: 50,
+  fanoutRate: 100,
+  backlog: 100_000,
+  bigTransaction: 200_000,
+  idleSeconds: 60,
+};
+
 /** Sizes per mode. */
 const SIZES = {
   quick: {
@@ -56,42 +76,8 @@ const SIZES = {
     bigTransaction: 20_000,
     idleSeconds: 0,
   },
-  default: {
-    writerRounds: 3,
-    writerSeconds: 4,
-    e2eSeconds: 10,
-    paced: 500,
-    pacedSubs: 100,
-    fastSubs: 10,
-    wideSubs: 200,
-    channels: 50,
-    perChannel: 20,
-    fanoutOne: 1000,
-    fanoutMany: 5000,
-    fanoutChannels: 50,
-    fanoutRate: 100,
-    backlog: 100_000,
-    bigTransaction: 200_000,
-    idleSeconds: 60,
-  },
-  full: {
-    writerRounds: 5,
-    writerSeconds: 6,
-    e2eSeconds: 20,
-    paced: 500,
-    pacedSubs: 100,
-    fastSubs: 10,
-    wideSubs: 200,
-    channels: 50,
-    perChannel: 20,
-    fanoutOne: 1000,
-    fanoutMany: 5000,
-    fanoutChannels: 50,
-    fanoutRate: 100,
-    backlog: 1_000_000,
-    bigTransaction: 1_000_000,
-    idleSeconds: 60,
-  },
+  default: DEFAULT_SIZES,
+  full: { ...DEFAULT_SIZES, writerRounds: 5, writerSeconds: 6, e2eSeconds: 20, backlog: 1_000_000, bigTransaction: 1_000_000 },
 }[mode];
 
 const log = (line: string) => process.stderr.write(`[bench] ${line}\n`);
